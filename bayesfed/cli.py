@@ -1,0 +1,162 @@
+"""The ``bayesfed`` command line: simulate, validate, demo.
+
+Exit codes: 0 success; 2 a usage error (unknown option, bad value); 3 an input error (a data
+or specification problem, reported before any sampling); 4 an output that cannot be written
+safely.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bayesfed.errors import BayesfedError, DataError, OutputError, SpecError
+
+app = typer.Typer(
+    name="bayesfed",
+    help="Bayesian multilevel re-analysis of school-federation studies.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+#: The repository's shipped files, used by ``demo``.
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_DATA = ROOT / "data" / "synthetic_study.parquet"
+SHIPPED_SPECS = tuple(ROOT / "models" / f for f in
+                      ("m0_empty.toml", "m1_pupil.toml", "m2_federation.toml"))
+
+EXIT_INPUT = 3
+EXIT_OUTPUT = 4
+
+
+def parse_years(text: str | None) -> list[int] | None:
+    """``"0-5"`` -> [0..5]; ``"0,2,4"`` -> [0, 2, 4]; ``"-2--1"`` -> [-2, -1]; None -> None."""
+    if text is None:
+        return None
+    years: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            dash = part.find("-", 1)  # a leading minus is a sign, not a range
+            if dash > 0:
+                lo, hi = int(part[:dash]), int(part[dash + 1:])
+                if hi < lo:
+                    raise ValueError
+                years.extend(range(lo, hi + 1))
+            else:
+                years.append(int(part))
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a year selection; use e.g. 0-5, 0,2,4 or 3") from None
+    return sorted(set(years))
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Parquet file to write; the truth JSON goes beside "
+                                      "it as <name>.truth.json.")],
+    seed: Annotated[int, typer.Option(help="Random seed: same seed, same bytes.")] = 20150601,
+    federations: Annotated[int | None, typer.Option(help="Number of federations.")] = None,
+    matched: Annotated[int | None, typer.Option(
+        help="Matched non-federated schools per federation.")] = None,
+    pupils: Annotated[int | None, typer.Option(
+        help="Mean pupils per school and cohort.")] = None,
+    scale: Annotated[str, typer.Option(
+        help="'paper' (31 federations, as published) or 'national' (~3,000 schools, "
+             "~4.5 million pupil rows, for benchmarks).")] = "paper",
+    pre_trend: Annotated[float, typer.Option(
+        help="Effect per year before founding, for a pre-trend scenario (outcome units).")] = 0.0,
+) -> None:
+    """Write a synthetic federation study calibrated to the paper, with its true parameters."""
+    from dataclasses import replace
+
+    from bayesfed.simulate import SimConfig, simulate as run, write_study
+
+    if scale not in ("paper", "national"):
+        raise typer.BadParameter("use 'paper' or 'national'", param_hint="--scale")
+    config = SimConfig.national() if scale == "national" else SimConfig()
+    changes = {k: v for k, v in (("n_federations", federations),
+                                 ("matched_per_federation", matched),
+                                 ("pupils_per_school", pupils)) if v is not None}
+    config = replace(config, pre_trend=pre_trend, **changes)
+    frame, truth = run(config, seed=seed)
+    json_path = write_study(frame, truth, out)
+    console.print(f"wrote {len(frame):,} pupils in {frame['school_id'].nunique():,} schools to "
+                  f"{out}\ntrue parameters in {json_path}")
+
+
+@app.command()
+def validate(
+    data: Annotated[Path, typer.Argument(help="Pupil table (.csv or .parquet).")],
+    spec: Annotated[Path, typer.Option(help="Model specification (TOML) with the column "
+                                       "mapping.")] = SHIPPED_SPECS[2],
+    years: Annotated[str | None, typer.Option(
+        help="Years since founding to fit separately, e.g. 0-5.")] = None,
+    drop_incomplete: Annotated[bool, typer.Option(
+        help="Drop rows with missing values in needed columns (and say how many).")] = False,
+) -> None:
+    """Check a pupil table against a model specification and summarise it."""
+    from bayesfed.read import read_table
+    from bayesfed.spec import load_spec
+    from bayesfed.validate import describe, validate_table
+
+    model = load_spec(spec)
+    table = validate_table(read_table(data), model, years=parse_years(years),
+                           drop_incomplete=drop_incomplete, source=str(data))
+    print_summary(describe(table), title=f"{data} is valid for {model.name} ({spec.name})")
+
+
+def print_summary(summary: dict, title: str) -> None:
+    """One screen: counts, then pupils and schools per year since founding."""
+    console.print(f"[bold]{title}[/bold]")
+    lines = [f"pupils: {summary['pupils']:,}", f"schools: {summary['schools']:,}"]
+    if "federated_schools" in summary:
+        lines.append(f"federated schools: {summary['federated_schools']:,}")
+    if "federations" in summary:
+        lines.append(f"federations: {summary['federations']:,}")
+    if "cohorts" in summary:
+        c = summary["cohorts"]
+        lines.append(f"cohorts: {c[0]}-{c[-1]} ({len(c)})")
+    if summary["dropped"]:
+        lines.append(f"dropped incomplete rows: {summary['dropped']:,} of "
+                     f"{summary['input_rows']:,}")
+    for line in lines:
+        console.print(f"  {line}")
+    if "years_since" in summary:
+        table = Table("years since founding", "pupils", "schools")
+        for year, row in summary["years_since"].items():
+            table.add_row(str(year), f"{row['pupils']:,}", f"{row['schools']:,}")
+        console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("out/demo"),
+) -> None:
+    """The main job on the shipped synthetic study: validate it for M0-M2 and summarise it."""
+    from bayesfed.demo import run_demo
+
+    report = run_demo(out, data=SHIPPED_DATA, specs=SHIPPED_SPECS, console=console)
+    console.print(f"\n[bold green]demo finished[/bold green]: report written to {report}")
+
+
+def main() -> None:
+    """Console-script entry point: bayesfed's own errors become one clear message."""
+    try:
+        app()
+    except (DataError, SpecError) as exc:
+        print(f"bayesfed: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_INPUT)
+    except OutputError as exc:
+        print(f"bayesfed: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_OUTPUT)
+    except BayesfedError as exc:
+        print(f"bayesfed: error: {exc}", file=sys.stderr)
+        sys.exit(1)

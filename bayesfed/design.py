@@ -1,0 +1,124 @@
+"""Design matrices: a validated pupil table and a model's terms -> numeric arrays with labels.
+
+The only place where predictors become columns of ``X``: REML, the PyMC models and the
+reports all take their coefficient names from here. Categorical terms are treatment-coded
+against their reference level and named ``term[level]``, as in ``summary.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Design:
+    """Numeric arrays of one model on one selection of pupils.
+
+    Attributes
+    ----------
+    y : ndarray, shape (n_pupils,)
+        Outcome, in the outcome's units.
+    X : ndarray, shape (n_pupils, n_coef)
+        Predictors without the intercept column.
+    coef_names : tuple of str, length n_coef
+        ``term`` for a numeric term, ``term[level]`` for a categorical level.
+    school_idx : ndarray of int, shape (n_pupils,)
+        Index of each pupil's school into ``schools``.
+    schools : tuple of str, length n_schools
+        School labels (as strings), sorted.
+    school_level : tuple of bool, length n_coef
+        True for a coefficient of a school-level term (constant within school).
+    """
+
+    y: np.ndarray
+    X: np.ndarray
+    coef_names: tuple[str, ...]
+    school_idx: np.ndarray
+    schools: tuple[str, ...]
+    school_level: tuple[bool, ...]
+
+    @property
+    def n_pupils(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def n_schools(self) -> int:
+        return len(self.schools)
+
+
+def term_columns(
+    frame: pd.DataFrame,
+    term: str,
+    categorical: Mapping[str, tuple[Sequence[str], str]],
+) -> tuple[np.ndarray, list[str]]:
+    """Columns of one term: the values themselves, or treatment-coded dummies.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Canonical table (columns named by role or term).
+    term : str
+        Term name (a column of ``frame``).
+    categorical : mapping
+        ``term -> (levels, reference)`` for categorical terms.
+
+    Returns
+    -------
+    values : ndarray, shape (n_rows, n_cols)
+    names : list of str, length n_cols
+    """
+    if term in categorical:
+        levels, reference = categorical[term]
+        values = frame[term].astype(str).to_numpy()
+        kept = [lev for lev in levels if lev != reference]
+        cols = np.column_stack([(values == lev).astype(float) for lev in kept])
+        return cols, [f"{term}[{lev}]" for lev in kept]
+    return frame[term].to_numpy(dtype=float)[:, None], [term]
+
+
+def build_design(
+    frame: pd.DataFrame,
+    pupil_terms: Sequence[str] = (),
+    school_terms: Sequence[str] = (),
+    categorical: Mapping[str, tuple[Sequence[str], str]] | None = None,
+) -> Design:
+    """Build the arrays of a two-level model from a canonical pupil table.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Validated table with canonical column names (``outcome``, ``school`` and each term).
+    pupil_terms, school_terms : sequence of str
+        Pupil-level and school-level terms, in the order their coefficients are reported.
+    categorical : mapping, optional
+        ``term -> (levels, reference)``.
+
+    Returns
+    -------
+    Design
+    """
+    categorical = dict(categorical or {})
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    level: list[bool] = []
+    for terms, is_school in ((pupil_terms, False), (school_terms, True)):
+        for term in terms:
+            cols, cnames = term_columns(frame, term, categorical)
+            blocks.append(cols)
+            names.extend(cnames)
+            level.extend([is_school] * len(cnames))
+    n = len(frame)
+    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    school_codes, schools = pd.factorize(frame["school"].astype(str), sort=True)
+    return Design(
+        y=frame["outcome"].to_numpy(dtype=float),
+        X=X,
+        coef_names=tuple(names),
+        school_idx=school_codes.astype(np.int64),
+        schools=tuple(str(s) for s in schools),
+        school_level=tuple(level),
+    )

@@ -1,0 +1,251 @@
+"""Model specifications: one TOML file a model in ``models/`` -> a validated ``ModelSpec``.
+
+A spec is data, never code: it names the model, its family, the column mapping, the
+predictors, categorical coding and prior overrides. Unknown keys, wrong types and
+inconsistent choices are reported as one :class:`~bayesfed.errors.SpecError` naming the file,
+the key and (for a misspelt key) the closest valid one.
+
+Example (``models/m1_pupil.toml``)::
+
+    [model]
+    name = "M1"
+    family = "two_level"
+    reference = "M0"
+
+    [columns]
+    outcome = "gcse_score"
+    school = "school_id"
+
+    [predictors]
+    pupil = ["fsm", "idaci", "male", "sen", "non_white_british", "ks2"]
+
+    [categorical.sen]
+    levels = ["none", "school_action", "school_action_plus", "statemented"]
+    reference = "none"
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bayesfed.errors import SpecError
+from bayesfed.schema import ROLES
+
+Family = Literal["two_level"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelSection(_Strict):
+    """``[model]``: what the model is called and what it is compared with."""
+
+    name: str = Field(min_length=1)
+    family: Family = "two_level"
+    description: str = ""
+    reference: str | None = None
+
+
+class Predictors(_Strict):
+    """``[predictors]``: pupil-level and school-level terms, in reporting order."""
+
+    pupil: list[str] = Field(default_factory=list)
+    school: list[str] = Field(default_factory=list)
+
+
+class Categorical(_Strict):
+    """``[categorical.TERM]``: the allowed levels of a categorical term and its reference."""
+
+    levels: list[str] = Field(min_length=2)
+    reference: str
+
+    @model_validator(mode="after")
+    def _reference_is_a_level(self) -> Categorical:
+        if self.reference not in self.levels:
+            raise ValueError(f"reference {self.reference!r} is not one of levels {list(self.levels)}")
+        if len(set(self.levels)) != len(self.levels):
+            raise ValueError("levels must be distinct")
+        return self
+
+
+class NormalPrior(_Strict):
+    """Normal(mu, sigma) prior; either value may be left to the data-scaled default."""
+
+    mu: float | None = None
+    sigma: float | None = Field(default=None, gt=0)
+
+
+class HalfNormalPrior(_Strict):
+    """HalfNormal(sigma) prior for a standard deviation, in outcome units."""
+
+    sigma: float = Field(gt=0)
+
+
+class Priors(_Strict):
+    """``[priors]``: overrides of the data-scaled default priors (see ``bayesfed.priors``)."""
+
+    intercept: NormalPrior | None = None
+    slopes: NormalPrior | None = None
+    slope: dict[str, NormalPrior] = Field(default_factory=dict)
+    sd_school: HalfNormalPrior | None = None
+    sigma: HalfNormalPrior | None = None
+
+
+class ModelSpec(_Strict):
+    """A validated model specification.
+
+    Attributes
+    ----------
+    model : ModelSection
+    columns : dict of str to str
+        Role or term name -> column name in the user's table.
+    predictors : Predictors
+    categorical : dict of str to Categorical
+    priors : Priors
+    source : str
+        Where the spec was read from (a path, or ``<dict>``).
+    """
+
+    model: ModelSection
+    columns: dict[str, str] = Field(default_factory=dict)
+    predictors: Predictors = Predictors()
+    categorical: dict[str, Categorical] = Field(default_factory=dict)
+    priors: Priors = Priors()
+    source: str = "<dict>"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        terms = self.terms
+        dup = sorted({t for t in terms if terms.count(t) > 1})
+        if dup:
+            raise ValueError(f"predictors listed twice: {dup}")
+        for name in self.categorical:
+            if name not in terms:
+                raise ValueError(f"categorical.{name} is declared but {name!r} is not a predictor")
+        for name in self.priors.slope:
+            if name not in terms:
+                raise ValueError(f"priors.slope.{name} names no predictor (predictors: {terms})")
+        for role in ("outcome", "school"):
+            if role in terms:
+                raise ValueError(f"{role!r} cannot be a predictor")
+        return self
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def terms(self) -> list[str]:
+        """All predictor terms, pupil-level first."""
+        return [*self.predictors.pupil, *self.predictors.school]
+
+    def column(self, name: str) -> str:
+        """The user's column for a role or term (itself when unmapped)."""
+        return self.columns.get(name, name)
+
+    def categorical_coding(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        """``term -> (levels, reference)`` for :func:`bayesfed.design.build_design`.
+
+        A term declared in ``[categorical]`` uses its declared levels; a predictor whose role is
+        categorical in the schema (``sen``) and is not declared uses the schema's levels with
+        the first (``none``) as reference.
+        """
+        coding = {k: (tuple(v.levels), v.reference) for k, v in self.categorical.items()}
+        for term in self.terms:
+            role = ROLES.get(term)
+            if term not in coding and role is not None and role.kind == "category":
+                coding[term] = (role.levels, role.levels[0])
+        return coding
+
+
+def _closest(key: str, allowed: list[str]) -> str:
+    match = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else f" (allowed: {', '.join(allowed)})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys at a location in the spec, for 'did you mean'."""
+    model: type[BaseModel] = ModelSpec
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        ann = field.annotation
+        nested = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
+        nested = [a for a in nested if issubclass(a, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return [k for k in model.model_fields if k != "source"]
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"model specification {source} is invalid:"]
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  - unknown key {where!r}{_closest(str(loc[-1]), _allowed_keys(loc))}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"  - {where}: {msg} (got {err['input']!r})" if "input" in err
+                         and not isinstance(err["input"], dict) else f"  - {where}: {msg}")
+    return "\n".join(lines)
+
+
+def spec_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> ModelSpec:
+    """Validate a parsed spec.
+
+    Parameters
+    ----------
+    data : mapping
+        The parsed TOML document.
+    source : str
+        Shown in error messages.
+
+    Raises
+    ------
+    SpecError
+        Listing every problem found.
+    """
+    try:
+        spec = ModelSpec.model_validate({**data, "source": source})
+    except ValidationError as exc:
+        raise SpecError(_format_errors(source, exc)) from None
+    unknown_roles = sorted(
+        r for r in spec.columns if r not in ROLES and r not in spec.terms
+    )
+    if unknown_roles:
+        allowed = sorted({*ROLES, *spec.terms})
+        lines = [f"model specification {source} is invalid:"]
+        for r in unknown_roles:
+            lines.append(f"  - columns.{r}: not a role or predictor{_closest(r, allowed)}")
+        raise SpecError("\n".join(lines))
+    return spec
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and validate a TOML model specification.
+
+    Raises
+    ------
+    SpecError
+        The file is missing, is not valid TOML, or breaks the spec schema.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read model specification {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"model specification {path} is not valid TOML: {exc}") from None
+    return spec_from_dict(data, source=str(path))

@@ -1,0 +1,471 @@
+"""Validation of a pupil table against a model specification, before any model is built.
+
+Every problem found is collected and raised together as one :class:`~bayesfed.errors.DataError`
+whose lines name the column (and its role), how many rows break the rule, a few example rows
+and the fix. Row numbers count data rows from 1, the header excluded, as a spreadsheet user
+would find them (row 1 is the file's second line in a CSV).
+
+The rules, in the order they are reported:
+
+1. ``missing column``: a column the model needs is not in the table.
+2. ``not numeric``: text in a numeric column.
+3. ``missing value``: blank / NA in a needed column (``drop_incomplete=True`` drops those rows
+   instead and reports how many).
+4. ``out of range``: infinities; flags not 0/1; IDACI outside 0-1; years not whole numbers;
+   categorical labels not among the spec's levels.
+5. ``not constant within school``: a school-level column (federated flag, founding year,
+   federation id and type) that varies within a school.
+6. ``inconsistent years since founding``: ``years_since != cohort - founding_year``.
+7. ``federation id without flag``: a federation id on a school whose federated flag is 0, or the
+   reverse.
+8. ``duplicated pupil id``: the same pupil id twice in one cohort.
+9. Selection rules: a requested year with no pupils or a single school, and a predictor with no
+   variation among the selected pupils (its coefficient would not be identified).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from bayesfed.errors import DataError
+from bayesfed.schema import ROLES
+from bayesfed.spec import ModelSpec
+
+#: How many example rows an error line shows.
+N_EXAMPLES = 5
+
+#: Roles read when present (never required): they feed summaries and consistency checks.
+OPTIONAL_ROLES = ("pupil_id", "federation", "federation_type", "federated", "cohort",
+                  "founding_year", "years_since")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken rule: which column, how many rows, examples and the fix."""
+
+    column: str
+    role: str
+    what: str
+    fix: str
+    rows: tuple[int, ...] = ()
+    n_rows: int = 0
+    values: tuple[str, ...] = ()
+
+    def line(self) -> str:
+        """One line of the error message."""
+        if not self.column:
+            label = "table"
+        else:
+            label = f"column {self.column!r}" + (
+                f" (role {self.role})" if self.role != self.column else "")
+        where = ""
+        if self.n_rows:
+            shown = ", ".join(str(r) for r in self.rows)
+            more = ", ..." if self.n_rows > len(self.rows) else ""
+            where = f" in {self.n_rows} row{'s' if self.n_rows > 1 else ''} (e.g. row{'s' if len(self.rows) > 1 else ''} " \
+                    f"{shown}{more})"
+            if self.values:
+                where += f", values {', '.join(self.values)}"
+        return f"{label}: {self.what}{where}. Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class PupilTable:
+    """A validated pupil table with canonical column names.
+
+    Attributes
+    ----------
+    frame : DataFrame
+        A new frame (the input is never modified) whose columns are named by role or term:
+        ``outcome``, ``school``, each predictor term, and whichever optional roles were present
+        or derived (``years_since`` is derived from ``cohort - founding_year`` when absent).
+        Numeric columns are float or int; identifiers are strings.
+    n_input_rows : int
+        Rows in the table as read.
+    n_dropped : int
+        Rows dropped for missing values (only with ``drop_incomplete=True``).
+    columns : dict of str to str
+        Canonical name -> the user's column it came from.
+    """
+
+    frame: pd.DataFrame
+    n_input_rows: int
+    n_dropped: int
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def select_year(self, year: int | None) -> pd.DataFrame:
+        """Pupils with ``years_since == year``; the whole table when ``year`` is None."""
+        if year is None:
+            return self.frame
+        return self.frame.loc[self.frame["years_since"] == year].reset_index(drop=True)
+
+
+def _rows(mask: np.ndarray, positions: np.ndarray | None = None) -> tuple[tuple[int, ...], int]:
+    """Example row numbers (1-based) and the count of rows where ``mask`` holds.
+
+    ``positions`` gives each row's 0-based position in the input table when rows were dropped.
+    """
+    idx = np.flatnonzero(mask)
+    if positions is not None:
+        idx = positions[idx]
+    return tuple(int(i) + 1 for i in idx[:N_EXAMPLES]), int(idx.size)
+
+
+def _values(series: pd.Series, mask: np.ndarray) -> tuple[str, ...]:
+    shown = series.to_numpy()[np.flatnonzero(mask)[:N_EXAMPLES]]
+    return tuple(repr(v.item() if isinstance(v, np.generic) else v) for v in shown)
+
+
+def _blank(series: pd.Series) -> np.ndarray:
+    """True where a value is missing: NA, or text that is empty after stripping."""
+    missing = series.isna().to_numpy().copy()
+    if series.dtype == object or isinstance(series.dtype, pd.StringDtype):
+        text = series.astype("string").str.strip()
+        missing |= (text == "").fillna(True).to_numpy(dtype=bool)
+    return missing
+
+
+def needed_roles(spec: ModelSpec, years: Sequence[int] | None) -> list[str]:
+    """Roles and terms the model cannot do without, in reporting order."""
+    return ["outcome", "school", *spec.terms]
+
+
+_FLAG_FIX = "code it 1 for yes and 0 for no"
+_FIX = {
+    "idaci": "IDACI is a share between 0 and 1; divide percentages by 100",
+    "outcome": "the outcome must be a finite number for every pupil",
+    "year": "years are whole calendar years (cohort, founding_year) or whole year offsets",
+}
+
+
+def _numeric_problems(
+    raw: pd.Series, column: str, role: str, kind: str
+) -> tuple[list[Problem], pd.Series]:
+    """Convert a column to numbers; report text, infinities and range breaches.
+
+    Returns the problems and the converted column (float).
+    """
+    problems: list[Problem] = []
+    missing = _blank(raw)
+    values = pd.to_numeric(raw.where(~missing), errors="coerce").astype(float)
+    text = ~missing & values.isna().to_numpy()
+    if text.any():
+        rows, n = _rows(text)
+        problems.append(Problem(column, role, "not numeric", "replace text by numbers "
+                                "(or mark the value as missing)", rows, n, _values(raw, text)))
+    arr = values.to_numpy()
+    finite = np.isfinite(arr)
+    present = ~missing & ~text
+    checks: list[tuple[np.ndarray, str, str]] = [
+        (present & ~finite, "infinite value", _FIX.get(role, "use finite numbers")),
+    ]
+    ok = present & finite
+    if kind == "flag":
+        checks.append((ok & ~np.isin(arr, (0.0, 1.0)), "value not 0/1", _FLAG_FIX))
+    elif kind == "unit_interval":
+        checks.append((ok & ((arr < 0) | (arr > 1)), "value outside 0-1",
+                       _FIX.get(role, "use values between 0 and 1")))
+    elif kind == "year":
+        checks.append((ok & (arr != np.round(arr)), "value not a whole number", _FIX["year"]))
+    for mask, what, fix in checks:
+        if mask.any():
+            rows, n = _rows(mask)
+            problems.append(Problem(column, role, what, fix, rows, n, _values(raw, mask)))
+    return problems, values
+
+
+def _category_problems(
+    raw: pd.Series, column: str, role: str, levels: Sequence[str]
+) -> tuple[list[Problem], pd.Series]:
+    missing = _blank(raw)
+    text = raw.astype("string").str.strip()
+    unknown = ~missing & ~text.isin(list(levels)).fillna(False).to_numpy(dtype=bool)
+    problems = []
+    if unknown.any():
+        rows, n = _rows(unknown)
+        problems.append(Problem(
+            column, role, "unknown label", f"use one of {', '.join(levels)} (or map your labels "
+            "onto these before fitting)", rows, n, _values(raw, unknown)))
+    return problems, text.astype(object).where(~missing, None)
+
+
+def _constant_within_school(
+    frame: pd.DataFrame, name: str, column: str, positions: np.ndarray
+) -> list[Problem]:
+    """A school-level column must take one value per school (blank counts as a value)."""
+    values = frame[name].astype("string").fillna("<blank>")
+    n_values = values.groupby(frame["school"], sort=False).transform("nunique").to_numpy()
+    mask = n_values > 1
+    if not mask.any():
+        return []
+    rows, n = _rows(mask, positions)
+    schools = pd.unique(frame.loc[mask, "school"])
+    shown = ", ".join(repr(s) for s in schools[:N_EXAMPLES])
+    more = ", ..." if len(schools) > N_EXAMPLES else ""
+    return [Problem(
+        column, name,
+        f"not constant within school ({_plural(len(schools), 'school')}: {shown}{more})",
+        "a school-level value must be the same for every pupil of a school; correct the "
+        "school's rows or split it into separate school ids", rows, n)]
+
+
+def validate_table(
+    raw: pd.DataFrame,
+    spec: ModelSpec,
+    years: Iterable[int] | None = None,
+    drop_incomplete: bool = False,
+    source: str = "data",
+) -> PupilTable:
+    """Check a pupil table against a spec and return it with canonical column names.
+
+    Parameters
+    ----------
+    raw : DataFrame
+        The table as read (never modified).
+    spec : ModelSpec
+        Supplies the column mapping, predictors and categorical levels.
+    years : iterable of int, optional
+        Years since founding that will be fitted separately; each must have pupils in at least
+        two schools. None fits the whole table and needs no year columns.
+    drop_incomplete : bool
+        Drop rows with a missing value in a needed column (reported in ``n_dropped``) instead
+        of raising.
+    source : str
+        Name of the table in messages (usually its path).
+
+    Returns
+    -------
+    PupilTable
+
+    Raises
+    ------
+    DataError
+        Listing every problem found.
+    """
+    years = None if years is None else sorted(set(int(y) for y in years))
+    needed = needed_roles(spec, years)
+    if years is not None and spec.column("years_since") not in raw.columns:
+        needed += ["cohort", "founding_year"]  # years since founding are derived from these
+    coding = spec.categorical_coding()
+    present = {name: spec.column(name) for name in [*needed, *OPTIONAL_ROLES]
+               if spec.column(name) in raw.columns}
+    problems: list[Problem] = []
+    for name in needed:
+        if name not in present:
+            column = spec.column(name)
+            problems.append(Problem(
+                column, name, "missing column",
+                f"add the column, or map role {name!r} to one of your columns in the spec's "
+                f"[columns] table (columns found: {', '.join(map(str, raw.columns[:12]))}"
+                f"{', ...' if len(raw.columns) > 12 else ''})"))
+    if problems:  # nothing else can be checked reliably without the columns
+        raise DataError(_message(source, problems, len(raw)))
+
+    out: dict[str, pd.Series] = {}
+    missing_rows = np.zeros(len(raw), dtype=bool)
+    missing_cols: list[tuple[str, str, np.ndarray]] = []
+    for name, column in present.items():
+        series = raw[column]
+        role = ROLES.get(name)
+        kind = role.kind if role else "numeric"
+        if name in coding:
+            kind = "category"
+        missing = _blank(series)
+        if kind in ("label", "id"):
+            out[name] = series.astype("string").str.strip().astype(object).where(~missing, None)
+            if kind == "label":
+                continue
+        elif kind == "category":
+            levels = coding[name][0] if name in coding else role.levels
+            probs, out[name] = _category_problems(series, column, name, levels)
+            problems += probs
+        else:
+            probs, out[name] = _numeric_problems(series, column, name, kind)
+            problems += probs
+        if name in needed and missing.any():
+            missing_cols.append((column, name, missing))
+            missing_rows |= missing
+
+    n_dropped = 0
+    if missing_cols and not drop_incomplete:
+        for column, name, missing in missing_cols:
+            rows, n = _rows(missing)
+            problems.append(Problem(
+                column, name, "missing value",
+                "fill in the values, or run with --drop-incomplete to drop incomplete rows "
+                "(bayesfed reports how many)", rows, n))
+    keep = ~missing_rows if drop_incomplete else np.ones(len(raw), dtype=bool)
+    n_dropped = int((~keep).sum())
+
+    # Keep each row's position in the input so that later rules report input row numbers.
+    frame = pd.DataFrame({k: v.to_numpy() for k, v in out.items()}).loc[keep]
+    positions = frame.index.to_numpy()
+    frame = frame.reset_index(drop=True)
+
+    if not problems:
+        for name in frame.columns:  # whole numbers as integers; nullable where one is missing
+            role = ROLES.get(name)
+            if role is not None and role.kind in ("flag", "year"):
+                has_na = bool(frame[name].isna().any())
+                frame[name] = frame[name].astype("Int64" if has_na else np.int64)
+        problems += _structure_problems(frame, present, positions)
+    if problems:
+        raise DataError(_message(source, problems, len(raw), n_dropped))
+
+    if "years_since" not in frame and {"cohort", "founding_year"} <= set(frame):
+        frame["years_since"] = frame["cohort"] - frame["founding_year"]
+    if years is not None:
+        problems += _selection_problems(frame, spec, years, present)
+        if problems:
+            raise DataError(_message(source, problems, len(raw), n_dropped))
+    elif len(frame):
+        problems += _variation_problems(frame, spec, present, "the table")
+        if problems:
+            raise DataError(_message(source, problems, len(raw), n_dropped))
+    return PupilTable(frame=frame, n_input_rows=len(raw), n_dropped=n_dropped,
+                      columns=dict(present))
+
+
+def _structure_problems(
+    frame: pd.DataFrame, present: dict[str, str], positions: np.ndarray
+) -> list[Problem]:
+    """Rules across rows: school-level constancy, year arithmetic, flags vs ids, duplicates."""
+    problems: list[Problem] = []
+    if len(frame) == 0:
+        return [Problem("", "", "no rows",
+                        "check the export: bayesfed needs one row per pupil")]
+    for name in ("federated", "founding_year", "federation", "federation_type"):
+        if name in frame:
+            problems += _constant_within_school(frame, name, present[name], positions)
+    if {"years_since", "cohort", "founding_year"} <= set(frame):
+        diff = frame["cohort"] - frame["founding_year"]
+        mask = (frame["years_since"] != diff).to_numpy()
+        if mask.any():
+            rows, n = _rows(mask, positions)
+            problems.append(Problem(
+                present["years_since"], "years_since",
+                f"not equal to {present['cohort']} - {present['founding_year']}",
+                "correct the values, or drop the column and bayesfed derives it", rows, n,
+                _values(frame["years_since"], mask)))
+    if {"federation", "federated"} <= set(frame):
+        has_id = frame["federation"].notna().to_numpy()
+        flag = frame["federated"].to_numpy() == 1
+        for mask, what in ((has_id & ~flag, "federation id on a school whose federated flag "
+                            "is 0"), (~has_id & flag, "federated flag 1 with no federation id")):
+            if mask.any():
+                rows, n = _rows(mask, positions)
+                problems.append(Problem(
+                    present["federation"], "federation", what,
+                    "a federated school has a federation id and flag 1; a matched school has "
+                    "a blank id and flag 0", rows, n))
+    if "pupil_id" in frame:
+        keys = ["pupil_id", "cohort"] if "cohort" in frame else ["pupil_id"]
+        mask = frame.duplicated(keys, keep=False).to_numpy() & frame["pupil_id"].notna().to_numpy()
+        if mask.any():
+            rows, n = _rows(mask, positions)
+            within = " within a cohort" if "cohort" in frame else ""
+            problems.append(Problem(
+                present["pupil_id"], "pupil_id", f"duplicated pupil id{within}",
+                "each pupil appears once per cohort; remove repeated rows", rows, n,
+                _values(frame["pupil_id"], mask)))
+    return problems
+
+
+def _variation_problems(
+    frame: pd.DataFrame, spec: ModelSpec, present: dict[str, str], where: str
+) -> list[Problem]:
+    """A predictor (or categorical level) that does not vary cannot have a coefficient."""
+    problems = []
+    coding = spec.categorical_coding()
+    for term in spec.terms:
+        if term in coding:
+            levels, reference = coding[term]
+            seen = set(frame[term].dropna().unique())
+            absent = [lev for lev in levels if lev not in seen]
+            if len(seen) < 2:
+                problems.append(Problem(
+                    present[term], term, f"only one category ({', '.join(sorted(seen))}) "
+                    f"in {where}", "drop the predictor from the spec for this selection"))
+            elif reference in absent:
+                problems.append(Problem(
+                    present[term], term, f"reference level {reference!r} absent from {where}",
+                    "choose a reference level that occurs in [categorical] of the spec"))
+            elif absent:
+                problems.append(Problem(
+                    present[term], term, f"level(s) {', '.join(absent)} absent from {where}",
+                    "remove the absent levels from [categorical] levels in the spec, or merge "
+                    "them into a neighbouring level"))
+        elif frame[term].nunique() < 2:
+            problems.append(Problem(
+                present[term], term, f"constant ({frame[term].iloc[0].item()!r}) in {where}",
+                "drop the predictor from the spec for this selection"))
+    return problems
+
+
+def _selection_problems(
+    frame: pd.DataFrame, spec: ModelSpec, years: Sequence[int], present: dict[str, str]
+) -> list[Problem]:
+    problems = []
+    column = present.get("years_since", f"{present.get('cohort')} - {present.get('founding_year')}")
+    available = sorted(int(v) for v in frame["years_since"].unique())
+    for year in years:
+        sel = frame.loc[frame["years_since"] == year]
+        n_schools = sel["school"].nunique()
+        if len(sel) == 0:
+            problems.append(Problem(
+                column, "years_since", f"no pupils in year {year} since founding",
+                f"choose years among those present ({', '.join(map(str, available))})"))
+        elif n_schools < 2:
+            problems.append(Problem(
+                column, "years_since", f"year {year} since founding has pupils in a single "
+                f"school ({sel['school'].iloc[0]!r}): school variance is not identified",
+                "fit years with pupils in at least two schools"))
+        else:
+            problems += _variation_problems(sel, spec, present, f"year {year}")
+    return problems
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _message(source: str, problems: list[Problem], n_rows: int, n_dropped: int = 0) -> str:
+    head = f"{source}: {_plural(len(problems), 'problem')} in {_plural(n_rows, 'row')}"
+    if n_dropped:
+        head += f" ({_plural(n_dropped, 'incomplete row')} dropped)"
+    head += " (row numbers count data rows from 1, the header excluded):"
+    return "\n".join([head, *(f"  - {p.line()}" for p in problems)])
+
+
+def describe(table: PupilTable) -> dict[str, object]:
+    """Counts for a one-screen summary: pupils, schools, federations, cohorts, years.
+
+    Returns
+    -------
+    dict
+        ``pupils``, ``schools``, ``federated_schools``, ``federations``, ``cohorts`` (list),
+        ``years_since`` (year -> pupils), ``dropped`` and ``input_rows``.
+    """
+    f = table.frame
+    out: dict[str, object] = {
+        "input_rows": table.n_input_rows,
+        "dropped": table.n_dropped,
+        "pupils": len(f),
+        "schools": int(f["school"].nunique()),
+    }
+    if "federated" in f:
+        out["federated_schools"] = int(f.loc[f["federated"] == 1, "school"].nunique())
+    if "federation" in f:
+        out["federations"] = int(f["federation"].nunique())
+    if "cohort" in f:
+        out["cohorts"] = sorted(int(c) for c in f["cohort"].unique())
+    if "years_since" in f:
+        counts = f.groupby("years_since").agg(pupils=("school", "size"),
+                                              schools=("school", "nunique"))
+        out["years_since"] = {int(k): {"pupils": int(r.pupils), "schools": int(r.schools)}
+                              for k, r in counts.iterrows()}
+    return out
