@@ -1,0 +1,5 @@
+"""``python -m bayesfed`` runs the command line."""
+
+from bayesfed.cli import main
+
+main()

@@ -1,0 +1,77 @@
+"""The command line as a user runs it: real subprocesses, real files, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bayesfed.cli import parse_years
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bayesfed(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "100"}
+    return subprocess.run([sys.executable, "-m", "bayesfed", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_simulate_twice_gives_identical_files(tmp_path):
+    for name in ("a", "b"):
+        run = bayesfed("simulate", "--out", str(tmp_path / name / "X.parquet"), "--seed", "1")
+        assert run.returncode == 0, run.stderr
+        assert "true parameters in" in run.stdout
+    for file in ("X.parquet", "X.truth.json"):
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+    other = bayesfed("simulate", "--out", str(tmp_path / "c.parquet"), "--seed", "2")
+    assert other.returncode == 0
+    assert (tmp_path / "c.parquet").read_bytes() != (tmp_path / "a" / "X.parquet").read_bytes()
+
+
+def test_validate_prints_one_screen_summary():
+    run = bayesfed("validate", "data/synthetic_study.parquet", "--spec",
+                   "models/m2_federation.toml", "--years", "0-5")
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "is valid for M2" in out
+    for word in ("pupils:", "schools:", "federations: 31", "cohorts:", "years since founding"):
+        assert word in out
+    assert len(out.splitlines()) < 30
+
+
+def test_validate_reports_data_problems_with_exit_code_3(tmp_path, table):
+    bad = table.copy()
+    bad.loc[2, "idaci"] = 40
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    run = bayesfed("validate", str(path), "--spec", "models/m2_federation.toml")
+    assert run.returncode == 3
+    assert run.stderr.startswith(f"bayesfed: error: {path}: 1 problem in 144 rows")
+    assert "column 'idaci': value outside 0-1 in 1 row (e.g. row 3), values '40'" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_spec_error_exit_code_3(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('[model]\nname = "M9"\nfamly = "two_level"\n')
+    run = bayesfed("validate", "data/synthetic_study.parquet", "--spec", str(spec))
+    assert run.returncode == 3
+    assert "unknown key 'model.famly' (did you mean 'family'?)" in run.stderr
+
+
+def test_bad_year_selection_is_a_usage_error():
+    run = bayesfed("validate", "data/synthetic_study.parquet", "--years", "five")
+    assert run.returncode == 2
+    assert "'five' is not a year selection" in run.stderr
+
+
+@pytest.mark.parametrize(("text", "years"), [
+    ("0-5", [0, 1, 2, 3, 4, 5]), ("0,2,4", [0, 2, 4]), ("3", [3]), ("-2--1", [-2, -1]),
+    ("-2-1", [-2, -1, 0, 1]), (None, None),
+])
+def test_parse_years(text, years):
+    assert parse_years(text) == years
