@@ -137,6 +137,48 @@ def print_summary(summary: dict, title: str) -> None:
 
 
 @app.command()
+def fit(
+    specs: Annotated[list[Path], typer.Argument(help="One or more model specifications "
+                                                "(TOML), e.g. models/m0_empty.toml.")],
+    data: Annotated[Path, typer.Option(help="Pupil table (.csv or .parquet).")],
+    out: Annotated[Path, typer.Option(help="Folder for <model>_k<year>.nc and summary.json.")],
+    years: Annotated[str | None, typer.Option(
+        help="Years since founding, each fitted separately, e.g. 0-5; omit to fit the whole "
+             "table.")] = None,
+    draws: Annotated[int, typer.Option(min=1, help="Kept draws per chain.")] = 1000,
+    tune: Annotated[int, typer.Option(min=0, help="Warm-up iterations per chain.")] = 1000,
+    chains: Annotated[int, typer.Option(min=1, help="Number of chains.")] = 4,
+    seed: Annotated[int, typer.Option(help="Job seed: same seed, data and versions, same "
+                                      "numbers.")] = 0,
+    sampler: Annotated[str, typer.Option(help="nutpie (default) or pymc.")] = "nutpie",
+    drop_incomplete: Annotated[bool, typer.Option(
+        help="Drop rows with missing values in needed columns (and say how many).")] = False,
+    force: Annotated[bool, typer.Option(help="Replace fit files that already exist.")] = False,
+) -> None:
+    """Fit models to a pupil table, save each fit as NetCDF and write summary.json."""
+    from bayesfed.job import fit_command
+
+    if sampler not in ("nutpie", "pymc"):
+        raise typer.BadParameter("use 'nutpie' or 'pymc'", param_hint="--sampler")
+    fit_command(specs, data, out, parse_years(years), draws=draws, tune=tune, chains=chains,
+                seed=seed, sampler=sampler, drop_incomplete=drop_incomplete, force=force,
+                console=console)
+
+
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `bayesfed fit`.")],
+    out: Annotated[Path | None, typer.Option(help="Markdown file to write (default: "
+                                             "FOLDER/report.md).")] = None,
+) -> None:
+    """Write a Markdown report of a fit folder in the paper's layout (Tables 3-5)."""
+    from bayesfed.job import report_command
+
+    path = report_command(folder, out)
+    console.print(f"report written to {path}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("out/demo"),
 ) -> None:

@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import xarray as xr
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -50,3 +53,40 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def _netcdf_safe(tree: xr.DataTree) -> xr.DataTree:
+    """Object-dtype variables (nutpie's divergence messages) become fixed-width text."""
+    groups = {}
+    for node in tree.subtree:
+        ds = node.to_dataset(inherit=False)
+        for name, da in ds.data_vars.items():
+            if da.dtype == object:
+                ds[name] = da.copy(data=np.array(["" if v is None else str(v)
+                                                  for v in da.to_numpy().ravel()],
+                                                 dtype=str).reshape(da.shape))
+        groups[node.path] = ds
+    out = xr.DataTree.from_dict(groups)
+    out.attrs = dict(tree.attrs)
+    return out
+
+
+def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
+    """Save a fit (ArviZ DataTree) as NetCDF, atomically.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        Groups ``posterior``, ``sample_stats``, ``observed_data``, ``constant_data`` and the
+        provenance attributes written by :func:`bayesfed.fit.fit_one`.
+    path : str or Path
+        Target ``.nc`` file.
+    """
+    safe = _netcdf_safe(tree)
+    return write_with(path, lambda tmp: safe.to_netcdf(tmp, engine="h5netcdf"))
+
+
+def load_fit(path: str | Path) -> xr.DataTree:
+    """Read a fit saved by :func:`save_fit` fully into memory (the file is closed again)."""
+    with xr.open_datatree(path, engine="h5netcdf") as tree:
+        return tree.load().copy()

@@ -19,8 +19,9 @@ The rules, in the order they are reported:
 7. ``federation id without flag``: a federation id on a school whose federated flag is 0, or the
    reverse.
 8. ``duplicated pupil id``: the same pupil id twice in one cohort.
-9. Selection rules: a requested year with no pupils or a single school, and a predictor with no
-   variation among the selected pupils (its coefficient would not be identified).
+9. Selection rules: a requested year with no pupils or a single school, a predictor with no
+   variation among the selected pupils, and predictors that are exact linear combinations of
+   each other (their coefficients would not be identified).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bayesfed.design import build_design
 from bayesfed.errors import DataError
 from bayesfed.schema import ROLES
 from bayesfed.spec import ModelSpec
@@ -403,6 +405,40 @@ def _variation_problems(
             problems.append(Problem(
                 present[term], term, f"constant ({frame[term].iloc[0].item()!r}) in {where}",
                 "drop the predictor from the spec for this selection"))
+    if not problems and spec.terms:
+        problems += _collinearity_problems(frame, spec, present, where)
+    return problems
+
+
+def _collinearity_problems(
+    frame: pd.DataFrame, spec: ModelSpec, present: dict[str, str], where: str
+) -> list[Problem]:
+    """Coefficients that are exact linear combinations of the intercept and earlier columns.
+
+    Columns are added in reporting order; one that does not raise the rank of
+    ``[1, X_so_far]`` is reported with the columns it is a combination of.
+    """
+    design = build_design(frame, spec.predictors.pupil, spec.predictors.school,
+                          spec.categorical_coding())
+    names = ("intercept", *design.coef_names)
+    full = np.column_stack([np.ones(design.n_pupils), design.X])
+    scale = np.abs(full).max(axis=0)
+    full = full / np.where(scale > 0, scale, 1.0)
+    problems = []
+    kept: list[int] = [0]
+    for j in range(1, full.shape[1]):
+        base = full[:, kept]
+        coef, *_ = np.linalg.lstsq(base, full[:, j], rcond=None)
+        resid = full[:, j] - base @ coef
+        if np.linalg.norm(resid) > 1e-8 * np.sqrt(len(full)):
+            kept.append(j)
+            continue
+        parts = [names[k] for k, c in zip(kept, coef, strict=True) if abs(c) > 1e-8]
+        term = names[j].split("[")[0]
+        problems.append(Problem(
+            present.get(term, term), term,
+            f"coefficient {names[j]!r} is a linear combination of {', '.join(parts)} in {where}",
+            "drop one of these predictors from the spec: their effects cannot be told apart"))
     return problems
 
 

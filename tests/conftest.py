@@ -38,9 +38,9 @@ def small_table(seed: int = 0, schools: int = 6, pupils: int = 12) -> pd.DataFra
                     "gcse_score": float(np.round(rng.normal(4, 4), 3)),
                     "fsm": int(rng.random() < 0.2),
                     "idaci": float(np.round(rng.uniform(0, 0.6), 3)),
-                    "male": int(p % 2),
+                    "male": int(rng.random() < 0.5),
                     "sen": sen[p % 4],
-                    "non_white_british": int(p % 5 == 0),
+                    "non_white_british": int(rng.random() < 0.2),
                     "ks2": float(np.round(rng.normal(0, 0.15), 3)),
                 })
     return pd.DataFrame(rows)

@@ -212,3 +212,13 @@ def test_generic_table_without_federation_columns(m0):
     raw = pd.DataFrame({"gcse_score": [1.0, 2.0, 3.0, 4.0], "school_id": ["a", "a", "b", "b"]})
     out = validate_table(raw, m0)
     assert list(out.frame.columns) == ["outcome", "school"]
+
+
+def test_collinear_predictors_are_reported(table, m2):
+    raw = table.copy()
+    raw["male"] = raw["sen"].isin(["school_action", "statemented"]).astype(int)
+    assert problems(raw, m2) == [
+        "column 'sen': coefficient 'sen[statemented]' is a linear combination of male, "
+        "sen[school_action] in the table. Fix: drop one of these predictors from the spec: "
+        "their effects cannot be told apart"
+    ]
