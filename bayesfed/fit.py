@@ -29,6 +29,7 @@ from bayesfed import __version__
 from bayesfed.design import Design, build_design
 from bayesfed.errors import OutputError
 from bayesfed.models import build_two_level
+from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
 from bayesfed.reml import fit_reml
 from bayesfed.sampling import Sampler, sample
@@ -121,8 +122,7 @@ def fit_one(
                   chains=options.chains, seed=seed, sampler=options.sampler,
                   progress=options.progress)
     reml = fit_reml(design)
-    cov = np.atleast_2d(np.cov(design.X, rowvar=False, ddof=1)) if design.coef_names else \
-        np.zeros((0, 0))
+    cov = predictor_cov(design)
     tree["constant_data"] = xr.DataTree(xr.Dataset({"x_cov": (("predictor", "predictor_"), cov)},
                                                    coords={"predictor": list(design.coef_names),
                                                            "predictor_": list(design.coef_names)}))

@@ -74,18 +74,16 @@ def _row(label: str, cells: Sequence[str]) -> str:
     return "| " + " | ".join([label, *cells]) + " |"
 
 
-def _reml_var_share(fit: dict, level: str) -> str:
-    r = fit["reml"]
-    total = r["var_school"] + r["var_pupil"]
-    share = r["var_school"] / total if level == "school" else r["var_pupil"] / total
-    return f"{100 * share:.1f}"
+def _reml_pct(fit: dict, key: str, level: str) -> str:
+    value = fit["reml"].get(key, {}).get(level)
+    return "" if value is None else f"{100 * value:.1f}"
 
 
 def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     """Markdown lines of one model's table; ``fits`` are that model's fits, by year."""
     model = fits[0]["model"]
     has_paper = model in PAPER_TABLES and any(f["year"] is not None for f in fits)
-    title = PAPER_TABLES[model][1] if model in PAPER_TABLES else f"Model {model}"
+    title = PAPER_TABLES[model][1] if has_paper else f"Model {model}"
     lines = [f"## {title} ({model})", ""]
     header = ["", *(_year_label(f["year"]) for f in fits)]
     lines += [_row(header[0], header[1:]), "|" + "---|" * len(header)]
@@ -102,7 +100,7 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     for level in ("school", "pupil"):
         lines.append(_row(f"**% variance {level}**",
                           [_pct(f["variance_partition"][level]) for f in fits]))
-        lines.append(_row("  REML", [_reml_var_share(f, level) for f in fits]))
+        lines.append(_row("  REML", [_reml_pct(f, "variance_partition", level) for f in fits]))
         if has_paper and model == "M0":
             lines.append(_row("  paper", [_published(published, model, f["year"],
                                                      f"vpc_{level}") for f in fits]))
@@ -111,6 +109,8 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         for level in ("school", "pupil"):
             lines.append(_row(f"**% variance explained, {level} (vs {ref})**",
                               [_pct(f.get("variance_explained", {}).get(level)) for f in fits]))
+            lines.append(_row("  REML", [_reml_pct(f, "variance_explained", level)
+                                         for f in fits]))
             if has_paper:
                 lines.append(_row("  paper", [_published(published, model, f["year"],
                                                          f"prv_{level}") for f in fits]))
@@ -124,8 +124,9 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         for d in (f["diagnostics"] for f in fits)]))
     lines.append(_row("diagnostics", ["ok" if f["diagnostics"]["ok"] else "**FAILED**"
                                       for f in fits]))
-    lines += ["", "Cells: posterior mean (sd); REML estimate (SE) on the same pupils; the "
-              "published value (SE). Variance rows: posterior mean [94% HDI], in percent.", ""]
+    paper = "; the published value (SE)" if has_paper else ""
+    lines += ["", f"Cells: posterior mean (sd); REML estimate (SE) on the same pupils{paper}. "
+              "Variance rows: posterior mean [94% HDI], in percent.", ""]
     return lines
 
 

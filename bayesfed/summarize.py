@@ -15,7 +15,8 @@ with, for every fit,
   ``pupil``, ``r2_marginal``, ``r2_conditional``);
 - ``federation_effect``: for a model with a ``federated`` coefficient, its summary plus
   ``p_positive`` = P(effect > 0);
-- ``reml``: the REML fit of the same model to the same pupils (estimates, SEs, variances);
+- ``reml``: the REML fit of the same model to the same pupils (estimates, SEs, variances),
+  with its ``variance_partition`` and ``variance_explained`` (point values, 0-1);
 - ``diagnostics``: ``divergences``, ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``,
   ``problems`` (plain-language list) and ``ok``;
 - ``sampling_seconds``, ``sampler``, ``seed``, ``data_sha256``, ``file``.
@@ -123,6 +124,25 @@ def _attr_json(tree: xr.DataTree, key: str) -> dict:
     return json.loads(tree.attrs[key])
 
 
+def reml_point(reml: dict) -> xr.Dataset:
+    """REML variances as a one-draw "posterior" (chain 1, draw 1), so that the variance
+    partitions of :mod:`bayesfed.partition` apply to them unchanged."""
+    return xr.Dataset({name: (("chain", "draw"), [[np.sqrt(reml[var])]])
+                       for name, var in (("sd_school", "var_school"), ("sigma", "var_pupil"))})
+
+
+def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, object]:
+    """The fit's REML results plus its variance partition (and reduction vs the reference)."""
+    reml = _attr_json(tree, "bayesfed_reml")
+    point = reml_point(reml)
+    reml["variance_partition"] = {k: float(v.squeeze()) for k, v in vpc(point).items()}
+    if reference is not None:
+        ref = reml_point(_attr_json(reference, "bayesfed_reml"))
+        reml["variance_explained"] = {k: float(v.squeeze())
+                                      for k, v in variance_explained(ref, point).items()}
+    return reml
+
+
 def fit_year(tree: xr.DataTree) -> int | None:
     """The year since founding a fit selected, or None."""
     text = str(tree.attrs["bayesfed_year"])
@@ -157,7 +177,7 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
         "decomposition": {k: hdi_summary(v, PROB) for k, v in shares.items()},
         "diagnostics": diagnostics(tree),
-        "reml": _attr_json(tree, "bayesfed_reml"),
+        "reml": reml_summary(tree, reference),
         "sampling_seconds": float(tree.attrs["sampling_seconds"]),
         "sampler": options["sampler"],
         "seed": options["fit_seed"],
