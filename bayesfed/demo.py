@@ -1,8 +1,9 @@
 """The demo job behind ``make demo``: the shipped synthetic study, end to end.
 
-Steps: read the shipped study, validate it for each of the paper's models (M0, M1, M2) and
-each year since founding 0-5, and write a data summary (``data_summary.json``) and a Markdown
-report (``report.md``) into the output folder.
+Steps: validate the shipped study for the paper's three models (M0, M1, M2), fit each of them
+separately for the founding year and each of the five years after (18 fits, as the paper
+did), write every fit and ``summary.json`` into ``<out>/fits`` and the Markdown report in the
+paper's layout to ``<out>/report.md``.
 """
 
 from __future__ import annotations
@@ -12,68 +13,41 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bayesfed.job import fit_command, report_command
 from bayesfed.read import read_table
 from bayesfed.spec import load_spec
-from bayesfed.store import write_json, write_text
 from bayesfed.validate import describe, validate_table
 
 #: The paper fits its models for the founding year and each of the five years after.
 PAPER_YEARS = tuple(range(6))
 
 
-def data_report(summary: dict, data: Path, models: Sequence[str]) -> str:
-    """Markdown page describing the validated study.
+def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
+             seed: int = 0) -> Path:
+    """Fit the paper's models by year to the shipped study and write the report.
 
     Parameters
     ----------
-    summary : dict
-        Output of :func:`bayesfed.validate.describe`.
+    out : Path
+        Output folder; its ``fits`` subfolder is replaced on every run.
     data : Path
-        The table that was summarised.
-    models : sequence of str
-        Names of the models the table was validated for.
-    """
-    lines = [
-        "# bayesfed demo: the shipped synthetic study",
-        "",
-        f"Data: `{data.name}`, validated for models {', '.join(models)} and years since "
-        f"founding {PAPER_YEARS[0]}-{PAPER_YEARS[-1]}.",
-        "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| pupils | {summary['pupils']:,} |",
-        f"| schools | {summary['schools']:,} |",
-        f"| federated schools | {summary['federated_schools']:,} |",
-        f"| federations | {summary['federations']:,} |",
-        f"| cohorts | {summary['cohorts'][0]}-{summary['cohorts'][-1]} |",
-        "",
-        "## Pupils and schools by year since founding",
-        "",
-        "| years since founding | pupils | schools |",
-        "|---|---|---|",
-    ]
-    for year, row in summary["years_since"].items():
-        lines.append(f"| {year} | {row['pupils']:,} | {row['schools']:,} |")
-    return "\n".join(lines) + "\n"
-
-
-def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console) -> Path:
-    """Validate the shipped study for every spec and write the summary and report.
+        The pupil table.
+    specs : sequence of Path
+        Model specifications, reference models first.
+    console : Console
+        Where progress is printed.
+    seed : int
+        Job seed.
 
     Returns
     -------
     Path
         The Markdown report.
     """
-    raw = read_table(data)
-    models = []
-    table = None
-    for path in specs:
-        spec = load_spec(path)
-        table = validate_table(raw, spec, years=PAPER_YEARS, source=str(data))
-        models.append(spec.name)
-        console.print(f"validated {data.name} for {spec.name} ({path.name}): "
-                      f"{len(table.frame):,} pupils")
-    summary = describe(table)
-    write_json(out / "data_summary.json", summary)
-    return write_text(out / "report.md", data_report(summary, data, models))
+    summary = describe(validate_table(read_table(data), load_spec(specs[-1]),
+                                      years=PAPER_YEARS, source=str(data)))
+    console.print(f"{data.name}: {summary['pupils']:,} pupils, {summary['schools']} schools, "
+                  f"{summary['federations']} federations, cohorts "
+                  f"{summary['cohorts'][0]}-{summary['cohorts'][-1]}")
+    fit_command(specs, data, out / "fits", PAPER_YEARS, seed=seed, force=True, console=console)
+    return report_command(out / "fits", out / "report.md")

@@ -87,9 +87,16 @@ def fit_command(
 
 
 def report_command(folder: Path, out: Path | None = None) -> Path:
-    """Write the Markdown report of a fit folder (re-summarising its fits first)."""
-    if not folder.is_dir() or not any(folder.glob("*.nc")):
+    """Write the Markdown report of a fit folder.
+
+    ``summary.json`` is rewritten first unless it is newer than every fit file in the folder.
+    """
+    fits = list(folder.glob("*.nc")) if folder.is_dir() else []
+    if not fits:
         raise OutputError(f"{folder} holds no fit files (*.nc); run `bayesfed fit` first")
-    summary = json.loads(write_summary(folder).read_text())
+    path = folder / "summary.json"
+    if not path.exists() or path.stat().st_mtime_ns < max(f.stat().st_mtime_ns for f in fits):
+        write_summary(folder)
+    summary = json.loads(path.read_text())
     return write_text(out or folder / "report.md",
                       render_markdown(summary, title=f"bayesfed report: {folder.name}"))

@@ -32,6 +32,15 @@ def test_simulate_twice_gives_identical_files(tmp_path):
     assert (tmp_path / "c.parquet").read_bytes() != (tmp_path / "a" / "X.parquet").read_bytes()
 
 
+def test_simulate_default_seed_reproduces_the_shipped_study(tmp_path):
+    run = bayesfed("simulate", "--out", str(tmp_path / "s.parquet"))
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "s.parquet").read_bytes() == \
+        (ROOT / "data" / "synthetic_study.parquet").read_bytes()
+    assert (tmp_path / "s.truth.json").read_bytes() == \
+        (ROOT / "data" / "synthetic_study.truth.json").read_bytes()
+
+
 def test_validate_prints_one_screen_summary():
     run = bayesfed("validate", "data/synthetic_study.parquet", "--spec",
                    "models/m2_federation.toml", "--years", "0-5")
@@ -51,7 +60,7 @@ def test_validate_reports_data_problems_with_exit_code_3(tmp_path, table):
     run = bayesfed("validate", str(path), "--spec", "models/m2_federation.toml")
     assert run.returncode == 3
     assert run.stderr.startswith(f"bayesfed: error: {path}: 1 problem in 144 rows")
-    assert "column 'idaci': value outside 0-1 in 1 row (e.g. row 3), values '40'" in run.stderr
+    assert "column 'idaci': value outside 0-1 in 1 row (e.g. row 3), values '40.0'" in run.stderr
     assert "Traceback" not in run.stderr
 
 
