@@ -88,8 +88,7 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     header = ["", *(_year_label(f["year"]) for f in fits)]
     lines += [_row(header[0], header[1:]), "|" + "---|" * len(header)]
 
-    names = [n for n in fits[0]["params"] if n not in ("sd_school", "sigma")]
-    for name in names:
+    for name in fits[0]["terms"]:
         label = LABELS.get(name, name)
         lines.append(_row(f"**{label}**", [_cell(f["params"][name]["mean"],
                                                   f["params"][name]["sd"]) for f in fits]))

@@ -5,6 +5,8 @@
 with, for every fit,
 
 - ``model``, ``year`` (int, or null when no year was selected), ``n_pupils``, ``n_schools``;
+- ``terms``: ``intercept`` then the coefficient names in the spec's order (JSON objects are
+  written with sorted keys, so this list keeps the reporting order);
 - ``params``: ``intercept``, each coefficient by name (``fsm``, ``sen[school_action]``,
   ``federated``), ``sd_school`` and ``sigma``, each with ``mean``, ``sd``, ``hdi_low``,
   ``hdi_high`` (94% HDI), ``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean``;
@@ -44,8 +46,8 @@ PROB = 0.94
 #: Diagnostic gates: a fit breaking any of them is marked failed (``diagnostics.ok`` false).
 GATES = {"max_r_hat": 1.01, "min_ess_bulk": 400, "min_ess_tail": 400, "divergences": 0}
 
-#: Free parameters whose convergence is checked (``u`` is every school's intercept).
-CHECKED = ("intercept", "beta", "sd_school", "sigma", "u")
+#: Parameters whose convergence is checked: the free ones and ``u``, every school's intercept.
+CHECKED = ("intercept", "beta", "sd_school", "sigma", "school_mean", "u")
 
 #: Reported parameters, in order; ``beta`` is expanded to one entry per coefficient.
 REPORTED = ("intercept", "beta", "sd_school", "sigma")
@@ -89,7 +91,7 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     -------
     dict
         ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (over all
-        elements of ``intercept``, ``beta``, ``sd_school``, ``sigma`` and ``u``),
+        elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and ``u``),
         ``problems`` (list of str) and ``ok`` (bool).
     """
     names = [v for v in CHECKED if v in tree.posterior]
@@ -173,6 +175,7 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "file": file,
         "n_pupils": int(tree.attrs["bayesfed_n_pupils"]),
         "n_schools": int(tree.attrs["bayesfed_n_schools"]),
+        "terms": [n for n in params if n not in ("sd_school", "sigma")],
         "params": params,
         "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
         "decomposition": {k: hdi_summary(v, PROB) for k, v in shares.items()},
