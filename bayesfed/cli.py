@@ -148,7 +148,7 @@ def fit(
         help="Years since founding, each fitted separately, e.g. 0-5; omit to fit the whole "
              "table.")] = None,
     draws: Annotated[int, typer.Option(min=1, help="Kept draws per chain.")] = 1000,
-    tune: Annotated[int, typer.Option(min=0, help="Warm-up iterations per chain.")] = 1000,
+    tune: Annotated[int, typer.Option(min=1, help="Warm-up iterations per chain.")] = 1000,
     chains: Annotated[int, typer.Option(min=1, help="Number of chains.")] = 4,
     seed: Annotated[int, typer.Option(help="Job seed: same seed, data and versions, same "
                                       "numbers.")] = 0,

@@ -45,7 +45,7 @@ class FitOptions:
     Attributes
     ----------
     draws, tune : int
-        Kept draws and warm-up iterations per chain.
+        Kept draws and warm-up iterations per chain (both at least 1).
     chains : int
     seed : int
         Job seed; each fit's own seed is derived from it, the model name and the year, so
@@ -65,9 +65,10 @@ class FitOptions:
     def __post_init__(self) -> None:
         if self.sampler not in get_args(Sampler):
             raise ValueError(f"sampler must be one of {get_args(Sampler)}, got {self.sampler!r}")
+        # tune >= 1 too: nutpie 0.16 panics (a Rust assertion) when asked for no warm-up
         for name in ("draws", "tune", "chains"):
-            if getattr(self, name) < (1 if name != "tune" else 0):
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
 def fit_name(model: str, year: int | None) -> str:

@@ -63,7 +63,8 @@ class RemlFit:
     n_pupils, n_schools : int
         Size of the data.
     warnings : tuple of str
-        Warnings statsmodels raised during the kept fit.
+        Warnings statsmodels raised during the kept fit, and the errors of optimisers that
+        failed outright.
     """
 
     coef: dict[str, tuple[float, float]]
@@ -219,10 +220,16 @@ def fit_reml(design: Design) -> RemlFit:
         statsmodels' REML log-likelihood differs from the exact one by more than
         ``LOGLIK_RTOL`` (relative), or no optimiser produced a finite log-likelihood.
     """
-    fits = {method: statsmodels_fit(design, method) for method in OPTIMISERS}
+    fits, failures = {}, []
+    for method in OPTIMISERS:
+        try:
+            fits[method] = statsmodels_fit(design, method)
+        except (np.linalg.LinAlgError, ValueError) as exc:  # an optimiser stepped off the space
+            failures.append(f"{method}: {type(exc).__name__}: {exc}")
     finite = {m: f for m, f in fits.items() if np.isfinite(f[0].llf)}
     if not finite:
-        raise BayesfedError("REML: no optimiser produced a finite log-likelihood")
+        raise BayesfedError("REML: no optimiser produced a finite log-likelihood"
+                            + (f" ({'; '.join(failures)})" if failures else ""))
     method = max(finite, key=lambda m: finite[m][0].llf)
     result, messages = finite[method]
     var_school, var_pupil = float(result.cov_re[0, 0]), float(result.scale)
@@ -246,5 +253,5 @@ def fit_reml(design: Design) -> RemlFit:
         method=method,
         n_pupils=design.n_pupils,
         n_schools=design.n_schools,
-        warnings=messages,
+        warnings=(*messages, *failures),
     )

@@ -113,9 +113,8 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
         problems.append(f"{out['divergences']} divergent transitions")
     if not out["max_r_hat"] <= GATES["max_r_hat"]:
         problems.append(f"R-hat {out['max_r_hat']:.3f} > {GATES['max_r_hat']}")
-    for key in ("min_ess_bulk", "min_ess_tail"):
+    for key, kind in (("min_ess_bulk", "bulk ESS"), ("min_ess_tail", "tail ESS")):
         if not out[key] >= GATES[key]:
-            kind = key.removeprefix("min_").replace("_", " ")
             problems.append(f"{kind} {out[key]:.0f} < {GATES[key]}")
     out["problems"] = problems
     out["ok"] = not problems
