@@ -27,7 +27,7 @@ import xarray as xr
 
 from bayesfed import __version__
 from bayesfed.design import Design, build_design
-from bayesfed.errors import OutputError
+from bayesfed.errors import BayesfedError, OutputError
 from bayesfed.models import build_two_level
 from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
@@ -122,7 +122,10 @@ def fit_one(
     tree = sample(build_two_level(design, priors), draws=options.draws, tune=options.tune,
                   chains=options.chains, seed=seed, sampler=options.sampler,
                   progress=options.progress)
-    reml = fit_reml(design)
+    try:
+        reml = asdict(fit_reml(design))
+    except BayesfedError as exc:  # the cross-check failed; the Bayesian fit still stands
+        reml = {"error": str(exc)}
     cov = predictor_cov(design)
     tree["constant_data"] = xr.DataTree(xr.Dataset({"x_cov": (("predictor", "predictor_"), cov)},
                                                    coords={"predictor": list(design.coef_names),
@@ -134,7 +137,7 @@ def fit_one(
         "bayesfed_spec": spec.model_dump_json(),
         "bayesfed_columns": json.dumps(table.columns, sort_keys=True),
         "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
-        "bayesfed_reml": json.dumps(asdict(reml), sort_keys=True),
+        "bayesfed_reml": json.dumps(reml, sort_keys=True),
         "bayesfed_options": json.dumps({**asdict(options), "fit_seed": seed}, sort_keys=True),
         "bayesfed_data_sha256": data_hash,
         "bayesfed_n_pupils": design.n_pupils,

@@ -3,7 +3,8 @@
 :func:`fit_reml` fits ``y = X beta + u_school + e`` by restricted maximum likelihood with
 ``statsmodels.MixedLM``, trying several optimisers and keeping the highest REML
 log-likelihood, then checks that log-likelihood against :func:`reml_loglik`, an exact,
-independent closed form. A disagreement beyond ``LOGLIK_RTOL`` raises
+independent closed form, and that no higher value of the exact log-likelihood lies nearby
+(:func:`exact_maximum`). A disagreement beyond ``LOGLIK_RTOL`` raises
 :class:`~bayesfed.errors.BayesfedError`. The default ``lbfgs`` optimiser alone has been seen
 to stop at wrong variance components while reporting convergence, hence the cross-check.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import statsmodels.api as sm
+from scipy import optimize
 from statsmodels.regression.mixed_linear_model import MixedLMResults
 
 from bayesfed.design import Design
@@ -151,6 +153,28 @@ def reml_loglik(design: Design, var_school: float, var_pupil: float) -> float:
     return float(-0.5 * ((n - p) * np.log(2 * np.pi) + logdet_v + logdet_xvx + quad))
 
 
+def exact_maximum(design: Design, var_school: float, var_pupil: float
+                  ) -> tuple[float, float, float]:
+    """Maximise :func:`reml_loglik` over the two variances, starting from a given point.
+
+    Nelder-Mead on the log variances (the school variance may approach 0). Used to check that
+    statsmodels' optimiser stopped at the maximum, not just that it reports the right value.
+
+    Returns
+    -------
+    (float, float, float)
+        School variance, pupil variance and the maximised log-likelihood.
+    """
+    def negative(theta: np.ndarray) -> float:
+        return -reml_loglik(design, *np.exp(theta))
+
+    start = np.log([max(var_school, 1e-6 * var_pupil), var_pupil])
+    best = optimize.minimize(negative, start, method="Nelder-Mead",
+                             options={"xatol": 1e-8, "fatol": 1e-10, "maxiter": 2000})
+    t2, s2 = np.exp(best.x)
+    return float(t2), float(s2), float(-best.fun)
+
+
 def variance_se(design: Design, var_school: float, var_pupil: float) -> tuple[float, float] | None:
     """Standard errors of the two variances from the REML observed information.
 
@@ -238,6 +262,13 @@ def fit_reml(design: Design) -> RemlFit:
         raise BayesfedError(
             f"REML: statsmodels log-likelihood {result.llf:.10g} disagrees with the exact "
             f"{exact:.10g} at school variance {var_school:.6g}, pupil variance {var_pupil:.6g}"
+        )
+    t2_max, s2_max, ll_max = exact_maximum(design, var_school, var_pupil)
+    if ll_max - exact > LOGLIK_RTOL * abs(exact):
+        raise BayesfedError(
+            f"REML: statsmodels ({method}) stopped at school variance {var_school:.6g}, pupil "
+            f"variance {var_pupil:.6g} (log-likelihood {exact:.10g}), short of the exact "
+            f"maximum {ll_max:.10g} at {t2_max:.6g}, {s2_max:.6g}"
         )
     names = ("intercept", *design.coef_names)
     se_vars = variance_se(design, var_school, var_pupil)

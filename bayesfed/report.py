@@ -92,7 +92,8 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         label = LABELS.get(name, name)
         lines.append(_row(f"**{label}**", [_cell(f["params"][name]["mean"],
                                                   f["params"][name]["sd"]) for f in fits]))
-        lines.append(_row("  REML", [_cell(*f["reml"]["coef"][name]) for f in fits]))
+        lines.append(_row("  REML", [_cell(*f["reml"]["coef"][name]) if "coef" in f["reml"]
+                                     else "failed" for f in fits]))
         if has_paper:
             lines.append(_row("  paper", [_published(published, model, f["year"], name)
                                           for f in fits]))
@@ -142,7 +143,7 @@ def federation_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         lines.append(
             f"| {f['model']} | {_year_label(f['year'])} | {e['mean']:.2f} | {e['sd']:.2f} | "
             f"[{e['hdi_low']:.2f}, {e['hdi_high']:.2f}] | {e['p_positive']:.3f} | "
-            f"{_cell(*f['reml']['coef']['federated'])} | "
+            f"{_cell(*f['reml']['coef']['federated']) if 'coef' in f['reml'] else 'failed'} | "
             f"{_published(published, f['model'], f['year'], 'federated')} |")
     return [*lines, ""]
 
@@ -196,4 +197,9 @@ def render_markdown(summary: dict, title: str = "bayesfed report") -> str:
         lines += model_table([f for f in fits if f["model"] == model], published)
     lines += federation_table(fits, published)
     lines += decomposition_table(fits)
+    failed_reml = [f for f in fits if "error" in f["reml"]]
+    if failed_reml:
+        lines += ["## REML cross-check failures", ""]
+        lines += [f"- {f['model']} {_year_label(f['year'])}: {f['reml']['error']}"
+                  for f in failed_reml]
     return "\n".join(lines)

@@ -9,7 +9,13 @@ BLAS is pinned to one thread while sampling: nutpie runs its chains as threads i
 and a multi-threaded BLAS inside each chain's gradient would oversubscribe the cores.
 
 Reproducibility: the same model (same data) and ``seed`` give identical draws with either
-sampler, whatever the machine's load (nutpie seeds each chain from ``seed`` and chain number).
+sampler, whatever the machine's load (nutpie seeds each chain from ``seed`` and chain number),
+as long as the compiled code is the same. It need not be: PyTensor's numba functions built
+fresh and those loaded from its on-disk cache (``~/.pytensor``, shared by every process of the
+user) can differ in the last bits of the log density and gradient (relative 1e-14, from the
+order of floating-point operations), and NUTS trajectories amplify such differences, so a run
+with a cold cache, another machine or another PyTensor version gives different, statistically
+equivalent draws.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ with, for every fit,
 - ``federation_effect``: for a model with a ``federated`` coefficient, its summary plus
   ``p_positive`` = P(effect > 0);
 - ``reml``: the REML fit of the same model to the same pupils (estimates, SEs, variances),
-  with its ``variance_partition`` and ``variance_explained`` (point values, 0-1);
+  with its ``variance_partition`` and ``variance_explained`` (point values, 0-1); only
+  ``error`` when the REML fit failed its checks;
 - ``diagnostics``: ``divergences``, ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``,
   ``problems`` (plain-language list) and ``ok``;
 - ``sampling_seconds``, ``sampler``, ``seed``, ``data_sha256``, ``file``.
@@ -135,10 +136,13 @@ def reml_point(reml: dict) -> xr.Dataset:
 def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, object]:
     """The fit's REML results plus its variance partition (and reduction vs the reference)."""
     reml = _attr_json(tree, "bayesfed_reml")
+    if "error" in reml:
+        return reml
     point = reml_point(reml)
     reml["variance_partition"] = {k: float(v.squeeze()) for k, v in vpc(point).items()}
-    if reference is not None:
-        ref = reml_point(_attr_json(reference, "bayesfed_reml"))
+    ref_reml = None if reference is None else _attr_json(reference, "bayesfed_reml")
+    if ref_reml is not None and "error" not in ref_reml:
+        ref = reml_point(ref_reml)
         reml["variance_explained"] = {k: float(v.squeeze())
                                       for k, v in variance_explained(ref, point).items()}
     return reml

@@ -122,3 +122,19 @@ def test_boundary_school_variance_keeps_warnings_inside(exam):
     # with no school variance REML is OLS on the intercept: residual variance with ddof 1
     assert fit.var_pupil == pytest.approx(np.var(frame["outcome"], ddof=1), rel=1e-4)
     assert all(isinstance(w, str) for w in fit.warnings)
+
+
+def test_optimiser_stopping_short_of_the_maximum_raises(m0, monkeypatch):
+    """A fit that reports the right log-likelihood at the wrong variances is caught too."""
+    real = reml.statsmodels_fit
+
+    def stopped_early(design, method):
+        result, messages = real(design, method)
+        # move the estimate away from the optimum and report the exact value there
+        result.cov_re[0, 0] *= 1.5
+        result.llf = reml.reml_loglik(design, result.cov_re[0, 0], result.scale)
+        return result, messages
+
+    monkeypatch.setattr(reml, "statsmodels_fit", stopped_early)
+    with pytest.raises(BayesfedError, match=r"short of the exact maximum"):
+        reml.fit_reml(m0)
