@@ -86,8 +86,8 @@ def fit_command(
     return path
 
 
-def report_command(folder: Path, out: Path | None = None) -> Path:
-    """Write the Markdown report of a fit folder.
+def report_command(folder: Path, out: Path | None = None, title: str | None = None) -> Path:
+    """Write the Markdown report of a fit folder (titled by the folder's name by default).
 
     ``summary.json`` is rewritten first unless it is newer than every fit file in the folder.
     """
@@ -99,4 +99,4 @@ def report_command(folder: Path, out: Path | None = None) -> Path:
         write_summary(folder)
     summary = json.loads(path.read_text())
     return write_text(out or folder / "report.md",
-                      render_markdown(summary, title=f"bayesfed report: {folder.name}"))
+                      render_markdown(summary, title=title or f"bayesfed report: {folder.name}"))
