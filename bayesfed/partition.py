@@ -96,9 +96,11 @@ def variance_explained(reference_posterior: xr.Dataset, posterior: xr.Dataset) -
 
 def decomposition(posterior: xr.Dataset, design: Design) -> xr.Dataset:
     """Rights & Sterba shares for a fit of ``design`` (see :func:`decomposition_from_cov`)."""
-    if tuple(posterior["beta"]["predictor"].to_numpy()) != design.coef_names \
-            if "beta" in posterior else design.coef_names:
-        raise ValueError("the posterior's coefficients differ from the design's")
+    names = tuple(str(v) for v in posterior["beta"]["predictor"].to_numpy()) \
+        if "beta" in posterior else ()
+    if names != design.coef_names:
+        raise ValueError(f"posterior coefficients {list(names)} differ from the design's "
+                         f"{list(design.coef_names)}")
     return decomposition_from_cov(posterior, predictor_cov(design))
 
 
