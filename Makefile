@@ -6,15 +6,13 @@ SHELL := /bin/sh
 VENV := .venv
 VPY := $(VENV)/bin/python
 DEMO_OUT ?= out/demo
-JOBS ?= 2
 
-.PHONY: help demo test test-all docs bench clean venv
+.PHONY: help demo test test-all clean venv
 
 help:
-	@echo "make demo      simulate-free demo on the shipped study: validate, fit, report (writes $(DEMO_OUT)/)"
+	@echo "make demo      fit the paper's models by year to the shipped study and report (writes $(DEMO_OUT)/)"
 	@echo "make test      install and run the default test suite (slow checks excluded)"
 	@echo "make test-all  the full test suite, slow statistical checks included"
-	@echo "make docs      build the documentation site into site/"
 
 $(VENV)/.created:
 	@py=$$(sh scripts/find-python.sh) || exit 1; \
