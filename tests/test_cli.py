@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,43 @@ def test_bad_year_selection_is_a_usage_error():
 ])
 def test_parse_years(text, years):
     assert parse_years(text) == years
+
+
+def test_fit_and_report_commands(tmp_path, table):
+    data = tmp_path / "t.csv"
+    table.to_csv(data, index=False)
+    out = tmp_path / "fits"
+    args = ("fit", "models/m0_empty.toml", "models/m2_federation.toml", "--data", str(data),
+            "--out", str(out), "--years", "0-1", "--draws", "200", "--tune", "200",
+            "--chains", "2", "--seed", "4")
+    run = bayesfed(*args)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "M0_k0.nc", "M0_k1.nc", "M2_k0.nc", "M2_k1.nc", "summary.json"]
+    assert "fitting M2_k1 (4/4)" in run.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(f["model"], f["year"]) for f in summary["fits"]] == [
+        ("M0", 0), ("M0", 1), ("M2", 0), ("M2", 1)]
+    # an existing fit is never overwritten without --force, and nothing is sampled
+    before = (out / "M0_k0.nc").read_bytes()
+    again = bayesfed(*args)
+    assert again.returncode == 4
+    assert "already holds 4 of these fits (M0_k0.nc, M0_k1.nc, M2_k0.nc, M2_k1.nc); use " \
+           "--force to replace them" in again.stderr
+    assert (out / "M0_k0.nc").read_bytes() == before
+    report = bayesfed("report", str(out))
+    assert report.returncode == 0, report.stderr
+    text = (out / "report.md").read_text()
+    assert "## Federation impact by year" in text and "Model M0" not in text
+
+
+def test_fit_refuses_bad_data_before_sampling(tmp_path, table):
+    bad = table.copy()
+    bad.loc[0, "sen"] = "unknown"
+    data = tmp_path / "t.csv"
+    bad.to_csv(data, index=False)
+    run = bayesfed("fit", "models/m2_federation.toml", "--data", str(data), "--out",
+                   str(tmp_path / "fits"), "--years", "0-1")
+    assert run.returncode == 3
+    assert "column 'sen': unknown label in 1 row (e.g. row 1)" in run.stderr
+    assert "fitting" not in run.stdout and not (tmp_path / "fits").exists()
