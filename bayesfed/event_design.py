@@ -1,0 +1,275 @@
+"""Arrays of the joint event-time model: a canonical pupil table -> :class:`EventDesign`.
+
+The joint model (:mod:`bayesfed.event_time`) fits every cohort at once. Each pupil belongs to a
+school, a cohort (calendar year of the GCSE exams) and so to a school-by-cohort *cell*, and
+carries a row of event-year indicators
+
+.. math::
+
+    E_{ik} = F_j \\, 1[\\mathrm{years\\_since}_i = k], \\quad k \\in \\mathrm{leads} \\cup
+    \\mathrm{effects},
+
+with :math:`F_j` the school's federated flag. Year :math:`k = -1` (the last cohort before
+founding) is the reference and has no column, so a matched (non-federated) school's pupils
+and a federated school's pupils in year -1 have an all-zero row.
+
+Which pupils are kept: those with ``years_since`` in ``[min(leads), max(effects)]`` (year -1
+always among them). Pupils outside that window would need a term the model does not have;
+they are dropped, and :attr:`EventDesign.n_dropped` records how many, rather than silently
+pooling them with the reference year.
+
+Cells are the school-by-cohort combinations that have pupils, sorted by school label then
+cohort. Because the federated flag and founding year are constant within a school, every
+pupil of a cell has the same cohort and the same event-year row; :func:`cell_stats` relies on
+that and checks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from bayesfed.design import term_columns
+
+#: Columns of the canonical table the event design reads besides the predictors.
+EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
+
+#: Years since founding of the reference year (no term).
+REFERENCE_YEAR = -1
+
+
+@dataclass(frozen=True)
+class EventDesign:
+    """Numeric arrays of the joint event-time model.
+
+    Attributes
+    ----------
+    y : ndarray, shape (n_pupils,)
+        Outcome, in the outcome's units.
+    X : ndarray, shape (n_pupils, n_coef)
+        Pupil predictors (no intercept), coded by :func:`bayesfed.design.term_columns`.
+    coef_names : tuple of str, length n_coef
+        ``term`` or ``term[level]``, as in :class:`bayesfed.design.Design`.
+    school_idx : ndarray of int, shape (n_pupils,)
+        Index of each pupil's school into ``schools``.
+    schools : tuple of str, length n_schools
+        School labels, sorted.
+    cohort_idx : ndarray of int, shape (n_pupils,)
+        Index of each pupil's cohort into ``cohorts``.
+    cohorts : tuple of str, length n_cohorts
+        Cohort (calendar year) labels, sorted; the first is the reference of the cohort
+        effects.
+    cell_idx : ndarray of int, shape (n_pupils,)
+        Index of each pupil's school-by-cohort cell into ``cells``.
+    cells : tuple of str, length n_cells
+        Cell labels ``"school|cohort"``, sorted by school then cohort.
+    E : ndarray, shape (n_pupils, n_event_terms)
+        Event-year indicators, federated flag times ``1[years_since == k]`` (0/1).
+    event_terms : tuple of str, length n_event_terms
+        The ``k`` of each column of ``E`` as a string: the leads, then the effects
+        (``"-2", "0", ..., "5"`` by default).
+    n_leads : int
+        How many of ``event_terms`` (the first ones) are leads.
+    n_dropped : int
+        Pupils of the input table outside the modelled years, not in the arrays.
+    """
+
+    y: np.ndarray
+    X: np.ndarray
+    coef_names: tuple[str, ...]
+    school_idx: np.ndarray
+    schools: tuple[str, ...]
+    cohort_idx: np.ndarray
+    cohorts: tuple[str, ...]
+    cell_idx: np.ndarray
+    cells: tuple[str, ...]
+    E: np.ndarray
+    event_terms: tuple[str, ...]
+    n_leads: int
+    n_dropped: int
+
+    @property
+    def n_pupils(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def lead_terms(self) -> tuple[str, ...]:
+        """Labels of the lead columns of ``E`` (years before founding)."""
+        return self.event_terms[: self.n_leads]
+
+    @property
+    def effect_terms(self) -> tuple[str, ...]:
+        """Labels of the effect columns of ``E`` (years since founding, from 0)."""
+        return self.event_terms[self.n_leads:]
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """Sufficient statistics of the Gaussian likelihood, per school-by-cohort cell.
+
+    Attributes
+    ----------
+    n : ndarray of int, shape (n_cells,)
+        Pupils per cell.
+    y_mean : ndarray, shape (n_cells,)
+        Cell mean of the outcome (outcome units).
+    X_mean : ndarray, shape (n_cells, n_coef)
+        Cell means of the pupil predictors.
+    E : ndarray, shape (n_cells, n_event_terms)
+        The cell's event-year row (constant within a cell).
+    cohort_idx, school_idx : ndarray of int, shape (n_cells,)
+        The cell's cohort and school.
+    XX, Xy, yy : ndarray, shapes (n_coef, n_coef), (n_coef,), ()
+        Pooled within-cell cross products of the predictors and outcome centred at their
+        cell means: :math:`\\sum_i \\tilde x_i \\tilde x_i^\\top`,
+        :math:`\\sum_i \\tilde x_i \\tilde y_i`, :math:`\\sum_i \\tilde y_i^2`.
+    """
+
+    n: np.ndarray
+    y_mean: np.ndarray
+    X_mean: np.ndarray
+    E: np.ndarray
+    cohort_idx: np.ndarray
+    school_idx: np.ndarray
+    XX: np.ndarray
+    Xy: np.ndarray
+    yy: np.ndarray
+
+
+def _check_years(leads: Sequence[int], effects: Sequence[int]) -> None:
+    if any(k > REFERENCE_YEAR - 1 for k in leads) or len(set(leads)) != len(leads):
+        raise ValueError(f"leads must be distinct years <= -2, got {list(leads)}")
+    if list(effects) != list(range(len(effects))) or not effects:
+        raise ValueError(f"effects must be the consecutive years 0, 1, ..., got {list(effects)}")
+
+
+def build_event_design(
+    frame: pd.DataFrame,
+    pupil_terms: Sequence[str],
+    categorical: Mapping[str, tuple[Sequence[str], str]] | None = None,
+    leads: Sequence[int] = (-2,),
+    effects: Sequence[int] = range(6),
+) -> EventDesign:
+    """Build the joint event-time model's arrays from a canonical pupil table.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        Validated table with canonical names (e.g. ``PupilTable.frame``): ``outcome``,
+        ``school``, ``cohort``, ``years_since``, ``federated`` and each pupil term.
+    pupil_terms : sequence of str
+        Pupil-level terms, in the order their coefficients are reported.
+    categorical : mapping, optional
+        ``term -> (levels, reference)`` for categorical terms.
+    leads : sequence of int
+        Years before founding with a term, each <= -2 (sorted in the output).
+    effects : sequence of int
+        Years since founding with a term: 0, 1, ..., K.
+
+    Returns
+    -------
+    EventDesign
+        Pupils with ``years_since`` outside ``[min(leads), max(effects)]`` are dropped and
+        counted in ``n_dropped``.
+
+    Raises
+    ------
+    ValueError
+        A needed column is missing, the years are not as described, or an event term has no
+        federated pupil (its coefficient would not be identified by the data).
+    """
+    leads, effects = sorted(leads), list(effects)
+    _check_years(leads, effects)
+    missing = [c for c in (*EVENT_COLUMNS, *pupil_terms) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the table has no column(s) {missing}")
+    since = frame["years_since"].to_numpy(dtype=np.int64)
+    low = min(leads, default=REFERENCE_YEAR)
+    keep = (since >= low) & (since <= effects[-1])
+    kept = frame.loc[keep].reset_index(drop=True)
+    since = since[keep]
+    categorical = dict(categorical or {})
+    blocks, names = [], []
+    for term in pupil_terms:
+        cols, cnames = term_columns(kept, term, categorical)
+        blocks.append(cols)
+        names.extend(cnames)
+    X = np.hstack(blocks) if blocks else np.zeros((len(kept), 0))
+    years = [*leads, *effects]
+    federated = kept["federated"].to_numpy(dtype=float)
+    E = federated[:, None] * (since[:, None] == np.array(years)[None, :])
+    empty = [str(k) for k, n in zip(years, E.sum(axis=0), strict=True) if n == 0]
+    if empty:
+        raise ValueError(f"no federated pupil in event year(s) {empty}: their terms are not "
+                         "identified; leave them out of leads/effects")
+    school_idx, schools = pd.factorize(kept["school"].astype(str), sort=True)
+    cohort_idx, cohorts = pd.factorize(kept["cohort"].astype(np.int64), sort=True)
+    cell_key = school_idx.astype(np.int64) * len(cohorts) + cohort_idx
+    cell_idx, cell_keys = pd.factorize(cell_key, sort=True)
+    return EventDesign(
+        y=kept["outcome"].to_numpy(dtype=float),
+        X=X,
+        coef_names=tuple(names),
+        school_idx=school_idx.astype(np.int64),
+        schools=tuple(str(s) for s in schools),
+        cohort_idx=cohort_idx.astype(np.int64),
+        cohorts=tuple(str(c) for c in cohorts),
+        cell_idx=cell_idx.astype(np.int64),
+        cells=tuple(f"{schools[k // len(cohorts)]}|{cohorts[k % len(cohorts)]}"
+                    for k in cell_keys),
+        E=E,
+        event_terms=tuple(str(k) for k in years),
+        n_leads=len(leads),
+        n_dropped=int((~keep).sum()),
+    )
+
+
+def _cell_sums(idx: np.ndarray, n_cells: int, values: np.ndarray) -> np.ndarray:
+    """Column sums of ``values`` (n_pupils, m) per cell, shape (n_cells, m)."""
+    out = np.zeros((n_cells, values.shape[1]))
+    np.add.at(out, idx, values)
+    return out
+
+
+def cell_stats(design: EventDesign) -> CellStats:
+    """Per-cell counts and means and the pooled within-cell cross products.
+
+    Parameters
+    ----------
+    design : EventDesign
+
+    Returns
+    -------
+    CellStats
+
+    Raises
+    ------
+    ValueError
+        The event-year row or the cohort varies within a cell (the table was not validated:
+        ``federated`` or ``years_since`` not constant within school and cohort).
+    """
+    n_cells = len(design.cells)
+    n = np.bincount(design.cell_idx, minlength=n_cells)
+    columns = np.column_stack([design.y, design.X, design.E, design.cohort_idx,
+                               design.school_idx])
+    means = _cell_sums(design.cell_idx, n_cells, columns) / n[:, None]
+    k = design.X.shape[1]
+    cell_rows = columns[:, 1 + k:] - means[design.cell_idx, 1 + k:]
+    if np.abs(cell_rows).max(initial=0.0) > 0:
+        raise ValueError("event-year indicators or cohort vary within a school-by-cohort cell")
+    centred = columns[:, : 1 + k] - means[design.cell_idx, : 1 + k]
+    gram = centred.T @ centred  # (1 + n_coef) square: outcome first
+    return CellStats(
+        n=n,
+        y_mean=means[:, 0],
+        X_mean=means[:, 1: 1 + k],
+        E=means[:, 1 + k: -2],
+        cohort_idx=means[:, -2].round().astype(np.int64),
+        school_idx=means[:, -1].round().astype(np.int64),
+        XX=gram[1:, 1:],
+        Xy=gram[1:, 0],
+        yy=gram[0, 0],
+    )
