@@ -79,7 +79,8 @@ def simulate(
     """Write a synthetic federation study calibrated to the paper, with its true parameters."""
     from dataclasses import replace
 
-    from bayesfed.simulate import SimConfig, simulate as run, write_study
+    from bayesfed.simulate import SimConfig, write_study
+    from bayesfed.simulate import simulate as run
 
     if scale not in ("paper", "national"):
         raise typer.BadParameter("use 'paper' or 'national'", param_hint="--scale")

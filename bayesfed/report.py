@@ -55,7 +55,8 @@ def _pct(stats: dict | None) -> str:
     """A share as percent with its HDI: ``17.9 [14.1, 21.6]``."""
     if not stats:
         return ""
-    return f"{100 * stats['mean']:.1f} [{100 * stats['hdi_low']:.1f}, {100 * stats['hdi_high']:.1f}]"
+    low, high = 100 * stats["hdi_low"], 100 * stats["hdi_high"]
+    return f"{100 * stats['mean']:.1f} [{low:.1f}, {high:.1f}]"
 
 
 def _published(published: pd.DataFrame, model: str, year: int | None, term: str) -> str:

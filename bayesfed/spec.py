@@ -69,7 +69,8 @@ class Categorical(_Strict):
     @model_validator(mode="after")
     def _reference_is_a_level(self) -> Categorical:
         if self.reference not in self.levels:
-            raise ValueError(f"reference {self.reference!r} is not one of levels {list(self.levels)}")
+            raise ValueError(
+                f"reference {self.reference!r} is not one of levels {list(self.levels)}")
         if len(set(self.levels)) != len(self.levels):
             raise ValueError("levels must be distinct")
         return self

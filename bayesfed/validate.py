@@ -68,8 +68,9 @@ class Problem:
         if self.n_rows:
             shown = ", ".join(str(r) for r in self.rows)
             more = ", ..." if self.n_rows > len(self.rows) else ""
-            where = f" in {self.n_rows} row{'s' if self.n_rows > 1 else ''} (e.g. row{'s' if len(self.rows) > 1 else ''} " \
-                    f"{shown}{more})"
+            rows = "rows" if self.n_rows > 1 else "row"
+            examples = "rows" if len(self.rows) > 1 else "row"
+            where = f" in {self.n_rows} {rows} (e.g. {examples} {shown}{more})"
             if self.values:
                 where += f", values {', '.join(self.values)}"
         return f"{label}: {self.what}{where}. Fix: {self.fix}"
