@@ -50,6 +50,25 @@ class Design:
         return len(self.schools)
 
 
+def group_sums(idx: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray:
+    """Sum the rows of ``values`` within groups (schools, or school-by-cohort cells).
+
+    Parameters
+    ----------
+    idx : ndarray of int, shape (n_rows,)
+        Each row's group, 0..n_groups-1.
+    n_groups : int
+    values : ndarray, shape (n_rows,) or (n_rows, k)
+
+    Returns
+    -------
+    ndarray, shape (n_groups,) or (n_groups, k)
+    """
+    out = np.zeros((n_groups, *values.shape[1:]))
+    np.add.at(out, idx, values)
+    return out
+
+
 def term_columns(
     frame: pd.DataFrame,
     term: str,

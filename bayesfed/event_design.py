@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import term_columns
+from bayesfed.design import group_sums, term_columns
 
 #: Columns of the canonical table the event design reads besides the predictors.
 EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
@@ -227,13 +227,6 @@ def build_event_design(
     )
 
 
-def _cell_sums(idx: np.ndarray, n_cells: int, values: np.ndarray) -> np.ndarray:
-    """Column sums of ``values`` (n_pupils, m) per cell, shape (n_cells, m)."""
-    out = np.zeros((n_cells, values.shape[1]))
-    np.add.at(out, idx, values)
-    return out
-
-
 def cell_stats(design: EventDesign) -> CellStats:
     """Per-cell counts and means and the pooled within-cell cross products.
 
@@ -255,7 +248,7 @@ def cell_stats(design: EventDesign) -> CellStats:
     n = np.bincount(design.cell_idx, minlength=n_cells)
     columns = np.column_stack([design.y, design.X, design.E, design.cohort_idx,
                                design.school_idx])
-    means = _cell_sums(design.cell_idx, n_cells, columns) / n[:, None]
+    means = group_sums(design.cell_idx, n_cells, columns) / n[:, None]
     k = design.X.shape[1]
     cell_rows = columns[:, 1 + k:] - means[design.cell_idx, 1 + k:]
     if np.abs(cell_rows).max(initial=0.0) > 0:

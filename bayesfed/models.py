@@ -48,7 +48,7 @@ from __future__ import annotations
 import numpy as np
 import pymc as pm
 
-from bayesfed.design import Design
+from bayesfed.design import Design, group_sums
 from bayesfed.priors import PriorSet
 
 
@@ -86,9 +86,7 @@ def school_means(design: Design, columns: np.ndarray) -> np.ndarray:
     ndarray, shape (n_schools, n_cols)
     """
     counts = np.bincount(design.school_idx, minlength=design.n_schools)
-    sums = np.zeros((design.n_schools, columns.size))
-    np.add.at(sums, design.school_idx, design.X[:, columns])
-    return sums / counts[:, None]
+    return group_sums(design.school_idx, design.n_schools, design.X[:, columns]) / counts[:, None]
 
 
 def build_two_level(design: Design, priors: PriorSet) -> pm.Model:

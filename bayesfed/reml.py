@@ -29,7 +29,7 @@ import statsmodels.api as sm
 from scipy import optimize
 from statsmodels.regression.mixed_linear_model import MixedLMResults
 
-from bayesfed.design import Design
+from bayesfed.design import Design, group_sums
 from bayesfed.errors import BayesfedError
 
 #: Optimisers tried, in order; the fit with the highest REML log-likelihood is kept.
@@ -113,10 +113,7 @@ def school_sums(design: Design, values: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (n_schools,) or (n_schools, k)
     """
-    idx, n = design.school_idx, design.n_schools
-    if values.ndim == 1:
-        return np.bincount(idx, weights=values, minlength=n)
-    return np.column_stack([np.bincount(idx, weights=col, minlength=n) for col in values.T])
+    return group_sums(design.school_idx, design.n_schools, values)
 
 
 def reml_loglik(design: Design, var_school: float, var_pupil: float) -> float:
@@ -136,19 +133,46 @@ def reml_loglik(design: Design, var_school: float, var_pupil: float) -> float:
         The REML log-likelihood with the fixed effects profiled out by GLS (see the module
         docstring for the formula and constant).
     """
-    X = fixed_effects_matrix(design)
-    y = design.y
-    n, p = X.shape
+    return _loglik(reml_stats(design), var_school, var_pupil)
+
+
+@dataclass(frozen=True)
+class RemlStats:
+    """What the REML log-likelihood needs of the data, computed once per design.
+
+    ``n_j`` (n_schools,) pupils per school; ``sx`` (n_schools, p) and ``sy`` (n_schools,)
+    per-school sums of ``[1, X]`` and ``y``; ``xtx`` (p, p), ``xty`` (p,), ``yty`` the pooled
+    cross-products. Every evaluation then costs O(n_schools p^2), whatever the pupil count.
+    """
+
+    n_j: np.ndarray
+    sx: np.ndarray
+    sy: np.ndarray
+    xtx: np.ndarray
+    xty: np.ndarray
+    yty: float
+
+
+def reml_stats(design: Design) -> RemlStats:
+    """The sufficient statistics of :class:`RemlStats` for a design."""
+    X, y = fixed_effects_matrix(design), design.y
+    return RemlStats(n_j=np.bincount(design.school_idx, minlength=design.n_schools),
+                     sx=school_sums(design, X), sy=school_sums(design, y),
+                     xtx=X.T @ X, xty=X.T @ y, yty=float(y @ y))
+
+
+def _loglik(st: RemlStats, var_school: float, var_pupil: float) -> float:
+    """:func:`reml_loglik` from precomputed statistics."""
+    n, p = int(st.n_j.sum()), st.xtx.shape[0]
     t2, s2 = float(var_school), float(var_pupil)
-    n_j = np.bincount(design.school_idx, minlength=design.n_schools)
-    g = t2 / (s2 + n_j * t2)
-    sx, sy = school_sums(design, X), school_sums(design, y)
-    xvx = (X.T @ X - (sx.T * g) @ sx) / s2
-    xvy = (X.T @ y - (sx.T * g) @ sy) / s2
+    g = t2 / (s2 + st.n_j * t2)
+    xvx = (st.xtx - (st.sx.T * g) @ st.sx) / s2
+    xvy = (st.xty - (st.sx.T * g) @ st.sy) / s2
     beta = np.linalg.solve(xvx, xvy)
-    r = y - X @ beta
-    quad = (r @ r - g @ school_sums(design, r) ** 2) / s2
-    logdet_v = n * np.log(s2) + np.sum(np.log1p(n_j * t2 / s2))
+    rtr = st.yty - 2 * beta @ st.xty + beta @ st.xtx @ beta
+    school_r = st.sy - st.sx @ beta  # per-school sums of the GLS residuals
+    quad = (rtr - g @ school_r**2) / s2
+    logdet_v = n * np.log(s2) + np.sum(np.log1p(st.n_j * t2 / s2))
     logdet_xvx = np.linalg.slogdet(xvx)[1]
     return float(-0.5 * ((n - p) * np.log(2 * np.pi) + logdet_v + logdet_xvx + quad))
 
@@ -165,8 +189,10 @@ def exact_maximum(design: Design, var_school: float, var_pupil: float
     (float, float, float)
         School variance, pupil variance and the maximised log-likelihood.
     """
+    stats = reml_stats(design)
+
     def negative(theta: np.ndarray) -> float:
-        return -reml_loglik(design, *np.exp(theta))
+        return -_loglik(stats, *np.exp(theta))
 
     start = np.log([max(var_school, 1e-6 * var_pupil), var_pupil])
     best = optimize.minimize(negative, start, method="Nelder-Mead",
@@ -190,13 +216,14 @@ def variance_se(design: Design, var_school: float, var_pupil: float) -> tuple[fl
         SEs of ``var_school`` and ``var_pupil``; None if the numerical Hessian (central
         differences, relative step 1e-4) is not negative definite.
     """
+    stats = reml_stats(design)
     theta = np.array([var_school, var_pupil], dtype=float)
     h = 1e-4 * np.maximum(theta, 1e-3 * theta[1])
     hess = np.empty((2, 2))
     for a in range(2):
         for b in range(2):
             ea, eb = np.eye(2)[a] * h[a], np.eye(2)[b] * h[b]
-            corners = [reml_loglik(design, *(theta + sa * ea + sb * eb))
+            corners = [_loglik(stats, *(theta + sa * ea + sb * eb))
                        for sa, sb in ((1, 1), (1, -1), (-1, 1), (-1, -1))]
             hess[a, b] = (corners[0] - corners[1] - corners[2] + corners[3]) / (4 * h[a] * h[b])
     if np.any(np.linalg.eigvalsh(hess) >= 0):

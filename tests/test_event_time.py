@@ -132,7 +132,7 @@ def test_marginal_equals_pupil_rows_over_intercepts(effect_prior):
     Ten random points (every free parameter and intercept perturbed), cells of 1 to 6 pupils.
     """
     design = build_event_design(unbalanced_frame(), ["x", "g"], {"g": (["a", "b", "c"], "a")})
-    assert 1 in cell_stats(design).n  # a single-pupil cell
+    assert (cell_stats(design).n == 1).any()  # the frame has a single-pupil cell
     marginal = build_event_time(design, effect_prior=effect_prior)
     reference = build_event_time_reference(design, effect_prior=effect_prior)
     logp_marginal, logp_reference = marginal.compile_logp(), reference.compile_logp()
