@@ -18,6 +18,11 @@ always among them). Pupils outside that window would need a term the model does 
 they are dropped, and :attr:`EventDesign.n_dropped` records how many, rather than silently
 pooling them with the reference year.
 
+For the optional heterogeneity terms a federated school also carries its federation and its
+federation type (``federation_idx``, ``type_idx``; -1 for a matched school): a post-founding
+cell (``k >= 0``) of a federated school gets its federation's and its type's deviation of the
+effect.
+
 Cells are the school-by-cohort combinations that have pupils, sorted by school label then
 cohort. Because the federated flag and founding year are constant within a school, every
 pupil of a cell has the same cohort and the same event-year row; :func:`cell_stats` relies on
@@ -75,6 +80,17 @@ class EventDesign:
         How many of ``event_terms`` (the first ones) are leads.
     n_dropped : int
         Pupils of the input table outside the modelled years, not in the arrays.
+    federated : ndarray, shape (n_pupils,)
+        The school's federated flag (0/1).
+    federation_idx : ndarray of int, shape (n_pupils,)
+        Index into ``federations`` of a federated school's federation, -1 for a matched
+        school (all -1 when the table has no ``federation`` column).
+    federations : tuple of str
+        Federation labels, sorted (empty without a ``federation`` column).
+    type_idx : ndarray of int, shape (n_pupils,)
+        Index into ``types`` of a federated school's federation type, -1 otherwise.
+    types : tuple of str
+        Federation types, sorted (empty without a ``federation_type`` column).
     """
 
     y: np.ndarray
@@ -90,6 +106,16 @@ class EventDesign:
     event_terms: tuple[str, ...]
     n_leads: int
     n_dropped: int
+    federated: np.ndarray
+    federation_idx: np.ndarray
+    federations: tuple[str, ...]
+    type_idx: np.ndarray
+    types: tuple[str, ...]
+
+    @property
+    def post(self) -> np.ndarray:
+        """1 for a federated school's pupil in a year since founding >= 0, shape (n_pupils,)."""
+        return self.E[:, self.n_leads:].sum(axis=1)
 
     @property
     def n_pupils(self) -> int:
@@ -122,6 +148,11 @@ class CellStats:
         The cell's event-year row (constant within a cell).
     cohort_idx, school_idx : ndarray of int, shape (n_cells,)
         The cell's cohort and school.
+    federated, post : ndarray, shape (n_cells,)
+        The school's federated flag; 1 for a federated school's cell in a year since founding
+        >= 0 (0/1).
+    federation_idx, type_idx : ndarray of int, shape (n_cells,)
+        The school's federation and federation type (-1 for a matched school).
     XX, Xy, yy : ndarray, shapes (n_coef, n_coef), (n_coef,), ()
         Pooled within-cell cross products of the predictors and outcome centred at their
         cell means: :math:`\\sum_i \\tilde x_i \\tilde x_i^\\top`,
@@ -134,6 +165,10 @@ class CellStats:
     E: np.ndarray
     cohort_idx: np.ndarray
     school_idx: np.ndarray
+    federated: np.ndarray
+    post: np.ndarray
+    federation_idx: np.ndarray
+    type_idx: np.ndarray
     XX: np.ndarray
     Xy: np.ndarray
     yy: np.ndarray
@@ -159,7 +194,8 @@ def build_event_design(
     ----------
     frame : DataFrame
         Validated table with canonical names (e.g. ``PupilTable.frame``): ``outcome``,
-        ``school``, ``cohort``, ``years_since``, ``federated`` and each pupil term.
+        ``school``, ``cohort``, ``years_since``, ``federated`` and each pupil term; optional
+        ``federation`` and ``federation_type`` (blank for matched schools).
     pupil_terms : sequence of str
         Pupil-level terms, in the order their coefficients are reported.
     categorical : mapping, optional
@@ -207,6 +243,8 @@ def build_event_design(
                          "identified; leave them out of leads/effects")
     school_idx, schools = pd.factorize(kept["school"].astype(str), sort=True)
     cohort_idx, cohorts = pd.factorize(kept["cohort"].astype(np.int64), sort=True)
+    federation_idx, federations = _labels(kept, "federation", federated)
+    type_idx, types = _labels(kept, "federation_type", federated)
     cell_key = school_idx.astype(np.int64) * len(cohorts) + cohort_idx
     cell_idx, cell_keys = pd.factorize(cell_key, sort=True)
     return EventDesign(
@@ -224,7 +262,23 @@ def build_event_design(
         event_terms=tuple(str(k) for k in years),
         n_leads=len(leads),
         n_dropped=int((~keep).sum()),
+        federated=federated,
+        federation_idx=federation_idx,
+        federations=federations,
+        type_idx=type_idx,
+        types=types,
     )
+
+
+def _labels(frame: pd.DataFrame, column: str, federated: np.ndarray
+            ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Index of each federated pupil's label in ``column`` (-1 for matched schools) and the
+    sorted labels; all -1 and no labels when the column is absent."""
+    if column not in frame.columns:
+        return np.full(len(frame), -1, dtype=np.int64), ()
+    labels = frame[column].astype("string").where(federated == 1)
+    idx, uniques = pd.factorize(labels, sort=True, use_na_sentinel=True)
+    return idx.astype(np.int64), tuple(str(u) for u in uniques)
 
 
 def cell_stats(design: EventDesign) -> CellStats:
@@ -241,27 +295,36 @@ def cell_stats(design: EventDesign) -> CellStats:
     Raises
     ------
     ValueError
-        The event-year row or the cohort varies within a cell (the table was not validated:
-        ``federated`` or ``years_since`` not constant within school and cohort).
+        The event-year row, the federation, its type or the cohort varies within a cell (the
+        table was not validated: a school-level column not constant within school).
     """
     n_cells = len(design.cells)
     n = np.bincount(design.cell_idx, minlength=n_cells)
-    columns = np.column_stack([design.y, design.X, design.E, design.cohort_idx,
+    columns = np.column_stack([design.y, design.X, design.E, design.federated,
+                               design.federation_idx, design.type_idx, design.cohort_idx,
                                design.school_idx])
     means = group_sums(design.cell_idx, n_cells, columns) / n[:, None]
     k = design.X.shape[1]
     cell_rows = columns[:, 1 + k:] - means[design.cell_idx, 1 + k:]
     if np.abs(cell_rows).max(initial=0.0) > 0:
-        raise ValueError("event-year indicators or cohort vary within a school-by-cohort cell")
+        raise ValueError("event-year indicators, federation or cohort vary within a "
+                         "school-by-cohort cell")
     centred = columns[:, : 1 + k] - means[design.cell_idx, : 1 + k]
     gram = centred.T @ centred  # (1 + n_coef) square: outcome first
+    n_event = design.E.shape[1]
+    E = means[:, 1 + k: 1 + k + n_event]
+    index = means[:, 1 + k + n_event:].round().astype(np.int64)
     return CellStats(
         n=n,
         y_mean=means[:, 0],
         X_mean=means[:, 1: 1 + k],
-        E=means[:, 1 + k: -2],
-        cohort_idx=means[:, -2].round().astype(np.int64),
-        school_idx=means[:, -1].round().astype(np.int64),
+        E=E,
+        cohort_idx=index[:, 3],
+        school_idx=index[:, 4],
+        federated=means[:, 1 + k + n_event],
+        post=E[:, design.n_leads:].sum(axis=1),
+        federation_idx=index[:, 1],
+        type_idx=index[:, 2],
         XX=gram[1:, 1:],
         Xy=gram[1:, 0],
         yy=gram[0, 0],

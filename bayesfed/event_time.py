@@ -8,13 +8,23 @@ For pupil :math:`i` in school :math:`j` and cohort (calendar year) :math:`t`, i.
 
 .. math::
 
-    y_i &= \alpha + x_i^\top\beta + \gamma_t + E_i^\top(\lambda, \delta) + u_j + v_c + e_i, \\
+    y_i &= \alpha + x_i^\top\beta + \gamma_t + g F_j + E_i^\top(\lambda, \delta)
+           + P_c (b_{f(j)} + \theta_{m(j)}) + u_j + v_c + e_i, \\
     u_j &\sim N(0, \tau^2), \quad v_c \sim N(0, \omega^2), \quad e_i \sim N(0, \sigma^2),
 
-with cohort effects :math:`\gamma_t` (:math:`\gamma = 0` for the first cohort), federation
-effects :math:`\delta_k` for years since founding :math:`k = 0..K`, leads :math:`\lambda_k`
-for :math:`k \le -2` (placebo terms: zero under parallel trends) and year :math:`-1` as the
-reference. Effect priors, ``effect_prior``:
+with cohort effects :math:`\gamma_t` (:math:`\gamma = 0` for the first cohort), the
+``federated_gap`` :math:`g` between federated (:math:`F_j = 1`) and matched schools in the
+reference year, federation effects :math:`\delta_k` for years since founding :math:`k = 0..K`,
+leads :math:`\lambda_k` for :math:`k \le -2` (placebo terms: zero under parallel trends) and
+year :math:`-1` as the reference. The gap plays the part of the school fixed effects of a
+two-way fixed-effects event study: without it a level difference between federated and matched
+schools (federations formed by weak schools, say) would leak into :math:`\lambda` and
+:math:`\delta`. Optional heterogeneity, for a federated school's cells in years since founding
+:math:`k \ge 0` (:math:`P_c = 1`): its federation's deviation :math:`b_f \sim N(0,
+\tau_b^2)` (``federation_deviations``; ``sd_federation_effect`` :math:`\tau_b`) and its
+federation type's deviation :math:`\theta_m \sim N(0, \tau_\theta^2)` (``type_effects``;
+``sd_type``), both non-centred; ``type_effect`` :math:`= \bar\delta + \theta_m` is a type's
+effect averaged over years 0..K. Effect priors, ``effect_prior``:
 
 * ``"random_walk"`` (default): :math:`\delta_0 \sim N(0, s_\delta)`,
   :math:`\delta_k = \delta_{k-1} + \epsilon_k`, :math:`\epsilon_k \sim N(0,
@@ -58,13 +68,14 @@ conditional density of the intercepts).
 
 Sampled parameters
 ------------------
-NUTS sees ``beta``, the random walk's or the independent effects, ``lead``, the three sds
-and, instead of ``intercept`` and ``gamma``, the ``level`` (mean outcome at the pupils' mean
-composition :math:`\bar x`, averaged over cohorts) and zero-sum ``cohort_deviation``
+NUTS sees ``beta``, ``federated_gap``, the random walk's or the independent effects,
+``lead``, the three sds (and the heterogeneity terms) and, instead of ``intercept`` and
+``gamma``, the ``level`` (mean outcome at the pupils' mean composition :math:`\bar x` and
+federated share :math:`\bar F`, averaged over cohorts) and zero-sum ``cohort_deviation``
 :math:`d_t`, so that the fixed part of a cell is
-:math:`\mathrm{level} + d_t + (\bar x_c - \bar x)^\top\beta + E_c^\top(\lambda, \delta)`;
-``intercept`` :math:`= \mathrm{level} + d_1 - \bar x^\top\beta` and ``gamma``
-:math:`= d_t - d_1` are deterministics. Why: with the first cohort as the free reference,
+:math:`\mathrm{level} + d_t + (\bar x_c - \bar x)^\top\beta + (F_c - \bar F) g + E_c^\top(\lambda,
+\delta)`; ``intercept`` :math:`= \mathrm{level} + d_1 - \bar x^\top\beta - \bar F g` and
+``gamma`` :math:`= d_t - d_1` are deterministics. Why: with the first cohort as the free reference,
 ``gamma`` and ``intercept`` had a bulk ESS of 320-450 of 4,000 on the shipped study (its first
 cohort has 15 schools, so every ``gamma`` shares that cohort's uncertainty); with a free mean
 per cohort, 470 (all cohort means share the uncertainty of the mean school intercept, posterior
@@ -95,6 +106,11 @@ parameter                default prior                             why
                                                                    scores is implausible
 ``lead[k]``              :math:`N(0, s_y)`                         as ``delta``: no pull
                                                                    towards "no pre-trend"
+``federated_gap``        :math:`N(0, s_y)`                         as ``delta``
+``sd_federation_effect``  :math:`\mathrm{HalfNormal}(s_y / 4)`      effects that differ between
+``sd_type``              :math:`\mathrm{HalfNormal}(s_y / 4)`      federations by more than
+                                                                   half a pupil sd (95% of the
+                                                                   prior below) are implausible
 ``tau_step``             :math:`\mathrm{Gamma}(2, 2 / s_s)`,       mean :math:`s_s`, density
                          :math:`s_s = 0.5 s_y`                     :math:`\propto\tau` near 0
                                                                    (Chung et al. 2013): year-on-
@@ -111,11 +127,14 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
+import xarray as xr
 
 from bayesfed.design import Design
 from bayesfed.event_design import CellStats, EventDesign, cell_stats
-from bayesfed.priors import Normal, default_priors
+from bayesfed.priors import Normal, resolve_priors
+from bayesfed.spec import Priors
 
 EffectPrior = Literal["random_walk", "independent"]
 
@@ -140,8 +159,14 @@ class EventPriors:
     tau_step : float
         Mean of the Gamma(2, 2 / tau_step) prior of the random walk's step sd (outcome
         units).
+    gap : float
+        Sd of the Normal(0, .) prior of ``federated_gap`` (outcome units).
     sd_school, sd_cell, sigma : float
         Scales of the HalfNormal priors of the school, cell and pupil sds (outcome units).
+    sd_federation_effect, sd_type : float
+        Scales of the HalfNormal priors of the heterogeneity sds (outcome units).
+    coef_names : tuple of str, length n_coef
+        Names of the coefficients ``slopes`` belong to.
     """
 
     intercept: Normal
@@ -150,17 +175,41 @@ class EventPriors:
     effect: float
     lead: float
     tau_step: float
+    gap: float
     sd_school: float
     sd_cell: float
     sigma: float
+    sd_federation_effect: float
+    sd_type: float
+    coef_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``name -> number`` mapping (``prior.level.mu``, ``prior.beta[fsm].sigma``,
+        ``prior.sd_cell.sigma``, ...), for NetCDF attributes and JSON."""
+        out = {"prior.level.mu": self.intercept.mu, "prior.level.sigma": self.intercept.sigma}
+        for name, slope in zip(self.coef_names, self.slopes, strict=True):
+            out[f"prior.beta[{name}].mu"] = slope.mu
+            out[f"prior.beta[{name}].sigma"] = slope.sigma
+        scalars = {"cohort_deviation.sigma": self.cohort, "delta.sigma": self.effect,
+                   "lead.sigma": self.lead, "tau_step.mean": self.tau_step,
+                   "federated_gap.sigma": self.gap, "sd_school.sigma": self.sd_school,
+                   "sd_cell.sigma": self.sd_cell, "sigma.sigma": self.sigma,
+                   "sd_federation_effect.sigma": self.sd_federation_effect,
+                   "sd_type.sigma": self.sd_type}
+        return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
 
 
-def default_event_priors(design: EventDesign) -> EventPriors:
-    """The data-scaled default priors of the module docstring's table.
+def resolve_event_priors(design: EventDesign, spec_priors: Priors | None = None
+                         ) -> EventPriors:
+    """The priors of the module docstring's table, with the spec's overrides applied.
 
     Parameters
     ----------
     design : EventDesign
+    spec_priors : Priors, optional
+        The spec's ``[priors]``; its ``intercept`` (the prior of ``level``), ``slopes``,
+        ``slope``, ``sd_school``, ``sd_cell`` and ``sigma`` replace the defaults, with the
+        precedence of :func:`bayesfed.priors.resolve_priors`.
 
     Returns
     -------
@@ -169,15 +218,20 @@ def default_event_priors(design: EventDesign) -> EventPriors:
     Raises
     ------
     SpecError
-        The outcome or a predictor is constant (from :func:`bayesfed.priors.default_priors`).
+        The outcome or a predictor is constant, or ``slope`` names no coefficient (from
+        :func:`bayesfed.priors.resolve_priors`).
     """
-    two_level = default_priors(Design(
+    spec_priors = spec_priors or Priors()
+    two_level = resolve_priors(Design(
         y=design.y, X=design.X, coef_names=design.coef_names, school_idx=design.school_idx,
-        schools=design.schools, school_level=(False,) * len(design.coef_names)))
-    sd_y = two_level.sigma
+        schools=design.schools, school_level=(False,) * len(design.coef_names)), spec_priors)
+    sd_y = float(np.std(design.y, ddof=1))
+    sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
     return EventPriors(intercept=two_level.intercept, slopes=two_level.slopes, cohort=sd_y,
-                       effect=sd_y, lead=sd_y, tau_step=0.5 * sd_y, sd_school=sd_y,
-                       sd_cell=sd_y, sigma=sd_y)
+                       effect=sd_y, lead=sd_y, tau_step=0.5 * sd_y, gap=sd_y,
+                       sd_school=two_level.sd_school, sd_cell=float(sd_cell),
+                       sigma=two_level.sigma, sd_federation_effect=0.25 * sd_y,
+                       sd_type=0.25 * sd_y, coef_names=design.coef_names)
 
 
 def _coords(design: EventDesign) -> dict[str, list[str]]:
@@ -190,6 +244,8 @@ def _coords(design: EventDesign) -> dict[str, list[str]]:
         "event_year": list(design.effect_terms),
         "step_year": list(design.effect_terms[1:]),
         "lead_year": list(design.lead_terms),
+        "federation": list(design.federations),
+        "federation_type": list(design.types),
     }
 
 
@@ -203,129 +259,337 @@ class Terms(NamedTuple):
 
     beta: pt.TensorVariable  # (n_coef,)
     cohort_mean: pt.TensorVariable  # (n_cohorts,): level + cohort deviation
-    event: pt.TensorVariable  # (n_event_terms,): leads, then effects
+    gap: pt.TensorVariable  # federated_gap
+    tau_step: pt.TensorVariable | None  # the random walk's step sd, or None
+    sd_federation: pt.TensorVariable | None  # sd of the federations' deviations, or None
+    sd_type: pt.TensorVariable | None  # sd of the federation types' deviations, or None
     sd_school: pt.TensorVariable
     sd_cell: pt.TensorVariable
     sigma: pt.TensorVariable
 
 
-def _fixed_effects(design: EventDesign, priors: EventPriors, effect_prior: EffectPrior) -> Terms:
-    """Add every parameter but the random intercepts to the model in context.
+class Rows(NamedTuple):
+    """What the fixed part needs of each row (a pupil or a cell); shapes (n_rows, ...)."""
 
-    The fixed part of a pupil's mean is ``cohort_mean[t] + (x - xbar)' beta + E' event``, with
-    ``xbar`` the pupils' mean predictors (the module docstring's "Sampled parameters").
+    cohort_idx: np.ndarray
+    X_centred: np.ndarray  # predictors minus the pupils' mean
+    F_centred: np.ndarray  # federated flag minus the pupils' mean
+
+
+def effect_columns(E: np.ndarray, post: np.ndarray, federation_idx: np.ndarray,
+                   type_idx: np.ndarray, n_federations: int, n_types: int) -> np.ndarray:
+    """The rows' columns of the Gaussian block :math:`\\theta`: event-year indicators, then
+    ``post`` times the one-hot federation (``n_federations`` columns, 0 to leave out), then
+    ``post`` times the one-hot federation type (``n_types``, 0 to leave out).
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_event_terms + n_federations + n_types)
     """
+    blocks = [E]
+    for idx, n in ((federation_idx, n_federations), (type_idx, n_types)):
+        if n:
+            blocks.append(post[:, None] * (idx[:, None] == np.arange(n)[None, :]))
+    return np.hstack(blocks)
+
+
+def _fixed_effects(design: EventDesign, priors: EventPriors, effect_prior: EffectPrior,
+                   federation_deviations: bool = False, type_effects: bool = False) -> Terms:
+    """Add every parameter but the random intercepts, the leads and the effects to the model
+    in context (the random walk's ``tau_step`` included).
+
+    The rest of the fixed part of a row is given by :func:`_row_mean` (the module docstring's
+    "Sampled parameters").
+    """
+    if effect_prior not in ("random_walk", "independent"):
+        raise ValueError(f"effect_prior must be 'random_walk' or 'independent', "
+                         f"got {effect_prior!r}")
     beta = pm.Normal("beta", mu=np.array([s.mu for s in priors.slopes]),
                      sigma=np.array([s.sigma for s in priors.slopes]), dims="predictor")
     level = pm.Normal("level", mu=_f64(priors.intercept.mu), sigma=_f64(priors.intercept.sigma))
     deviation = pm.ZeroSumNormal("cohort_deviation", sigma=_f64(priors.cohort),
                                  dims="cohort_all")
-    composition = pt.dot(design.X.mean(axis=0), beta)
+    gap = pm.Normal("federated_gap", mu=0.0, sigma=_f64(priors.gap))
+    composition = pt.dot(design.X.mean(axis=0), beta) + design.federated.mean() * gap
     pm.Deterministic("intercept", level + deviation[0] - composition)
     pm.Deterministic("gamma", deviation[1:] - deviation[0], dims="cohort")
+    tau_step = sd_federation = sd_type = None
     if effect_prior == "random_walk":
         # Gamma(2, 2 / s): mean s, density ~ tau near 0 (boundary-avoiding; module docstring)
         tau_step = pm.Gamma("tau_step", alpha=2.0, beta=2.0 / _f64(priors.tau_step))
-        delta_first = pm.Normal("delta_first", mu=0.0, sigma=_f64(priors.effect))
-        step = pm.Normal("step", mu=0.0, sigma=tau_step, dims="step_year")
-        delta = pm.Deterministic(
-            "delta", delta_first + pt.concatenate([pt.zeros(1), pt.cumsum(step)]),
-            dims="event_year")
-    elif effect_prior == "independent":
-        delta = pm.Normal("delta", mu=0.0, sigma=_f64(priors.effect), dims="event_year")
-    else:
-        raise ValueError(f"effect_prior must be 'random_walk' or 'independent', "
-                         f"got {effect_prior!r}")
-    lead = pm.Normal("lead", mu=0.0, sigma=_f64(priors.lead), dims="lead_year")
+    if federation_deviations:
+        if not design.federations:
+            raise ValueError("federation_deviations needs the federation column")
+        sd_federation = pm.HalfNormal("sd_federation_effect",
+                                      sigma=_f64(priors.sd_federation_effect))
+    if type_effects:
+        if not design.types:
+            raise ValueError("type_effects needs the federation_type column")
+        sd_type = pm.HalfNormal("sd_type", sigma=_f64(priors.sd_type))
     return Terms(
         beta=beta,
         cohort_mean=level + deviation,
-        event=pt.concatenate([lead, delta]),
+        gap=gap,
+        tau_step=tau_step,
+        sd_federation=sd_federation,
+        sd_type=sd_type,
         sd_school=pm.HalfNormal("sd_school", sigma=_f64(priors.sd_school)),
         sd_cell=pm.HalfNormal("sd_cell", sigma=_f64(priors.sd_cell)),
         sigma=pm.HalfNormal("sigma", sigma=_f64(priors.sigma)),
     )
 
 
-def marginal_loglik(stats: CellStats, n_schools: int, cell_mean, beta, sigma, sd_cell,
-                    sd_school):
-    """The exact log-likelihood with school and cell intercepts integrated out.
+def _row_mean(terms: Terms, rows: Rows) -> pt.TensorVariable:
+    """Fixed part of each row without the Gaussian block: ``cohort_mean[t] + (x - xbar)' beta
+    + (F - Fbar) gap``, shape (n_rows,), outcome units."""
+    return (terms.cohort_mean[rows.cohort_idx] + pt.dot(rows.X_centred, terms.beta)
+            + rows.F_centred * terms.gap)
+
+
+def differences(n: int) -> np.ndarray:
+    """The (n, n) matrix taking a trajectory to its first value and its steps:
+    ``(D @ delta)[0] = delta[0]``, ``(D @ delta)[k] = delta[k] - delta[k - 1]``."""
+    return np.eye(n) - np.eye(n, k=-1)
+
+
+def effect_prior_precision(priors: EventPriors, n_leads: int, n_effects: int, terms: Terms,
+                           n_federations: int = 0, n_types: int = 0):
+    """Precision matrix and log-determinant of the covariance of the zero-mean Gaussian prior
+    of :math:`\\theta = (\\lambda, \\delta, b, \\theta_m)`: leads, effects and, when
+    modelled, the federations' and the types' deviations (:func:`effect_columns` order).
+
+    Leads are independent :math:`N(0, s_\\lambda^2)`. Effects are independent
+    :math:`N(0, s_\\delta^2)` (``terms.tau_step`` None) or a random walk,
+    :math:`D\\delta \\sim N(0, \\mathrm{diag}(s_\\delta^2, \\tau^2, \\ldots))` with :math:`D`
+    = :func:`differences` (determinant 1). Deviations are independent with variances
+    ``sd_federation_effect`` squared and ``sd_type`` squared. The precision is
+    :math:`D^\\top \\mathrm{diag}(\\mathrm{var})^{-1} D`, :math:`D` block-diagonal (identity
+    outside the effects).
+
+    Returns
+    -------
+    precision : tensor, shape (K, K)
+    log_det_cov : tensor scalar
+    """
+    lead_var, effect_var = _f64(priors.lead) ** 2, _f64(priors.effect) ** 2
+    if terms.tau_step is None:
+        var = [pt.as_tensor(np.r_[np.full(n_leads, lead_var), np.full(n_effects, effect_var)])]
+    else:
+        var = [pt.as_tensor(np.r_[np.full(n_leads, lead_var), effect_var]),
+               pt.repeat((terms.tau_step**2)[None], n_effects - 1)]
+    for sd, n in ((terms.sd_federation, n_federations), (terms.sd_type, n_types)):
+        if n:
+            var.append(pt.repeat((sd**2)[None], n))
+    var = pt.concatenate(var)
+    K = n_leads + n_effects + n_federations + n_types
+    D = np.eye(K)
+    if terms.tau_step is not None:
+        D[n_leads: n_leads + n_effects, n_leads: n_leads + n_effects] = differences(n_effects)
+    precision = pt.dot(D.T / var[None, :], D)
+    return precision, pt.sum(pt.log(var))
+
+
+class Marginal(NamedTuple):
+    """The integrated likelihood and the Gaussian conditional posterior of the effects."""
+
+    loglik: pt.TensorVariable  # scalar, nats
+    effect_mean: pt.TensorVariable  # (K,): E[theta | y, rest]
+    effect_chol: pt.TensorVariable  # (K, K): lower Cholesky factor of the conditional precision
+
+
+def marginal_loglik(stats: CellStats, columns: np.ndarray, n_schools: int, cell_mean, beta,
+                    sigma, sd_cell, sd_school, precision, log_det_cov) -> Marginal:
+    """The exact log-likelihood with school and cell intercepts and the Gaussian block
+    (leads, effects, deviations) integrated out.
 
     Parameters
     ----------
     stats : CellStats
+    columns : ndarray, shape (n_cells, K)
+        The cells' columns of the Gaussian block (:func:`effect_columns`).
     n_schools : int
     cell_mean : tensor, shape (n_cells,)
-        :math:`\\mu_c`, the fixed part at each cell's mean predictors (outcome units).
+        :math:`\\mu_c`, the fixed part at each cell's mean predictors without the leads and
+        effects (outcome units).
     beta : tensor, shape (n_coef,)
     sigma, sd_cell, sd_school : tensor scalars
         Pupil, cell and school sds (outcome units).
+    precision, log_det_cov : tensors, shapes (K, K) and ()
+        Prior of the Gaussian block (:func:`effect_prior_precision`).
 
     Returns
     -------
-    tensor scalar
-        The formula of the module docstring (nats).
+    Marginal
+        The module docstring's formula (nats), and the conditional posterior of
+        :math:`\\theta` given everything else: mean and Cholesky factor of the precision.
     """
     s2, w2, t2 = sigma**2, sd_cell**2, sd_school**2
     n_pupils, n_cells = int(stats.n.sum()), stats.n.size
     cell_var = s2 + stats.n * w2  # variance of a cell mean times n_c, per cell
     h = stats.n / cell_var
     r = stats.y_mean - cell_mean
-    H = pt.zeros(n_schools)[stats.school_idx].inc(h)
+    w = t2 / (1 + t2 * pt.zeros(n_schools)[stats.school_idx].inc(h))  # per school
     A = pt.zeros(n_schools)[stats.school_idx].inc(h * r)
+    B = pt.zeros((n_schools, columns.shape[1]))[stats.school_idx].inc(h[:, None] * columns)
     within = stats.yy - 2 * pt.dot(beta, stats.Xy) + pt.dot(beta, pt.dot(stats.XX, beta))
     log_det = ((n_pupils - n_cells) * pt.log(s2) + pt.sum(pt.log(cell_var))
-               + pt.sum(pt.log1p(t2 * H)))
-    quad = within / s2 + pt.sum(h * r**2) - pt.sum(t2 * A**2 / (1 + t2 * H))
-    return -0.5 * (n_pupils * np.log(2 * np.pi) + log_det + quad)
+               - pt.sum(pt.log(w / t2)))  # log(1 + t2 H_j) = -log(w_j / t2)
+    quad = within / s2 + pt.sum(h * r**2) - pt.sum(w * A**2)
+    # the leads and effects: Gaussian in theta with precision G and linear term b
+    G = (precision + pt.dot(columns.T * h[None, :], columns)
+         - pt.dot(B.T * w[None, :], B))
+    b = pt.dot(columns.T, h * r) - pt.dot(B.T, w * A)
+    chol = pt.linalg.cholesky(G)
+    half = pt.linalg.solve_triangular(chol, b, lower=True)
+    log_det = log_det + log_det_cov + 2 * pt.sum(pt.log(pt.diag(chol)))
+    quad = quad - pt.sum(half**2)
+    loglik = -0.5 * (n_pupils * np.log(2 * np.pi) + log_det + quad)
+    mean = pt.linalg.solve_triangular(chol.T, half, lower=False)
+    return Marginal(loglik, mean, chol)
+
+
+class EventModel(NamedTuple):
+    """:func:`build_event_time_parts`: the PyMC model and what recovers the Gaussian block."""
+
+    model: pm.Model
+    marginal: Marginal
+    n_leads: int
+    n_federations: int  # 0 without federation deviations
+    n_types: int  # 0 without type effects
+
+
+def build_event_time_parts(
+    design: EventDesign,
+    priors: EventPriors | None = None,
+    effect_prior: EffectPrior = "random_walk",
+    federation_deviations: bool = False,
+    type_effects: bool = False,
+) -> EventModel:
+    """:func:`build_event_time`, keeping the conditional posterior of the effects for
+    :func:`add_effect_draws`."""
+    priors = priors or resolve_event_priors(design)
+    stats = cell_stats(design)
+    n_fed = len(design.federations) if federation_deviations else 0
+    n_types = len(design.types) if type_effects else 0
+    with pm.Model(coords=_coords(design)) as model:
+        terms = _fixed_effects(design, priors, effect_prior, federation_deviations,
+                               type_effects)
+        cell_mean = _row_mean(terms, Rows(
+            cohort_idx=stats.cohort_idx, X_centred=stats.X_mean - design.X.mean(axis=0),
+            F_centred=stats.federated - design.federated.mean()))
+        precision, log_det_cov = effect_prior_precision(
+            priors, design.n_leads, len(design.effect_terms), terms, n_fed, n_types)
+        columns = effect_columns(stats.E, stats.post, stats.federation_idx, stats.type_idx,
+                                 n_fed, n_types)
+        marginal = marginal_loglik(stats, columns, len(design.schools), cell_mean,
+                                   terms.beta, terms.sigma, terms.sd_cell, terms.sd_school,
+                                   precision, log_det_cov)
+        pm.Potential("marginal_loglik", marginal.loglik)
+    return EventModel(model, marginal, design.n_leads, n_fed, n_types)
 
 
 def build_event_time(
     design: EventDesign,
     priors: EventPriors | None = None,
     effect_prior: EffectPrior = "random_walk",
+    federation_deviations: bool = False,
+    type_effects: bool = False,
 ) -> pm.Model:
-    """Build the joint event-time model with the intercepts integrated out.
+    """Build the joint event-time model with the intercepts, leads and effects integrated out.
 
     Parameters
     ----------
     design : EventDesign
     priors : EventPriors, optional
-        Defaults to :func:`default_event_priors` of ``design``.
+        Defaults to :func:`resolve_event_priors` of ``design``.
     effect_prior : {"random_walk", "independent"}
         Prior of the effects ``delta`` (module docstring).
+    federation_deviations, type_effects : bool
+        Add the heterogeneity terms (module docstring); they need ``design.federations``
+        and ``design.types``.
 
     Returns
     -------
     pm.Model
         Coords ``school``, ``cell``, ``cohort_all`` (every cohort), ``cohort`` (all but the
-        first), ``predictor``, ``event_year`` (effects, "0".."K"), ``step_year`` ("1".."K")
-        and ``lead_year`` (leads, "-2"). Free variables ``level``, ``cohort_deviation``
-        (cohort_all), ``beta`` (predictor), ``lead`` (lead_year), ``sd_school``, ``sd_cell``,
-        ``sigma`` and, for the random walk, ``tau_step``, ``delta_first`` and ``step``
-        (step_year) with the deterministic ``delta`` (event_year); ``delta`` is free for
-        ``"independent"``. Deterministics ``intercept`` and ``gamma`` (cohort). The
-        likelihood is the potential ``marginal_loglik``; no pupil-level variable is kept.
+        first), ``predictor``, ``event_year`` (effects, "0".."K"), ``step_year`` ("1".."K"),
+        ``lead_year`` (leads, "-2"), ``federation`` and ``federation_type``. Free variables
+        ``level``, ``cohort_deviation`` (cohort_all), ``beta`` (predictor),
+        ``federated_gap``, ``sd_school``, ``sd_cell``, ``sigma`` and, for the random walk,
+        ``tau_step``; with heterogeneity ``sd_federation_effect`` and ``sd_type``.
+        Deterministics ``intercept`` and ``gamma`` (cohort). The likelihood is the potential
+        ``marginal_loglik``; the leads, effects and deviations are drawn after sampling by
+        :func:`add_effect_draws`.
     """
-    priors = priors or default_event_priors(design)
-    stats = cell_stats(design)
-    with pm.Model(coords=_coords(design)) as model:
-        terms = _fixed_effects(design, priors, effect_prior)
-        x_centred = stats.X_mean - design.X.mean(axis=0)
-        cell_mean = (terms.cohort_mean[stats.cohort_idx] + pt.dot(x_centred, terms.beta)
-                     + pt.dot(stats.E, terms.event))
-        pm.Potential("marginal_loglik", marginal_loglik(
-            stats, len(design.schools), cell_mean, terms.beta, terms.sigma, terms.sd_cell,
-            terms.sd_school))
-    return model
+    return build_event_time_parts(design, priors, effect_prior, federation_deviations,
+                                  type_effects).model
+
+
+def add_effect_draws(parts: EventModel, tree, seed: int):
+    """Draw the Gaussian block from its exact conditional posterior, one per draw.
+
+    Given every sampled parameter, :math:`\\theta` (leads, effects and the deviations) is
+    Gaussian with precision :math:`G` and mean :math:`G^{-1} b` (:func:`marginal_loglik`), so a
+    draw of :math:`\\theta` beside each posterior draw is a draw from the joint posterior.
+
+    Parameters
+    ----------
+    parts : EventModel
+    tree : xarray.DataTree
+        The sampled posterior of ``parts.model`` (dims chain, draw).
+    seed : int
+        Seed of the standard-normal draws.
+
+    Returns
+    -------
+    xarray.DataTree
+        ``tree`` with ``lead`` (lead_year), ``delta`` (event_year), ``step`` (step_year,
+        delta_k - delta_{k-1}) and, when modelled, ``federation_deviation`` (federation),
+        ``type_deviation`` and ``type_effect`` (federation_type: the type's effect averaged
+        over years 0..K) added to its posterior.
+    """
+    model, marginal = parts.model, parts.marginal
+    inputs = list(model.free_RVs)
+    fn = pytensor.function(inputs, [marginal.effect_mean, marginal.effect_chol],
+                           on_unused_input="ignore")
+    post = tree.posterior.to_dataset()
+    n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
+    values = [post[v.name].transpose("chain", "draw", ...).to_numpy() for v in inputs]
+    n_effects = len(model.coords["event_year"])
+    K = parts.n_leads + n_effects + parts.n_federations + parts.n_types
+    theta = np.empty((n_chains, n_draws, K))
+    z = np.random.default_rng(seed).standard_normal((n_chains, n_draws, K))
+    for c in range(n_chains):
+        for d in range(n_draws):
+            mean, chol = fn(*(v[c, d] for v in values))
+            theta[c, d] = mean + np.linalg.solve(chol.T, z[c, d])
+    ends = np.cumsum([parts.n_leads, n_effects, parts.n_federations, parts.n_types])
+    lead, delta, federation, kind = np.split(theta, ends[:-1], axis=-1)
+    coords = {k: list(model.coords[k]) for k in ("lead_year", "event_year", "step_year")}
+    new = {"lead": (("chain", "draw", "lead_year"), lead),
+           "delta": (("chain", "draw", "event_year"), delta),
+           "step": (("chain", "draw", "step_year"), np.diff(delta, axis=-1))}
+    if parts.n_federations:
+        new["federation_deviation"] = (("chain", "draw", "federation"), federation)
+        coords["federation"] = list(model.coords["federation"])
+    if parts.n_types:
+        new["type_deviation"] = (("chain", "draw", "federation_type"), kind)
+        new["type_effect"] = (("chain", "draw", "federation_type"),
+                              delta.mean(axis=-1, keepdims=True) + kind)
+        coords["federation_type"] = list(model.coords["federation_type"])
+    tree["posterior"] = xr.DataTree(post.assign(
+        {k: xr.DataArray(v[1], dims=v[0]) for k, v in new.items()}).assign_coords(coords))
+    return tree
 
 
 def build_event_time_reference(
     design: EventDesign,
     priors: EventPriors | None = None,
     effect_prior: EffectPrior = "random_walk",
+    federation_deviations: bool = False,
+    type_effects: bool = False,
 ) -> pm.Model:
-    """The same model written plainly: pupil rows with sampled school and cell intercepts.
+    """The same model written plainly: pupil rows with sampled intercepts, leads and effects.
 
     A readable reference for :func:`build_event_time` (slow to sample at full size).
 
@@ -334,22 +598,48 @@ def build_event_time_reference(
     design : EventDesign
     priors : EventPriors, optional
     effect_prior : {"random_walk", "independent"}
+    federation_deviations, type_effects : bool
 
     Returns
     -------
     pm.Model
-        As :func:`build_event_time`, plus coord ``pupil``, free variables ``u`` (school) and
-        ``v`` (cell), both centred at 0, and the observed ``y`` (pupil) instead of the
-        potential.
+        As :func:`build_event_time`, plus coord ``pupil``; free variables ``u`` (school) and
+        ``v`` (cell), both centred at 0, ``lead`` (lead_year) and either ``delta_first`` and
+        the centred ``step`` (step_year) with the deterministic ``delta`` (random walk) or a
+        free ``delta`` (event_year), the centred ``federation_deviation`` and
+        ``type_deviation`` when modelled; the observed ``y`` (pupil) instead of the potential.
     """
-    priors = priors or default_event_priors(design)
+    priors = priors or resolve_event_priors(design)
     coords = _coords(design) | {"pupil": np.arange(design.n_pupils)}
     with pm.Model(coords=coords) as model:
-        terms = _fixed_effects(design, priors, effect_prior)
+        terms = _fixed_effects(design, priors, effect_prior, federation_deviations,
+                               type_effects)
+        if terms.tau_step is not None:
+            delta_first = pm.Normal("delta_first", mu=0.0, sigma=_f64(priors.effect))
+            step = pm.Normal("step", mu=0.0, sigma=terms.tau_step, dims="step_year")
+            delta = pm.Deterministic(
+                "delta", delta_first + pt.concatenate([pt.zeros(1), pt.cumsum(step)]),
+                dims="event_year")
+        else:
+            delta = pm.Normal("delta", mu=0.0, sigma=_f64(priors.effect), dims="event_year")
+        lead = pm.Normal("lead", mu=0.0, sigma=_f64(priors.lead), dims="lead_year")
+        block = [lead, delta]
+        n_fed = len(design.federations) if federation_deviations else 0
+        n_types = len(design.types) if type_effects else 0
+        if n_fed:
+            block.append(pm.Normal("federation_deviation", mu=0.0, sigma=terms.sd_federation,
+                                   dims="federation"))
+        if n_types:
+            block.append(pm.Normal("type_deviation", mu=0.0, sigma=terms.sd_type,
+                                   dims="federation_type"))
         u = pm.Normal("u", mu=0.0, sigma=terms.sd_school, dims="school")
         v = pm.Normal("v", mu=0.0, sigma=terms.sd_cell, dims="cell")
-        mu = (terms.cohort_mean[design.cohort_idx]
-              + pt.dot(design.X - design.X.mean(axis=0), terms.beta)
-              + pt.dot(design.E, terms.event) + u[design.school_idx] + v[design.cell_idx])
+        columns = effect_columns(design.E, design.post, design.federation_idx,
+                                 design.type_idx, n_fed, n_types)
+        mu = (_row_mean(terms, Rows(
+            cohort_idx=design.cohort_idx, X_centred=design.X - design.X.mean(axis=0),
+            F_centred=design.federated - design.federated.mean()))
+              + pt.dot(columns, pt.concatenate(block))
+              + u[design.school_idx] + v[design.cell_idx])
         pm.Normal("y", mu=mu, sigma=terms.sigma, observed=design.y, dims="pupil")
     return model

@@ -1,9 +1,11 @@
 """Fitting jobs: specs x years since founding -> one self-describing NetCDF file per fit.
 
-For each model specification and each selected year since founding (or the whole table when no
-year is selected) a job selects the pupils, builds the design, resolves the priors, builds and
-samples the PyMC model, fits the same model by REML, and saves everything as one ArviZ
-DataTree in ``<out>/<model>_k<year>.nc`` (``<out>/<model>.nc`` without a year).
+For each ``two_level`` model specification and each selected year since founding (or the whole
+table when no year is selected) a job selects the pupils, builds the design, resolves the
+priors, builds and samples the PyMC model, fits the same model by REML, and saves everything as
+one ArviZ DataTree in ``<out>/<model>_k<year>.nc`` (``<out>/<model>.nc`` without a year). An
+``event_time`` specification is fitted once, to every cohort of the table
+(:mod:`bayesfed.event_time`), into ``<out>/<model>.nc``.
 
 What a fit file holds (see :mod:`bayesfed.store`): groups ``posterior``, ``sample_stats``,
 ``observed_data`` and ``constant_data`` (``x_cov``: the predictors' covariance matrix over
@@ -27,7 +29,9 @@ import xarray as xr
 
 from bayesfed import __version__
 from bayesfed.design import Design, build_design
-from bayesfed.errors import BayesfedError, OutputError
+from bayesfed.errors import BayesfedError, DataError, OutputError
+from bayesfed.event_design import EventDesign, build_event_design
+from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
 from bayesfed.models import build_two_level
 from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
@@ -88,6 +92,22 @@ def design_for(table: PupilTable, spec: ModelSpec, year: int | None) -> Design:
                         spec.categorical_coding())
 
 
+def event_design_for(table: PupilTable, spec: ModelSpec) -> EventDesign:
+    """The event-time design of an ``event_time`` spec on the whole table.
+
+    Raises
+    ------
+    DataError
+        An event year the spec asks for has no federated pupil (its term is not identified).
+    """
+    event = spec.event_options
+    try:
+        return build_event_design(table.frame, spec.predictors.pupil, spec.categorical_coding(),
+                                  leads=event.leads, effects=range(event.years_after + 1))
+    except ValueError as exc:
+        raise DataError(f"{spec.source}: {exc}") from None
+
+
 def versions() -> dict[str, str]:
     """Versions of bayesfed and the libraries whose numbers a fit depends on."""
     out = {"bayesfed": __version__}
@@ -116,6 +136,8 @@ def fit_one(
     data_hash : str
         SHA-256 of the input file, recorded for provenance.
     """
+    if spec.model.family == "event_time":
+        return fit_event_time(table, spec, options, data_hash)
     design = design_for(table, spec, year)
     priors = resolve_priors(design, spec.priors)
     seed = fit_seed(options.seed, spec.name, year)
@@ -130,27 +152,71 @@ def fit_one(
     tree["constant_data"] = xr.DataTree(xr.Dataset({"x_cov": (("predictor", "predictor_"), cov)},
                                                    coords={"predictor": list(design.coef_names),
                                                            "predictor_": list(design.coef_names)}))
-    tree.attrs.update({
-        "bayesfed_model": spec.name,
-        "bayesfed_reference": spec.model.reference or "",
-        "bayesfed_year": "" if year is None else str(year),
-        "bayesfed_spec": spec.model_dump_json(),
-        "bayesfed_columns": json.dumps(table.columns, sort_keys=True),
+    tree.attrs.update(_provenance(table, spec, year, options, seed, data_hash) | {
         "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
         "bayesfed_reml": json.dumps(reml, sort_keys=True),
-        "bayesfed_options": json.dumps({**asdict(options), "fit_seed": seed}, sort_keys=True),
-        "bayesfed_data_sha256": data_hash,
         "bayesfed_n_pupils": design.n_pupils,
         "bayesfed_n_schools": design.n_schools,
-        "bayesfed_versions": json.dumps(versions(), sort_keys=True),
     })
     return tree
 
 
+def fit_event_time(table: PupilTable, spec: ModelSpec, options: FitOptions,
+                   data_hash: str) -> xr.DataTree:
+    """Fit an ``event_time`` spec to every cohort of the table; returns the DataTree to save.
+
+    The tree has no REML cross-check (``bayesfed_reml``; the frequentist comparison of the
+    event-time model is a test, ``tests/test_event_time.py``) and no ``constant_data``; its
+    attributes add
+    ``bayesfed_n_cells``, ``bayesfed_n_cohorts``, ``bayesfed_n_dropped`` (pupils outside the
+    modelled years), ``bayesfed_n_federations`` and ``bayesfed_n_types``.
+    """
+    event = spec.event_options
+    design = event_design_for(table, spec)
+    priors = resolve_event_priors(design, spec.priors)
+    seed = fit_seed(options.seed, spec.name, None)
+    parts = build_event_time_parts(design, priors, event.effect_prior,
+                                   event.federation_deviations, event.type_effects)
+    tree = sample(parts.model, draws=options.draws, tune=options.tune, chains=options.chains,
+                  seed=seed, sampler=options.sampler, progress=options.progress)
+    tree = add_effect_draws(parts, tree, seed=seed)
+    tree.attrs.update(_provenance(table, spec, None, options, seed, data_hash) | {
+        "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
+        "bayesfed_n_pupils": design.n_pupils,
+        "bayesfed_n_schools": len(design.schools),
+        "bayesfed_n_cells": len(design.cells),
+        "bayesfed_n_cohorts": len(design.cohorts),
+        "bayesfed_n_dropped": design.n_dropped,
+        "bayesfed_n_federations": len(design.federations),
+        "bayesfed_n_types": len(design.types),
+    })
+    return tree
+
+
+def _provenance(table: PupilTable, spec: ModelSpec, year: int | None, options: FitOptions,
+                seed: int, data_hash: str) -> dict[str, str]:
+    """Root attributes every fit carries: what was fitted, how, to which data, with what."""
+    return {
+        "bayesfed_model": spec.name,
+        "bayesfed_family": spec.model.family,
+        "bayesfed_reference": spec.model.reference or "",
+        "bayesfed_year": "" if year is None else str(year),
+        "bayesfed_spec": spec.model_dump_json(),
+        "bayesfed_columns": json.dumps(table.columns, sort_keys=True),
+        "bayesfed_options": json.dumps({**asdict(options), "fit_seed": seed}, sort_keys=True),
+        "bayesfed_data_sha256": data_hash,
+        "bayesfed_versions": json.dumps(versions(), sort_keys=True),
+    }
+
+
 def planned_fits(specs: Sequence[ModelSpec], years: Sequence[int] | None
                  ) -> list[tuple[ModelSpec, int | None]]:
-    """Every (spec, year) pair of a job, models in the order given, years ascending."""
-    return [(spec, year) for spec in specs for year in (years if years is not None else [None])]
+    """Every (spec, year) pair of a job, models in the order given, years ascending; an
+    ``event_time`` spec is fitted once, to every cohort (year None)."""
+    def spec_years(spec: ModelSpec) -> Sequence[int | None]:
+        return [None] if years is None or spec.model.family == "event_time" else years
+
+    return [(spec, year) for spec in specs for year in spec_years(spec)]
 
 
 def run_job(

@@ -64,7 +64,8 @@ def fit_command(
         raise OutputError(f"two specs share a model name ({', '.join(names)}); their fit files "
                           "would overwrite each other")
     raw = read_table(data)
-    tables = {s.name: validate_table(raw, s, years=years, drop_incomplete=drop_incomplete,
+    tables = {s.name: validate_table(raw, s, years=years if s.model.family == "two_level"
+                                     else None, drop_incomplete=drop_incomplete,
                                      source=str(data)) for s in specs}
     for table in tables.values():
         if table.n_dropped:

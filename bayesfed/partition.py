@@ -8,7 +8,8 @@ dims ``chain`` and ``draw``) and returns one value per draw, so that any summary
 With :math:`\tau` = ``sd_school`` and :math:`\sigma` = ``sigma``:
 
 * variance partition coefficient (:func:`vpc`): :math:`\tau^2 / (\tau^2 + \sigma^2)`, the
-  share of the residual variance that lies between schools;
+  share of the residual variance that lies between schools (three shares when the
+  event-time model's school-by-cohort sd :math:`\omega` = ``sd_cell`` is present);
 * proportional reduction in variance (:func:`variance_explained`), the paper's "variance
   explained" at each level: :math:`1 - \tau^2_{\mathrm{model}} / \tau^2_{\mathrm{reference}}` and
   :math:`1 - \sigma^2_{\mathrm{model}} / \sigma^2_{\mathrm{reference}}`;
@@ -35,17 +36,23 @@ def vpc(posterior: xr.Dataset) -> xr.Dataset:
     Parameters
     ----------
     posterior : xarray.Dataset
-        With ``sd_school`` and ``sigma`` (outcome units), dims (chain, draw).
+        With ``sd_school`` and ``sigma`` (outcome units), dims (chain, draw); for the
+        three-level event-time model also ``sd_cell`` (:math:`\omega`, school-by-cohort).
 
     Returns
     -------
     xarray.Dataset
         ``school`` = :math:`\tau^2/(\tau^2+\sigma^2)` and ``pupil`` = 1 - ``school``, shares in
-        [0, 1], dims (chain, draw).
+        [0, 1], dims (chain, draw); with ``sd_cell``, ``school``, ``cell`` and ``pupil`` are
+        :math:`\tau^2`, :math:`\omega^2` and :math:`\sigma^2` over
+        :math:`\tau^2+\omega^2+\sigma^2`.
     """
-    school_var = posterior["sd_school"] ** 2
-    school = school_var / (school_var + posterior["sigma"] ** 2)
-    return xr.Dataset({"school": school, "pupil": 1 - school})
+    parts = {"school": posterior["sd_school"] ** 2}
+    if "sd_cell" in posterior:
+        parts["cell"] = posterior["sd_cell"] ** 2
+    parts["pupil"] = posterior["sigma"] ** 2
+    total = sum(parts.values())
+    return xr.Dataset({level: var / total for level, var in parts.items()})
 
 
 def _flat_draws(da: xr.DataArray, n: int) -> np.ndarray:

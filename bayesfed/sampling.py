@@ -58,18 +58,19 @@ def observed_data(model: pm.Model) -> xr.Dataset:
 
 
 def _nutpie(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-            progress: bool) -> xr.DataTree:
+            progress: bool, target_accept: float) -> xr.DataTree:
     compiled = nutpie.compile_pymc_model(model)
     return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-                         save_warmup=False, progress_bar=progress)
+                         save_warmup=False, progress_bar=progress, target_accept=target_accept)
 
 
 def _pymc(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-          progress: bool) -> xr.DataTree:
+          progress: bool, target_accept: float) -> xr.DataTree:
     # One process: no multiprocessing start-up, and BLAS stays under this thread's limit.
     return pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
                      nuts_sampler="pymc", progressbar=progress, blas_cores=None,
-                     compute_convergence_checks=False, model=model)
+                     compute_convergence_checks=False, target_accept=target_accept,
+                     model=model)
 
 
 def sample(
@@ -81,6 +82,7 @@ def sample(
     seed: int = 0,
     sampler: Sampler = "nutpie",
     progress: bool = False,
+    target_accept: float = 0.8,
 ) -> xr.DataTree:
     """Draw from a model's posterior.
 
@@ -99,6 +101,9 @@ def sample(
         one after another in this process).
     progress : bool
         Show the sampler's progress bar.
+    target_accept : float
+        Target mean acceptance probability of NUTS's step-size adaptation, in (0, 1); higher
+        means smaller steps (slower, fewer divergences in funnels).
 
     Returns
     -------
@@ -111,7 +116,7 @@ def sample(
     run = _nutpie if sampler == "nutpie" else _pymc
     start = time.perf_counter()
     with threadpool_limits(limits=1):
-        tree = run(model, draws, tune, chains, seed, progress)
+        tree = run(model, draws, tune, chains, seed, progress, target_accept)
     seconds = time.perf_counter() - start
     groups = {f"/{g}": tree[g].to_dataset() for g in GROUPS if g in tree.children}
     groups.setdefault("/observed_data", observed_data(model))

@@ -37,7 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bayesfed.errors import SpecError
 from bayesfed.schema import ROLES
 
-Family = Literal["two_level"]
+#: ``two_level``: one fit per year since founding (the paper's models, :mod:`bayesfed.models`);
+#: ``event_time``: one fit of every cohort at once (:mod:`bayesfed.event_time`).
+Family = Literal["two_level", "event_time"]
 
 
 class _Strict(BaseModel):
@@ -96,7 +98,42 @@ class Priors(_Strict):
     slopes: NormalPrior | None = None
     slope: dict[str, NormalPrior] = Field(default_factory=dict)
     sd_school: HalfNormalPrior | None = None
+    sd_cell: HalfNormalPrior | None = None
     sigma: HalfNormalPrior | None = None
+
+
+class EventSection(_Strict):
+    """``[event]``: the years and the effect prior of an ``event_time`` model.
+
+    Attributes
+    ----------
+    leads : list of int
+        Years before founding with a placebo ("lead") term, each <= -2; year -1 is the
+        reference. Default ``[-2]``.
+    years_after : int
+        Effects are estimated for years since founding 0..``years_after``. Default 5.
+    effect_prior : {"random_walk", "independent"}
+        Prior of the effects: a random walk with a learned step sd (neighbouring years borrow
+        strength), or independent Normals.
+    federation_deviations : bool
+        Add federation-level random deviations of the effect (schools nested in federations;
+        needs the ``federation`` role).
+    type_effects : bool
+        Add partially pooled effects of the federation type (needs ``federation_type``).
+    """
+
+    leads: list[int] = Field(default_factory=lambda: [-2])
+    years_after: int = Field(default=5, ge=0)
+    effect_prior: Literal["random_walk", "independent"] = "random_walk"
+    federation_deviations: bool = False
+    type_effects: bool = False
+
+    @model_validator(mode="after")
+    def _leads_before_reference(self) -> EventSection:
+        if any(k > -2 for k in self.leads) or len(set(self.leads)) != len(self.leads):
+            raise ValueError(f"leads must be distinct years <= -2 (year -1 is the reference), "
+                             f"got {list(self.leads)}")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -110,6 +147,8 @@ class ModelSpec(_Strict):
     predictors : Predictors
     categorical : dict of str to Categorical
     priors : Priors
+    event : EventSection or None
+        Only for ``family = "event_time"`` (defaults apply when the section is absent).
     source : str
         Where the spec was read from (a path, or ``<dict>``).
     """
@@ -119,6 +158,7 @@ class ModelSpec(_Strict):
     predictors: Predictors = Predictors()
     categorical: dict[str, Categorical] = Field(default_factory=dict)
     priors: Priors = Priors()
+    event: EventSection | None = None
     source: str = "<dict>"
 
     @model_validator(mode="after")
@@ -136,7 +176,20 @@ class ModelSpec(_Strict):
         for role in ("outcome", "school"):
             if role in terms:
                 raise ValueError(f"{role!r} cannot be a predictor")
+        if self.model.family == "event_time":
+            if self.predictors.school:
+                raise ValueError("an event_time model takes no school-level predictors: the "
+                                 "federated gap and the effects by year since founding are "
+                                 "built in (remove predictors.school)")
+        elif self.event is not None or self.priors.sd_cell is not None:
+            what = "[event]" if self.event is not None else "priors.sd_cell"
+            raise ValueError(f"{what} applies to family = \"event_time\" only")
         return self
+
+    @property
+    def event_options(self) -> EventSection:
+        """The ``[event]`` section, with its defaults when the spec has none."""
+        return self.event or EventSection()
 
     @property
     def name(self) -> str:

@@ -60,28 +60,40 @@ def _num(x: float) -> float | None:
     return x if np.isfinite(x) else None
 
 
-def param_summaries(tree: xr.DataTree) -> dict[str, dict[str, float | None]]:
-    """ArviZ summary of the reported parameters, keyed by coefficient name.
+#: Fields of a parameter's summary, and the ArviZ summary rows they come from.
+_FIELDS = {"mean": "mean", "sd": "sd", "hdi_low": f"hdi{round(PROB * 100)}_lb",
+           "hdi_high": f"hdi{round(PROB * 100)}_ub", "ess_bulk": "ess_bulk",
+           "ess_tail": "ess_tail", "r_hat": "r_hat", "mcse_mean": "mcse_mean"}
+
+
+def param_summaries(tree: xr.DataTree, names: tuple[str, ...] = REPORTED
+                    ) -> dict[str, dict[str, float | None]]:
+    """ArviZ summary of parameters, one entry per element.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+    names : tuple of str
+        Posterior variables (those absent are skipped). A variable with one dim besides chain
+        and draw gives one entry per coordinate, keyed by the coordinate's label
+        (``beta`` -> ``fsm``, ``delta`` -> ``"3"``); a scalar is keyed by its name.
 
     Returns
     -------
     dict
         ``name -> {mean, sd, hdi_low, hdi_high, ess_bulk, ess_tail, r_hat, mcse_mean}``.
     """
-    names = [v for v in REPORTED if v in tree.posterior]
+    names = [v for v in names if v in tree.posterior]
     table = az.summary(tree, var_names=names, kind="all", ci_prob=PROB, ci_kind="hdi",
                        round_to="none", fmt="xarray")
-    label = f"hdi{round(PROB * 100)}"
-    fields = {"mean": "mean", "sd": "sd", "hdi_low": f"{label}_lb", "hdi_high": f"{label}_ub",
-              "ess_bulk": "ess_bulk", "ess_tail": "ess_tail", "r_hat": "r_hat",
-              "mcse_mean": "mcse_mean"}
     out: dict[str, dict[str, float | None]] = {}
     for var in names:
         da = table[var]
-        entries = [(var, da)] if "predictor" not in da.dims else [
-            (str(p), da.sel(predictor=p)) for p in da["predictor"].to_numpy()]
+        dims = [d for d in da.dims if d != "summary"]
+        entries = [(var, da)] if not dims else [
+            (str(label), da.sel({dims[0]: label})) for label in da[dims[0]].to_numpy()]
         for name, stats in entries:
-            out[name] = {k: _num(stats.sel(summary=v)) for k, v in fields.items()}
+            out[name] = {k: _num(stats.sel(summary=v)) for k, v in _FIELDS.items()}
     return out
 
 
@@ -92,10 +104,13 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     -------
     dict
         ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (over all
-        elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and ``u``),
-        ``problems`` (list of str) and ``ok`` (bool).
+        elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and
+        ``u``; of every posterior variable for an event-time fit), ``problems`` (list of str)
+        and ``ok`` (bool).
     """
-    names = [v for v in CHECKED if v in tree.posterior]
+    checked = CHECKED if tree.attrs.get("bayesfed_family", "two_level") == "two_level" \
+        else tuple(tree.posterior.data_vars)
+    names = [v for v in checked if v in tree.posterior]
     rhat = az.rhat(tree, var_names=names)
     ess_bulk = az.ess(tree, var_names=names, method="bulk")
     ess_tail = az.ess(tree, var_names=names, method="tail")
@@ -167,28 +182,20 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     file : str
         The fit's file name, recorded in the summary.
     """
+    if tree.attrs.get("bayesfed_family", "two_level") == "event_time":
+        return summarize_event_fit(tree, file)
     post = tree.posterior.to_dataset()
     params = param_summaries(tree)
     cov = tree.constant_data["x_cov"].to_numpy()
     shares = decomposition_from_cov(post, cov)
-    options = _attr_json(tree, "bayesfed_options")
     out: dict[str, object] = {
-        "model": str(tree.attrs["bayesfed_model"]),
-        "year": fit_year(tree),
-        "file": file,
-        "n_pupils": int(tree.attrs["bayesfed_n_pupils"]),
-        "n_schools": int(tree.attrs["bayesfed_n_schools"]),
+        **_common(tree, file),
         "terms": [n for n in params if n not in ("sd_school", "sigma")],
         "params": params,
         "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
         "decomposition": {k: hdi_summary(v, PROB) for k, v in shares.items()},
         "diagnostics": diagnostics(tree),
         "reml": reml_summary(tree, reference),
-        "sampling_seconds": float(tree.attrs["sampling_seconds"]),
-        "sampler": options["sampler"],
-        "seed": options["fit_seed"],
-        "draws": options["draws"] * options["chains"],
-        "data_sha256": str(tree.attrs["bayesfed_data_sha256"]),
     }
     if reference is not None:
         ref_post = reference.posterior.to_dataset()
@@ -200,6 +207,104 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         out["federation_effect"] = {**hdi_summary(draws, PROB),
                                     "p_positive": float((draws > 0).mean())}
     return out
+
+
+def _common(tree: xr.DataTree, file: str) -> dict[str, object]:
+    """What every fit's summary starts with: which model, data size, sampler and provenance."""
+    options = _attr_json(tree, "bayesfed_options")
+    return {
+        "model": str(tree.attrs["bayesfed_model"]),
+        "family": str(tree.attrs.get("bayesfed_family", "two_level")),
+        "year": fit_year(tree),
+        "file": file,
+        "n_pupils": int(tree.attrs["bayesfed_n_pupils"]),
+        "n_schools": int(tree.attrs["bayesfed_n_schools"]),
+        "sampling_seconds": float(tree.attrs["sampling_seconds"]),
+        "sampler": options["sampler"],
+        "seed": options["fit_seed"],
+        "draws": options["draws"] * options["chains"],
+        "data_sha256": str(tree.attrs["bayesfed_data_sha256"]),
+    }
+
+
+#: Scalar parameters of the event-time model reported in ``params`` (those present).
+EVENT_SCALARS = ("federated_gap", "sd_school", "sd_cell", "sigma", "tau_step",
+                 "sd_federation_effect", "sd_type")
+
+
+def _with_p_positive(stats: dict, draws: xr.DataArray) -> dict:
+    return {**stats, "p_positive": float((draws > 0).mean())}
+
+
+def summarize_event_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
+    """Summary of an event-time fit (:func:`bayesfed.fit.fit_event_time`).
+
+    Returns
+    -------
+    dict
+        The fields every fit has (``model``, ``family`` = ``"event_time"``, ``year`` null,
+        sizes, sampler, provenance, ``diagnostics``) plus ``terms``; ``params``
+        (``intercept``, coefficients and :data:`EVENT_SCALARS`); ``federation_effect``
+        keyed by year since founding (``"0"`` ..) and lead (``"-2"`` ..), each a parameter
+        summary plus ``p_positive``; ``reference_year`` (-1); ``trajectory``
+        (``p_last_gt_first`` = P(delta_K > delta_0), ``first``, ``last``); ``pre_trend``
+        (``leads``, ``flagged``: some lead's 94% HDI excludes 0); ``variance_partition``
+        (``school``, ``cell``, ``pupil`` shares); ``type_effect`` (type -> summary plus
+        ``p_positive``) when modelled; ``n_cells``, ``n_cohorts``, ``n_dropped``,
+        ``n_federations``.
+    """
+    post = tree.posterior.to_dataset()
+    params = param_summaries(tree, ("intercept", "beta", *EVENT_SCALARS))
+    effects = param_summaries(tree, ("lead", "delta"))
+    effect_draws = {str(k): post["lead"].sel(lead_year=k) for k in post["lead"]["lead_year"]
+                    .to_numpy()} | {str(k): post["delta"].sel(event_year=k)
+                                    for k in post["delta"]["event_year"].to_numpy()}
+    years = [str(k) for k in post["delta"]["event_year"].to_numpy()]
+    leads = [str(k) for k in post["lead"]["lead_year"].to_numpy()]
+    out: dict[str, object] = {
+        **_common(tree, file),
+        "terms": [n for n in params if n not in EVENT_SCALARS],
+        "params": params,
+        "federation_effect": {k: _with_p_positive(effects[k], effect_draws[k])
+                              for k in (*leads, *years)},
+        "reference_year": -1,
+        "trajectory": {"first": years[0], "last": years[-1], "p_last_gt_first": float(
+            (effect_draws[years[-1]] > effect_draws[years[0]]).mean())},
+        "pre_trend": {"leads": leads, "flagged": any(
+            not effects[k]["hdi_low"] <= 0.0 <= effects[k]["hdi_high"] for k in leads)},
+        "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
+        "diagnostics": diagnostics(tree),
+    }
+    for key in ("n_cells", "n_cohorts", "n_dropped", "n_federations"):
+        out[key] = int(tree.attrs[f"bayesfed_{key}"])
+    if "type_effect" in post:
+        types = param_summaries(tree, ("type_effect",))
+        out["type_effect"] = {k: _with_p_positive(types[k], post["type_effect"].sel(
+            federation_type=k)) for k in types}
+    return out
+
+
+def compare_with_per_year(fits: list[dict]) -> None:
+    """Add ``per_year_comparison`` to each event-time fit, in place, when the folder also
+    holds per-year fits with a federation effect for its years since founding.
+
+    ``per_year_comparison`` = ``{"model": name, "width_ratio": {year: ratio}}``: the joint
+    model's 94% HDI width of delta_k over the per-year model's (below 1: the joint model is
+    more precise).
+    """
+    per_year = [f for f in fits if f["family"] == "two_level" and "federation_effect" in f
+                and f["year"] is not None]
+    for fit in (f for f in fits if f["family"] == "event_time"):
+        ratios, model = {}, None
+        for other in per_year:
+            key = str(other["year"])
+            if key in fit["federation_effect"]:
+                joint, single = fit["federation_effect"][key], other["federation_effect"]
+                ratios[key] = ((joint["hdi_high"] - joint["hdi_low"])
+                               / (single["hdi_high"] - single["hdi_low"]))
+                model = other["model"]
+        if ratios:
+            fit["per_year_comparison"] = {"model": model, "width_ratio": ratios}
 
 
 def summarize_dir(folder: str | Path) -> dict[str, object]:
@@ -217,6 +322,7 @@ def summarize_dir(folder: str | Path) -> dict[str, object]:
         reference = by_key.get((ref_name, fit_year(tree))) if ref_name else None
         fits.append(summarize_fit(tree, reference, file=name))
     fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
+    compare_with_per_year(fits)
     return {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits}
 
 

@@ -51,7 +51,7 @@ def test_unknown_keys_suggest_the_closest():
 
 def test_wrong_types_and_values():
     assert error({"model": {"name": "X", "family": "three_level"}}) == [
-        "model.family: Input should be 'two_level' (got 'three_level')"]
+        "model.family: Input should be 'two_level' or 'event_time' (got 'three_level')"]
     assert error({**BASE, "predictors": {"pupil": "fsm"}}) == [
         "predictors.pupil: Input should be a valid list (got 'fsm')"]
     assert error({**BASE, "priors": {"sigma": {"sigma": -1.0}}}) == [
@@ -84,3 +84,27 @@ def test_file_errors(tmp_path):
     bad.write_text("[model\nname = 1\n")
     with pytest.raises(SpecError, match=r"^model specification .*bad.toml is not valid TOML: "):
         load_spec(bad)
+
+
+def test_event_section_only_for_event_time_models():
+    base = {"model": {"name": "E", "family": "event_time"},
+            "predictors": {"pupil": ["fsm"]}}
+    spec = spec_from_dict(base)
+    assert spec.event_options.leads == [-2] and spec.event_options.years_after == 5
+    assert spec.event_options.effect_prior == "random_walk"
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"leads": [-1]}})
+    assert "leads must be distinct years <= -2 (year -1 is the reference), got [-1]" in str(
+        err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"effect_prior": "spline"}})
+    assert "event.effect_prior" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "predictors": {"school": ["federated"]}})
+    assert "an event_time model takes no school-level predictors" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({"model": {"name": "M"}, "event": {"years_after": 3}})
+    assert '[event] applies to family = "event_time" only' in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"type_effect": True}})
+    assert "did you mean 'type_effects'" in str(err.value)
