@@ -7,12 +7,13 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 DEMO_OUT ?= out/demo
 
-.PHONY: help demo test test-all clean venv
+.PHONY: help demo test test-all docs clean venv
 
 help:
 	@echo "make demo      fit the paper's models by year to the shipped study and report (writes $(DEMO_OUT)/)"
 	@echo "make test      install and run the default test suite (slow checks excluded)"
 	@echo "make test-all  the full test suite, slow statistical checks included"
+	@echo "make docs      build the documentation site into site/ (strict: any warning fails)"
 
 $(VENV)/.created:
 	@py=$$(sh scripts/find-python.sh) || exit 1; \
@@ -40,6 +41,12 @@ test: $(VENV)/.installed-test
 
 test-all: $(VENV)/.installed-test
 	@$(VPY) -m pytest -q -m "slow or not slow"
+
+# -W --keep-going: every warning is reported, then fails the build; -n: every reference must
+# resolve. tests/test_docs.py runs the same build.
+docs: $(VENV)/.installed-docs
+	@$(VPY) -m sphinx -W --keep-going -n -b html docs site
+	@echo "documentation built: site/index.html"
 
 clean:
 	rm -rf $(VENV) out site build *.egg-info

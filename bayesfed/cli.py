@@ -1,4 +1,4 @@
-"""The ``bayesfed`` command line: simulate, validate, demo.
+"""The ``bayesfed`` command line: simulate, validate, fit, report, demo.
 
 Exit codes: 0 success; 2 a usage error (unknown option, bad value); 3 an input error (a data
 or specification problem, reported before any sampling); 4 an output that cannot be written
@@ -31,7 +31,8 @@ console = Console()
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_DATA = ROOT / "data" / "synthetic_study.parquet"
 SHIPPED_SPECS = tuple(ROOT / "models" / f for f in
-                      ("m0_empty.toml", "m1_pupil.toml", "m2_federation.toml"))
+                      ("m0_empty.toml", "m1_pupil.toml", "m2_federation.toml",
+                       "event_time.toml"))
 
 EXIT_INPUT = 3
 EXIT_OUTPUT = 4

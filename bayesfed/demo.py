@@ -2,8 +2,9 @@
 
 Steps: validate the shipped study for the paper's three models (M0, M1, M2), fit each of them
 separately for the founding year and each of the five years after (18 fits, as the paper
-did), write every fit and ``summary.json`` into ``<out>/fits`` and the Markdown report in the
-paper's layout to ``<out>/report.md``.
+did), then the joint event-time model over every cohort (one fit), write every fit and
+``summary.json`` into ``<out>/fits`` and the Markdown report in the paper's layout, with the
+event-time trajectory beside the per-year effects, to ``<out>/report.md``.
 """
 
 from __future__ import annotations

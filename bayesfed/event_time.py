@@ -59,17 +59,35 @@ matrix determinant lemma applied to :math:`\tau^2 11^\top`:
     + \sum_j \log(1 + \tau^2 H_j) \\
     + W(\beta)/\sigma^2 + \sum_c h_c r_c^2 - \sum_j \frac{\tau^2 A_j^2}{1 + \tau^2 H_j}.
 
-It is added to the model as a ``pm.Potential`` (``marginal_loglik``) and costs
-:math:`O(C \cdot p)` per gradient, whatever the number of pupils (:class:`CellStats` holds the
+The Gaussian block. The leads, the effects and, when modelled, the federation and type
+deviations, :math:`\theta = (\lambda, \delta, b, \theta_m)`, enter the cell means linearly,
+:math:`\mu_c = \mu^0_c + z_c^\top\theta` (:func:`effect_columns`), and have a zero-mean
+Gaussian prior with precision :math:`P` (:func:`effect_prior_precision`; for the random walk
+it depends on :math:`\tau_{\mathrm{step}}`). So they are integrated out too: writing the
+quadratic form above as :math:`r^\top M r` with :math:`r = r^0 - Z\theta`, and
+:math:`G = P + Z^\top M Z`, :math:`b = Z^\top M r^0` (both sums over cells and schools of
+the same :math:`h_c`, :math:`A_j` and :math:`B_j = \sum_{c \in j} h_c z_c`),
+
+.. math::
+
+    -2 \log p(y \mid \ldots, \tau_{\mathrm{step}}) = [\text{the above at } r^0]
+    + \log\det P^{-1} + \log\det G - b^\top G^{-1} b,
+
+one Cholesky factorisation of the :math:`K \times K` matrix :math:`G` per gradient
+(:math:`K` = 7 by default). After sampling, :func:`add_effect_draws` draws :math:`\theta`
+from its exact conditional posterior :math:`N(G^{-1}b, G^{-1})` beside every posterior draw.
+
+The whole is added to the model as a ``pm.Potential`` (``marginal_loglik``) and costs
+:math:`O(C (p + K))` per gradient, whatever the number of pupils (:class:`CellStats` holds the
 sufficient statistics). :func:`build_event_time_reference` is the same model written plainly,
-pupil rows with sampled :math:`u_j` and :math:`v_c`; ``tests/test_event_time.py`` checks that
-the two agree exactly (the marginal equals the joint density divided by the Gaussian
-conditional density of the intercepts).
+pupil rows with sampled :math:`u_j`, :math:`v_c` and :math:`\theta`;
+``tests/test_event_time.py`` checks that the two agree exactly (the marginal equals the joint
+density divided by the Gaussian conditional density of the intercepts and :math:`\theta`).
 
 Sampled parameters
 ------------------
-NUTS sees ``beta``, ``federated_gap``, the random walk's or the independent effects,
-``lead``, the three sds (and the heterogeneity terms) and, instead of ``intercept`` and
+NUTS sees ``beta``, ``federated_gap``, ``tau_step`` (random walk), the three sds (and the
+heterogeneity sds) and, instead of ``intercept`` and
 ``gamma``, the ``level`` (mean outcome at the pupils' mean composition :math:`\bar x` and
 federated share :math:`\bar F`, averaged over cohorts) and zero-sum ``cohort_deviation``
 :math:`d_t`, so that the fixed part of a cell is
@@ -79,43 +97,46 @@ federated share :math:`\bar F`, averaged over cohorts) and zero-sum ``cohort_dev
 ``gamma`` and ``intercept`` had a bulk ESS of 320-450 of 4,000 on the shipped study (its first
 cohort has 15 schools, so every ``gamma`` shares that cohort's uncertainty); with a free mean
 per cohort, 470 (all cohort means share the uncertainty of the mean school intercept, posterior
-correlations 0.6-0.8); with level and zero-sum deviations, 750 or more. The random walk's
-steps are centred: non-centred steps gave 40-55 divergences of 4,000, centred ones 11-19
-with a HalfNormal step sd and 0-16 (usually 0-4) with the Gamma prior below, all at step sds
-near 0.02 (a funnel of five steps that a boundary-avoiding prior mostly removes).
+correlations 0.6-0.8); with level and zero-sum deviations, 750 or more. Why the Gaussian
+block is integrated out rather than sampled: a sampled random walk has a funnel between
+:math:`\tau_{\mathrm{step}}` and its steps. Non-centred steps gave 40-55 divergences of
+4,000 on the shipped study, centred ones 1-17 even at ``target_accept`` 0.9 (one seed: 17
+divergences, R-hat 1.015), and sampled non-centred heterogeneity deviations 3-16. With the
+block integrated out: no divergences in 6 of 6 seeds, smallest bulk ESS 3,400-4,000 of 4,000
+(1,100-1,500 before) and, with both heterogeneity terms, no divergences either.
 
 Priors
 ------
 With :math:`s_y` the outcome's sample sd and :math:`s_k` that of predictor column ``k``
 (:func:`bayesfed.priors.default_priors` supplies ``level``'s, the slopes' and two sds'):
 
-=======================  ========================================  ============================
-parameter                default prior                             why
-=======================  ========================================  ============================
-``level``                :math:`N(\bar y, 2.5 s_y)`                the intercept prior of
-                                                                   :mod:`bayesfed.priors`, on
-                                                                   centred predictors (as
-                                                                   rstanarm does)
-``beta[k]``              :math:`N(0, 2.5 s_y / s_k)`               as in :mod:`bayesfed.priors`
-``sd_school``, ``sigma``  :math:`\mathrm{HalfNormal}(s_y)`          as in :mod:`bayesfed.priors`
-``sd_cell``              :math:`\mathrm{HalfNormal}(s_y)`          a third level, same reasoning
-``cohort_deviation``     :math:`\mathrm{ZeroSumNormal}(s_y)`       a calendar-year shift of
-                                                                   more than 2 sd is implausible
-``delta[k]``             :math:`N(0, s_y)` (``delta[0]`` only,     an effect of a school-level
-                         random walk)                              change beyond 2 sd of pupil
-                                                                   scores is implausible
-``lead[k]``              :math:`N(0, s_y)`                         as ``delta``: no pull
-                                                                   towards "no pre-trend"
-``federated_gap``        :math:`N(0, s_y)`                         as ``delta``
-``sd_federation_effect``  :math:`\mathrm{HalfNormal}(s_y / 4)`      effects that differ between
-``sd_type``              :math:`\mathrm{HalfNormal}(s_y / 4)`      federations by more than
-                                                                   half a pupil sd (95% of the
-                                                                   prior below) are implausible
-``tau_step``             :math:`\mathrm{Gamma}(2, 2 / s_s)`,       mean :math:`s_s`, density
-                         :math:`s_s = 0.5 s_y`                     :math:`\propto\tau` near 0
-                                                                   (Chung et al. 2013): year-on-
-                                                                   year changes below 1 sd
-=======================  ========================================  ============================
+==========================  ========================================  ============================
+parameter                   default prior                             why
+==========================  ========================================  ============================
+``level``                   :math:`N(\bar y, 2.5 s_y)`                the intercept prior of
+                                                                      :mod:`bayesfed.priors`, on
+                                                                      centred predictors (as
+                                                                      rstanarm does)
+``beta[k]``                 :math:`N(0, 2.5 s_y / s_k)`               as in :mod:`bayesfed.priors`
+``sd_school``, ``sigma``    :math:`\mathrm{HalfNormal}(s_y)`          as in :mod:`bayesfed.priors`
+``sd_cell``                 :math:`\mathrm{HalfNormal}(s_y)`          a third level, same reasoning
+``cohort_deviation``        :math:`\mathrm{ZeroSumNormal}(s_y)`       a calendar-year shift of
+                                                                      more than 2 sd is implausible
+``delta[k]``                :math:`N(0, s_y)` (``delta[0]`` only,     an effect of a school-level
+                            random walk)                              change beyond 2 sd of pupil
+                                                                      scores is implausible
+``lead[k]``                 :math:`N(0, s_y)`                         as ``delta``: no pull
+                                                                      towards "no pre-trend"
+``federated_gap``           :math:`N(0, s_y)`                         as ``delta``
+``sd_federation_effect``    :math:`\mathrm{HalfNormal}(s_y / 4)`      effects that differ between
+``sd_type``                 :math:`\mathrm{HalfNormal}(s_y / 4)`      federations by more than
+                                                                      half a pupil sd (95% of the
+                                                                      prior below) are implausible
+``tau_step``                :math:`\mathrm{Gamma}(2, 2 / s_s)`,       mean :math:`s_s`, density
+                            :math:`s_s = 0.5 s_y`                     :math:`\propto\tau` near 0
+                                                                      (Chung et al. 2013): year-on-
+                                                                      year changes below 1 sd
+==========================  ========================================  ============================
 
 Coefficients are per unit of their predictor; every other parameter is in outcome units.
 """

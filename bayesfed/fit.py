@@ -32,7 +32,7 @@ from bayesfed.design import Design, build_design
 from bayesfed.errors import BayesfedError, DataError, OutputError
 from bayesfed.event_design import EventDesign, build_event_design
 from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
-from bayesfed.models import build_two_level
+from bayesfed.models import add_school_draws, build_two_level, build_two_level_collapsed
 from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
 from bayesfed.reml import fit_reml
@@ -141,9 +141,12 @@ def fit_one(
     design = design_for(table, spec, year)
     priors = resolve_priors(design, spec.priors)
     seed = fit_seed(options.seed, spec.name, year)
-    tree = sample(build_two_level(design, priors), draws=options.draws, tune=options.tune,
-                  chains=options.chains, seed=seed, sampler=options.sampler,
-                  progress=options.progress)
+    collapsed = spec.model.likelihood == "collapsed"
+    model = (build_two_level_collapsed if collapsed else build_two_level)(design, priors)
+    tree = sample(model, draws=options.draws, tune=options.tune, chains=options.chains,
+                  seed=seed, sampler=options.sampler, progress=options.progress)
+    if collapsed:  # the school intercepts, drawn from their exact conditional posterior
+        tree = add_school_draws(tree, design, seed=seed)
     try:
         reml = asdict(fit_reml(design))
     except BayesfedError as exc:  # the cross-check failed; the Bayesian fit still stands

@@ -11,6 +11,8 @@ from rich.console import Console
 
 from bayesfed.errors import OutputError
 from bayesfed.fit import FitOptions, run_job
+from bayesfed.plots import federation_trajectory
+from bayesfed.published import load_published
 from bayesfed.read import read_table
 from bayesfed.report import render_markdown
 from bayesfed.spec import load_spec
@@ -88,7 +90,8 @@ def fit_command(
 
 
 def report_command(folder: Path, out: Path | None = None, title: str | None = None) -> Path:
-    """Write the Markdown report of a fit folder (titled by the folder's name by default).
+    """Write the Markdown report of a fit folder (titled by the folder's name by default),
+    with its figures in ``figures/`` beside it.
 
     ``summary.json`` is rewritten first unless it is newer than every fit file in the folder.
     """
@@ -99,5 +102,11 @@ def report_command(folder: Path, out: Path | None = None, title: str | None = No
     if not path.exists() or path.stat().st_mtime_ns < max(f.stat().st_mtime_ns for f in fits):
         write_summary(folder)
     summary = json.loads(path.read_text())
-    return write_text(out or folder / "report.md",
-                      render_markdown(summary, title=title or f"bayesfed report: {folder.name}"))
+    out = out or folder / "report.md"
+    figures = {}
+    drawn = federation_trajectory(summary, load_published(),
+                                  out.parent / "figures" / "federation_trajectory.png")
+    if drawn is not None:
+        figures["trajectory"] = f"![{drawn[1]}](figures/{drawn[0].name})"
+    return write_text(out, render_markdown(
+        summary, title=title or f"bayesfed report: {folder.name}", figures=figures))

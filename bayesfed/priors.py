@@ -1,4 +1,4 @@
-"""Priors of the two-level model: data-scaled defaults and the precedence of overrides.
+r"""Priors of the two-level model: data-scaled defaults and the precedence of overrides.
 
 Every prior is resolved to numbers before a model is built, so that the numbers can be
 recorded with the fit (:meth:`PriorSet.as_dict`) and a report can show exactly what was
@@ -9,14 +9,14 @@ Defaults
 With :math:`s_y` the sample standard deviation of the outcome (denominator ``n - 1``, outcome
 units) and :math:`s_k` that of the ``k``-th column of ``X`` over pupils:
 
-==================  ====================================================  ===================
-parameter           default prior                                         units
-==================  ====================================================  ===================
-``intercept``       :math:`\\mathrm{Normal}(\\bar y,\\; 2.5\\, s_y)`         outcome
-``beta[k]``         :math:`\\mathrm{Normal}(0,\\; 2.5\\, s_y / s_k)`         outcome per unit x_k
-``sd_school``       :math:`\\mathrm{HalfNormal}(s_y)`                       outcome
-``sigma``           :math:`\\mathrm{HalfNormal}(s_y)`                       outcome
-==================  ====================================================  ===================
+==================  ==================================================  ====================
+parameter           default prior                                       units
+==================  ==================================================  ====================
+``intercept``       :math:`\mathrm{Normal}(\bar y,\; 2.5\, s_y)`        outcome
+``beta[k]``         :math:`\mathrm{Normal}(0,\; 2.5\, s_y / s_k)`       outcome per unit x_k
+``sd_school``       :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+``sigma``           :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+==================  ==================================================  ====================
 
 Why these:
 
@@ -25,11 +25,11 @@ Why these:
   move the outcome by more than about 5 (2 x 2.5) outcome standard deviations. Rescaling the
   outcome or a predictor rescales the prior with it, so results do not depend on units.
 * A 0/1 dummy (a flag, or one level of a treatment-coded categorical term) is scaled by its
-  sample standard deviation :math:`\\sqrt{p(1-p)}` (times ``n/(n-1)``), like any other column:
+  sample standard deviation :math:`\sqrt{p(1-p)}` (times ``n/(n-1)``), like any other column:
   a rare level gets a wider prior on its coefficient, matching the fact that its effect is
   allowed to be larger per unit of ``x``. School-level columns are scaled by their standard
   deviation over pupils, the same quantity REML's design uses.
-* Both standard deviations get :math:`\\mathrm{HalfNormal}(s_y)`: each level's variance can at
+* Both standard deviations get :math:`\mathrm{HalfNormal}(s_y)`: each level's variance can at
   most be of the order of the total variance, and the prior still puts appreciable mass near
   zero, so a school variance close to zero is not ruled out.
 

@@ -20,29 +20,29 @@ same distributions, so the federation dummy is unconfounded.
 
 True parameters and their sources (outcome in GCSE score points, the paper's scale):
 
-========================  =========  ==========================================================
-Parameter                 Default    Source
-========================  =========  ==========================================================
-typology counts           12/4/10/5  Table 2 rural column (38.7/12.9/32.2/16.1 % of 31)
-``effect`` delta_0..5     0.32 ...   Table 5 "Federation" row: .32 .41 .49 .65 .81 .82
-``pre_trend``             0.0        none (scenario knob); delta_{-m} = m * pre_trend
-``intercept``             5.3        chosen so that M0 constants are ~4.2 (Table 3: 3.84-4.85)
-fsm                       -0.95      Table 4 mean over years (-0.82 ... -1.02)
-idaci                     -3.57      Table 4 mean (-3.14 ... -4.10), per unit IDACI (0-1)
-male                      -0.39      Table 4 mean (-0.32 ... -0.45)
-sen[school_action]        -3.33      Table 4 mean (-3.02 ... -4.01)
-sen[school_action_plus]   -3.53      Table 4 mean (-3.11 ... -4.20)
-sen[statemented]          -3.60      Table 4 mean (-3.08 ... -4.36)
-non_white_british         0.0        Table 4 mean (0.005; never significant)
-ks2                       4.35       Table 4 mean (3.99 ... 4.82), per unit share of max marks
-``sd_school``             1.45       calibrated: M0 school share 17-20 % (Table 3) and
-``sd_school_cohort``      0.70       M1 school-level PRV ~1/3 (Table 4)
-``sigma``                 3.80       calibrated: M1 pupil-level PRV ~12 % (Table 4)
-``sd_cohort``             0.1        assumption: small calendar-year effects
-secondary schools         1/2/1-2/1-2 assumption: per cross-phase/performance/size/faith
-                                     federation (~42 federated schools in all)
-intake (class ``Intake``) see class  rural-England prevalences (FSM ~10 %, SEN 10/5/2 %, ...)
-========================  =========  ==========================================================
+=========================  ============  ==========================================================
+Parameter                  Default       Source
+=========================  ============  ==========================================================
+typology counts            12/4/10/5     Table 2 rural column (38.7/12.9/32.2/16.1 % of 31)
+``effect`` delta_0..5      0.32 ...      Table 5 "Federation" row: .32 .41 .49 .65 .81 .82
+``pre_trend``              0.0           none (scenario knob); delta_{-m} = m * pre_trend
+``intercept``              5.3           chosen so that M0 constants are ~4.2 (Table 3: 3.84-4.85)
+fsm                        -0.95         Table 4 mean over years (-0.82 ... -1.02)
+idaci                      -3.57         Table 4 mean (-3.14 ... -4.10), per unit IDACI (0-1)
+male                       -0.39         Table 4 mean (-0.32 ... -0.45)
+sen[school_action]         -3.33         Table 4 mean (-3.02 ... -4.01)
+sen[school_action_plus]    -3.53         Table 4 mean (-3.11 ... -4.20)
+sen[statemented]           -3.60         Table 4 mean (-3.08 ... -4.36)
+non_white_british          0.0           Table 4 mean (0.005; never significant)
+ks2                        4.35          Table 4 mean (3.99 ... 4.82), per unit share of max marks
+``sd_school``              1.45          calibrated: M0 school share 17-20 % (Table 3) and
+``sd_school_cohort``       0.70          M1 school-level PRV ~1/3 (Table 4)
+``sigma``                  3.80          calibrated: M1 pupil-level PRV ~12 % (Table 4)
+``sd_cohort``              0.1           assumption: small calendar-year effects
+secondary schools          1/2/1-2/1-2   assumption: per cross-phase/performance/size/faith
+                                         federation (~42 federated schools in all)
+intake (class ``Intake``)  see class     rural-England prevalences (FSM ~10 %, SEN 10/5/2 %, ...)
+=========================  ============  ==========================================================
 
 The variance parameters are not published; they were chosen so that REML fits of the
 paper's per-year models to the default study reproduce Tables 3 and 4 (see
@@ -190,6 +190,9 @@ class SimConfig:
     pre_trend : float
         Pre-founding gap per year: delta_{-m} = m * pre_trend for m = 1..years_before
         (score points). Zero (no anticipation, parallel trends) by default.
+    type_effect : tuple of (str, float)
+        Extra effect, in every year since founding >= 0, for federated schools of a federation
+        type (score points): heterogeneity by type. Empty (no heterogeneity) by default.
     typology : tuple of (str, float, int, int)
         Federation types: name, percentage of federations, min and max secondary schools
         (each federation's count is uniform on that range).
@@ -220,6 +223,7 @@ class SimConfig:
     last_founding: int = 2008
     effect: tuple[float, ...] = (0.32, 0.41, 0.49, 0.65, 0.81, 0.82)
     pre_trend: float = 0.0
+    type_effect: tuple[tuple[str, float], ...] = ()
     typology: tuple[tuple[str, float, int, int], ...] = TABLE2_TYPOLOGY
     intercept: float = 5.3
     coefficients: tuple[tuple[str, float], ...] = TABLE4_COEFFICIENTS
@@ -445,6 +449,11 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
     cell_effect = (cohort_effect[cell_cohort - years[0]]
                    + schools["federated"].to_numpy()[cell_school]
                    * np.array([delta[k] for k in cell_since]))
+    if config.type_effect:  # no random draw: the default study's stream is unchanged
+        extra = dict(config.type_effect)
+        bonus = np.array([extra.get(k, 0.0) if isinstance(k, str) else 0.0
+                          for k in schools["federation_type"]])
+        cell_effect = cell_effect + bonus[cell_school] * (cell_since >= 0)
     cell_shock = config.sd_school_cohort * rng.standard_normal(cell_school.size)
     cell = np.repeat(np.arange(cell_school.size), sizes)
     school = cell_school[cell]

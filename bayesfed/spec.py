@@ -43,7 +43,8 @@ Family = Literal["two_level", "event_time"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # allow_inf_nan: an infinite or NaN prior would only fail inside the sampler
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -51,6 +52,11 @@ class ModelSection(_Strict):
 
     name: str = Field(min_length=1)
     family: Family = "two_level"
+    #: ``collapsed``: school intercepts integrated out, likelihood from per-school statistics
+    #: (:func:`bayesfed.models.build_two_level_collapsed`); ``pupil_rows``: the readable
+    #: reference with one likelihood term per pupil (:func:`bayesfed.models.build_two_level`).
+    #: Both are the same model; ``event_time`` models are always collapsed.
+    likelihood: Literal["collapsed", "pupil_rows"] = "collapsed"
     description: str = ""
     reference: str | None = None
 
@@ -225,15 +231,22 @@ def _closest(key: str, allowed: list[str]) -> str:
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys at a location in the spec, for 'did you mean'."""
+    """Valid keys at a location in the spec, for 'did you mean'.
+
+    A ``dict[str, Section]`` field (``categorical``, ``priors.slope``) takes any key, then the
+    section's keys: the user's key in ``loc`` is skipped.
+    """
     model: type[BaseModel] = ModelSpec
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
+    parts = list(loc[:-1])
+    while parts:
+        field = model.model_fields.get(str(parts.pop(0)))
         if field is None:
             return []
         ann = field.annotation
-        nested = [a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)]
-        nested = [a for a in nested if issubclass(a, BaseModel)]
+        args = getattr(ann, "__args__", (ann,))
+        if getattr(ann, "__origin__", None) is dict:
+            args, parts = args[1:], parts[1:]  # the dict's own key, e.g. "sen"
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         if not nested:
             return []
         model = nested[0]
@@ -269,6 +282,9 @@ def spec_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> ModelSpec
     SpecError
         Listing every problem found.
     """
+    if "source" in data:  # reserved: where the spec was read from, set by bayesfed
+        raise SpecError(f"model specification {source} is invalid:\n  - unknown key 'source' "
+                        f"(allowed: {', '.join(_allowed_keys(('source',)))})")
     try:
         spec = ModelSpec.model_validate({**data, "source": source})
     except ValidationError as exc:

@@ -43,6 +43,13 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes atomically (e.g. a PNG); returns ``path``."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
 def write_json(path: str | Path, data: Any) -> Path:
     """Write JSON atomically, keys sorted and indented, so equal data give equal bytes."""
     return write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")

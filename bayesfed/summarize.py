@@ -84,8 +84,9 @@ def param_summaries(tree: xr.DataTree, names: tuple[str, ...] = REPORTED
         ``name -> {mean, sd, hdi_low, hdi_high, ess_bulk, ess_tail, r_hat, mcse_mean}``.
     """
     names = [v for v in names if v in tree.posterior]
-    table = az.summary(tree, var_names=names, kind="all", ci_prob=PROB, ci_kind="hdi",
-                       round_to="none", fmt="xarray")
+    with np.errstate(invalid="ignore", divide="ignore"):  # a stuck chain: NaN, kept as null
+        table = az.summary(tree, var_names=names, kind="all", ci_prob=PROB, ci_kind="hdi",
+                           round_to="none", fmt="xarray")
     out: dict[str, dict[str, float | None]] = {}
     for var in names:
         da = table[var]
@@ -103,7 +104,8 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     Returns
     -------
     dict
-        ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (over all
+        ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (None when
+        undefined, e.g. a chain that never moved; over all
         elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and
         ``u``; of every posterior variable for an event-time fit), ``problems`` (list of str)
         and ``ok`` (bool).
@@ -111,12 +113,16 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     checked = CHECKED if tree.attrs.get("bayesfed_family", "two_level") == "two_level" \
         else tuple(tree.posterior.data_vars)
     names = [v for v in checked if v in tree.posterior]
-    rhat = az.rhat(tree, var_names=names)
-    ess_bulk = az.ess(tree, var_names=names, method="bulk")
-    ess_tail = az.ess(tree, var_names=names, method="tail")
+    # a chain that never moved has zero variance: its R-hat and ESS are undefined (NaN), which
+    # is reported as a failed gate, not a NumPy warning
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rhat = az.rhat(tree, var_names=names)
+        ess_bulk = az.ess(tree, var_names=names, method="bulk")
+        ess_tail = az.ess(tree, var_names=names, method="tail")
 
-    def extreme(ds: xr.Dataset, fn) -> float:
-        return float(fn([float(fn(ds[v].to_numpy())) for v in ds.data_vars]))
+    def extreme(ds: xr.Dataset, fn) -> float | None:
+        values = np.concatenate([np.ravel(ds[v].to_numpy()) for v in ds.data_vars])
+        return None if not np.isfinite(values).all() else float(fn(values))
 
     out: dict[str, object] = {
         "divergences": int(tree.sample_stats["diverging"].sum()),
@@ -127,10 +133,14 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     problems = []
     if out["divergences"] > GATES["divergences"]:
         problems.append(f"{out['divergences']} divergent transitions")
-    if not out["max_r_hat"] <= GATES["max_r_hat"]:
+    if out["max_r_hat"] is None:
+        problems.append("R-hat undefined (a chain did not move)")
+    elif not out["max_r_hat"] <= GATES["max_r_hat"]:
         problems.append(f"R-hat {out['max_r_hat']:.3f} > {GATES['max_r_hat']}")
     for key, kind in (("min_ess_bulk", "bulk ESS"), ("min_ess_tail", "tail ESS")):
-        if not out[key] >= GATES[key]:
+        if out[key] is None:
+            problems.append(f"{kind} undefined (a chain did not move)")
+        elif not out[key] >= GATES[key]:
             problems.append(f"{kind} {out[key]:.0f} < {GATES[key]}")
     out["problems"] = problems
     out["ok"] = not problems

@@ -7,25 +7,30 @@ would find them (row 1 is the file's second line in a CSV).
 
 The rules, in the order they are reported:
 
-1. ``missing column``: a column the model needs is not in the table.
-2. ``not numeric``: text in a numeric column.
+1. Columns: a column the model needs is not in the table; a column name the table holds more
+   than once; one column mapped to several roles; an identifier or label column used as a
+   numeric predictor.
+2. ``not numeric``: text (or dates) in a numeric column.
 3. ``missing value``: blank / NA in a needed column (``drop_incomplete=True`` drops those rows
-   instead and reports how many).
-4. ``out of range``: infinities; flags not 0/1; IDACI outside 0-1; years not whole numbers;
-   categorical labels not among the spec's levels.
+   instead and reports how many). With a year selection, years since founding are needed.
+4. ``out of range``: infinities; magnitudes above ``MAX_ABS``; flags not 0/1; IDACI outside 0-1;
+   years not whole numbers; categorical labels not among the spec's levels.
 5. ``not constant within school``: a school-level column (federated flag, founding year,
    federation id and type) that varies within a school.
 6. ``inconsistent years since founding``: ``years_since != cohort - founding_year``.
 7. ``federation id without flag``: a federation id on a school whose federated flag is 0, or the
    reverse.
 8. ``duplicated pupil id``: the same pupil id twice in one cohort.
-9. Selection rules: a requested year with no pupils or a single school, a predictor with no
-   variation among the selected pupils, and predictors that are exact linear combinations of
-   each other (their coefficients would not be identified).
+9. Selection rules: a requested year (or, without years, the table) with no pupils or a single
+   school, an outcome or predictor with no variation among the selected pupils (or variation
+   too small to scale the default priors by), and predictors that are exact linear
+   combinations of each other (their coefficients would not be identified).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,8 +42,14 @@ from bayesfed.errors import DataError
 from bayesfed.schema import ROLES
 from bayesfed.spec import ModelSpec
 
-#: How many example rows an error line shows.
+#: How many example rows an error line shows, and how many characters of each value.
 N_EXAMPLES = 5
+MAX_SHOWN = 40
+
+#: Largest magnitude a numeric value may have. Beyond it float64 no longer holds whole numbers
+#: exactly, and such values in a pupil table are export errors (an identifier or a sentinel
+#: code in a numeric column) that would overflow the variance computations.
+MAX_ABS = 1e15
 
 #: Roles read when present (never required): they feed summaries and consistency checks.
 OPTIONAL_ROLES = ("pupil_id", "federation", "federation_type", "federated", "cohort",
@@ -119,30 +130,99 @@ def _rows(mask: np.ndarray, positions: np.ndarray | None = None) -> tuple[tuple[
 
 
 def _values(series: pd.Series, mask: np.ndarray) -> tuple[str, ...]:
+    """Example values, as Python writes them, each cut to ``MAX_SHOWN`` characters."""
     shown = series.to_numpy()[np.flatnonzero(mask)[:N_EXAMPLES]]
-    return tuple(repr(v.item() if isinstance(v, np.generic) else v) for v in shown)
+    out = []
+    for v in shown:
+        if isinstance(v, (np.datetime64, np.timedelta64)):
+            text = repr(str(v))
+        else:
+            text = repr(v.item() if isinstance(v, np.generic) else v)
+        out.append(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN - 3] + "...")
+    return tuple(out)
+
+
+def _is_na(value: object) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (
+        isinstance(value, float | np.floating) and bool(np.isnan(value)))
+
+
+def _text(series: pd.Series) -> pd.Series:
+    """Values as text (string dtype), missing ones kept missing.
+
+    Objects that are not text (bytes, lists, ...) become what ``str`` writes for them: pandas
+    would try to decode bytes, and fail on bytes that are not UTF-8.
+    """
+    if series.dtype == object:
+        series = series.map(lambda v: v if isinstance(v, str) or _is_na(v) else str(v))
+    return series.astype("string")
 
 
 def _blank(series: pd.Series) -> np.ndarray:
     """True where a value is missing: NA, or text that is empty after stripping."""
-    missing = series.isna().to_numpy().copy()
-    if series.dtype == object or isinstance(series.dtype, pd.StringDtype):
-        text = series.astype("string").str.strip()
+    missing = series.isna().to_numpy(dtype=bool).copy()
+    if series.dtype == object or isinstance(series.dtype, (pd.StringDtype, pd.CategoricalDtype)):
+        text = _text(series).str.strip()
         missing |= (text == "").fillna(True).to_numpy(dtype=bool)
     return missing
 
 
 def needed_roles(spec: ModelSpec, years: Sequence[int] | None) -> list[str]:
-    """Roles and terms the model cannot do without, in reporting order."""
-    return ["outcome", "school", *spec.terms]
+    """Roles and terms the model cannot do without, in reporting order.
+
+    An ``event_time`` model also needs the federated flag and the cohort (and years since
+    founding, see :func:`validate_table`), and the federation and its type when it models
+    their deviations of the effect.
+    """
+    needed = ["outcome", "school", *spec.terms]
+    if spec.model.family == "event_time":
+        event = spec.event_options
+        needed += ["federated", "cohort"]
+        needed += ["federation"] if event.federation_deviations else []
+        needed += ["federation_type"] if event.type_effects else []
+    return list(dict.fromkeys(needed))
 
 
 _FLAG_FIX = "code it 1 for yes and 0 for no"
+_LARGE_FIX = ("such values are export errors (an identifier or a sentinel code in a numeric "
+              "column); correct them, or blank them as missing")
 _FIX = {
     "idaci": "IDACI is a share between 0 and 1; divide percentages by 100",
     "outcome": "the outcome must be a finite number for every pupil",
     "year": "years are whole calendar years (cohort, founding_year) or whole year offsets",
 }
+
+
+def _one_float(value: object) -> float:
+    """One value as a float: NaN when it is not a real number, +-inf beyond float range."""
+    if isinstance(value, (complex, np.complexfloating)):
+        return math.nan
+    try:
+        return float(value)  # text as Python reads numbers; bytes, Decimal and bool too
+    except OverflowError:  # an integer beyond float range
+        if isinstance(value, int):
+            return math.inf if value > 0 else -math.inf
+        return math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _as_float(series: pd.Series) -> pd.Series:
+    """Numbers as float, NaN where a value is not a number (text, dates, complex numbers)."""
+    if (pd.api.types.is_datetime64_any_dtype(series.dtype)
+            or pd.api.types.is_timedelta64_dtype(series.dtype)
+            or isinstance(series.dtype, pd.PeriodDtype)):
+        return pd.Series(np.nan, index=series.index)  # dates are not numbers
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. complex values cast to real
+            values = pd.to_numeric(series, errors="coerce")
+            if pd.api.types.is_numeric_dtype(values.dtype) and values.dtype.kind != "c":
+                return values.astype(float)
+    except (ArithmeticError, TypeError, ValueError, Warning):
+        pass  # a value pandas cannot convert in bulk (an integer beyond float range)
+    return pd.Series([_one_float(v) for v in series.to_numpy(dtype=object)],
+                     index=series.index, dtype=float)
 
 
 def _numeric_problems(
@@ -154,7 +234,7 @@ def _numeric_problems(
     """
     problems: list[Problem] = []
     missing = _blank(raw)
-    values = pd.to_numeric(raw.where(~missing), errors="coerce").astype(float)
+    values = _as_float(raw.where(~missing))
     text = ~missing & values.isna().to_numpy()
     if text.any():
         rows, n = _rows(text)
@@ -163,10 +243,12 @@ def _numeric_problems(
     arr = values.to_numpy()
     finite = np.isfinite(arr)
     present = ~missing & ~text
+    large = np.abs(np.where(finite, arr, 0.0)) > MAX_ABS
     checks: list[tuple[np.ndarray, str, str]] = [
         (present & ~finite, "infinite value", _FIX.get(role, "use finite numbers")),
+        (present & large, f"value larger than {MAX_ABS:g} in magnitude", _LARGE_FIX),
     ]
-    ok = present & finite
+    ok = present & finite & ~large
     if kind == "flag":
         checks.append((ok & ~np.isin(arr, (0.0, 1.0)), "value not 0/1", _FLAG_FIX))
     elif kind == "unit_interval":
@@ -185,7 +267,7 @@ def _category_problems(
     raw: pd.Series, column: str, role: str, levels: Sequence[str]
 ) -> tuple[list[Problem], pd.Series]:
     missing = _blank(raw)
-    text = raw.astype("string").str.strip()
+    text = _text(raw).str.strip()
     unknown = ~missing & ~text.isin(list(levels)).fillna(False).to_numpy(dtype=bool)
     problems = []
     if unknown.any():
@@ -251,20 +333,15 @@ def validate_table(
     """
     years = None if years is None else sorted(set(int(y) for y in years))
     needed = needed_roles(spec, years)
-    if years is not None and spec.column("years_since") not in raw.columns:
-        needed += ["cohort", "founding_year"]  # years since founding are derived from these
+    if years is not None or spec.model.family == "event_time":
+        # years since founding are read, or derived from the calendar years
+        needed += (["years_since"] if spec.column("years_since") in raw.columns
+                   else ["cohort", "founding_year"])
+        needed = list(dict.fromkeys(needed))
     coding = spec.categorical_coding()
     present = {name: spec.column(name) for name in [*needed, *OPTIONAL_ROLES]
                if spec.column(name) in raw.columns}
-    problems: list[Problem] = []
-    for name in needed:
-        if name not in present:
-            column = spec.column(name)
-            problems.append(Problem(
-                column, name, "missing column",
-                f"add the column, or map role {name!r} to one of your columns in the spec's "
-                f"[columns] table (columns found: {', '.join(map(str, raw.columns[:12]))}"
-                f"{', ...' if len(raw.columns) > 12 else ''})"))
+    problems = _column_problems(raw, spec, needed, present)
     if problems:  # nothing else can be checked reliably without the columns
         raise DataError(_message(source, problems, len(raw)))
 
@@ -279,7 +356,7 @@ def validate_table(
             kind = "category"
         missing = _blank(series)
         if kind in ("label", "id"):
-            out[name] = series.astype("string").str.strip().astype(object).where(~missing, None)
+            out[name] = _text(series).str.strip().astype(object).where(~missing, None)
             if kind == "label":
                 continue
         elif kind == "category":
@@ -325,12 +402,54 @@ def validate_table(
         problems += _selection_problems(frame, spec, years, present)
         if problems:
             raise DataError(_message(source, problems, len(raw), n_dropped))
-    elif len(frame):
-        problems += _variation_problems(frame, spec, present, "the table")
+    else:
+        problems += _sample_problems(frame, spec, present, None)
         if problems:
             raise DataError(_message(source, problems, len(raw), n_dropped))
     return PupilTable(frame=frame, n_input_rows=len(raw), n_dropped=n_dropped,
                       columns=dict(present))
+
+
+def _column_problems(
+    raw: pd.DataFrame, spec: ModelSpec, needed: Sequence[str], present: dict[str, str]
+) -> list[Problem]:
+    """Columns the model needs but cannot read unambiguously, and mappings that cannot work."""
+    problems: list[Problem] = []
+    if len(raw.columns):
+        found = (f"columns found: {', '.join(map(str, raw.columns[:12]))}"
+                 f"{', ...' if len(raw.columns) > 12 else ''}")
+    else:
+        found = "the table has no columns"
+    for name in needed:
+        if name not in present:
+            column = spec.column(name)
+            problems.append(Problem(
+                column, name, "missing column",
+                f"add the column, or map role {name!r} to one of your columns in the spec's "
+                f"[columns] table ({found})"))
+    roles: dict[str, list[str]] = {}
+    for name, column in present.items():
+        roles.setdefault(column, []).append(name)
+    for column, names in roles.items():
+        n_copies = int((raw.columns == column).sum())
+        if n_copies > 1:
+            problems.append(Problem(
+                column, column, f"the table has {n_copies} columns of this name",
+                "rename or remove the repeated columns: bayesfed cannot tell which one is meant"))
+        if len(names) > 1:
+            problems.append(Problem(
+                column, column, f"mapped to several roles ({', '.join(names)})",
+                "map each role and predictor to its own column in the spec's [columns] table"))
+    coding = spec.categorical_coding()
+    for term in spec.terms:
+        role = ROLES.get(term)
+        if term in present and term not in coding and role is not None \
+                and role.kind in ("id", "label"):
+            problems.append(Problem(
+                present[term], term, "identifiers and labels cannot be a numeric predictor",
+                f"remove {term!r} from [predictors] in the spec, or declare its labels in "
+                f"[categorical.{term}] (levels and reference)"))
+    return problems
 
 
 def _structure_problems(
@@ -345,8 +464,8 @@ def _structure_problems(
         if name in frame:
             problems += _constant_within_school(frame, name, present[name], positions)
     if {"years_since", "cohort", "founding_year"} <= set(frame):
-        diff = frame["cohort"] - frame["founding_year"]
-        mask = (frame["years_since"] != diff).to_numpy()
+        diff = frame["cohort"] - frame["founding_year"]  # blank where a year is blank
+        mask = (frame["years_since"] != diff).fillna(False).to_numpy(dtype=bool)
         if mask.any():
             rows, n = _rows(mask, positions)
             problems.append(Problem(
@@ -356,8 +475,9 @@ def _structure_problems(
                 _values(frame["years_since"], mask)))
     if {"federation", "federated"} <= set(frame):
         has_id = frame["federation"].notna().to_numpy()
-        flag = frame["federated"].to_numpy() == 1
-        for mask, what in ((has_id & ~flag, "federation id on a school whose federated flag "
+        flag = frame["federated"].eq(1).fillna(False).to_numpy(dtype=bool)
+        no_flag = frame["federated"].eq(0).fillna(False).to_numpy(dtype=bool)  # blank: neither
+        for mask, what in ((has_id & no_flag, "federation id on a school whose federated flag "
                             "is 0"), (~has_id & flag, "federated flag 1 with no federation id")):
             if mask.any():
                 rows, n = _rows(mask, positions)
@@ -367,7 +487,8 @@ def _structure_problems(
                     "a blank id and flag 0", rows, n))
     if "pupil_id" in frame:
         keys = ["pupil_id", "cohort"] if "cohort" in frame else ["pupil_id"]
-        mask = frame.duplicated(keys, keep=False).to_numpy() & frame["pupil_id"].notna().to_numpy()
+        known = frame[keys].notna().all(axis=1).to_numpy()  # a blank cohort could be any
+        mask = frame.duplicated(keys, keep=False).to_numpy() & known
         if mask.any():
             rows, n = _rows(mask, positions)
             within = " within a cohort" if "cohort" in frame else ""
@@ -378,11 +499,31 @@ def _structure_problems(
     return problems
 
 
+def _spread(frame: pd.DataFrame, name: str, column: str, role: str, where: str
+            ) -> list[Problem]:
+    """A numeric column must vary, by enough to scale the default priors by (sd > 0)."""
+    values = frame[name].to_numpy(dtype=float)
+    if frame[name].nunique() < 2:
+        first = frame[name].iloc[0]
+        first = first.item() if isinstance(first, np.generic) else first
+        return [Problem(column, role, f"constant ({first!r}) in {where}",
+                        "the outcome must vary between pupils" if role == "outcome" else
+                        "drop the predictor from the spec for this selection")]
+    with np.errstate(under="ignore"):
+        sd = float(np.std(values, ddof=1))
+    if not sd > 0:
+        return [Problem(column, role, f"variation too small to compute with in {where} (values "
+                        f"differ by at most {np.ptp(values):.3g})",
+                        "rescale the column (e.g. to its usual units), or drop it if it is "
+                        "constant in substance")]
+    return []
+
+
 def _variation_problems(
     frame: pd.DataFrame, spec: ModelSpec, present: dict[str, str], where: str
 ) -> list[Problem]:
-    """A predictor (or categorical level) that does not vary cannot have a coefficient."""
-    problems = []
+    """An outcome or a predictor (or categorical level) that does not vary."""
+    problems = _spread(frame, "outcome", present["outcome"], "outcome", where)
     coding = spec.categorical_coding()
     for term in spec.terms:
         if term in coding:
@@ -402,10 +543,8 @@ def _variation_problems(
                     present[term], term, f"level(s) {', '.join(absent)} absent from {where}",
                     "remove the absent levels from [categorical] levels in the spec, or merge "
                     "them into a neighbouring level"))
-        elif frame[term].nunique() < 2:
-            problems.append(Problem(
-                present[term], term, f"constant ({frame[term].iloc[0].item()!r}) in {where}",
-                "drop the predictor from the spec for this selection"))
+        else:
+            problems += _spread(frame, term, present[term], term, where)
     if not problems and spec.terms:
         problems += _collinearity_problems(frame, spec, present, where)
     return problems
@@ -447,23 +586,37 @@ def _selection_problems(
     frame: pd.DataFrame, spec: ModelSpec, years: Sequence[int], present: dict[str, str]
 ) -> list[Problem]:
     problems = []
-    column = present.get("years_since", f"{present.get('cohort')} - {present.get('founding_year')}")
-    available = sorted(int(v) for v in frame["years_since"].unique())
     for year in years:
-        sel = frame.loc[frame["years_since"] == year]
-        n_schools = sel["school"].nunique()
-        if len(sel) == 0:
-            problems.append(Problem(
-                column, "years_since", f"no pupils in year {year} since founding",
-                f"choose years among those present ({', '.join(map(str, available))})"))
-        elif n_schools < 2:
-            problems.append(Problem(
-                column, "years_since", f"year {year} since founding has pupils in a single "
-                f"school ({sel['school'].iloc[0]!r}): school variance is not identified",
-                "fit years with pupils in at least two schools"))
-        else:
-            problems += _variation_problems(sel, spec, present, f"year {year}")
+        sel = frame.loc[(frame["years_since"] == year).to_numpy(dtype=bool)]
+        problems += _sample_problems(sel, spec, present, year, frame)
     return problems
+
+
+def _sample_problems(
+    sel: pd.DataFrame, spec: ModelSpec, present: dict[str, str], year: int | None,
+    frame: pd.DataFrame | None = None,
+) -> list[Problem]:
+    """Rules for the pupils of one fit: a year since founding, or the whole table (None)."""
+    if year is None:
+        column, role, where = present["school"], "school", "the table"
+        what = "the table has"
+    else:
+        column = present.get("years_since",
+                             f"{present.get('cohort')} - {present.get('founding_year')}")
+        role, where = "years_since", f"year {year}"
+        what = f"year {year} since founding has"
+    if len(sel) == 0 and frame is not None:
+        available = sorted(int(v) for v in frame["years_since"].unique())
+        return [Problem(
+            column, role, f"no pupils in year {year} since founding",
+            f"choose years among those present ({', '.join(map(str, available))})")]
+    if sel["school"].nunique() < 2:
+        return [Problem(
+            column, role, f"{what} pupils in a single school ({sel['school'].iloc[0]!r}): "
+            "school variance is not identified",
+            "fit years with pupils in at least two schools" if year is not None else
+            "a two-level model needs pupils in at least two schools")]
+    return _variation_problems(sel, spec, present, where)
 
 
 def _plural(n: int, noun: str) -> str:
@@ -495,11 +648,12 @@ def describe(table: PupilTable) -> dict[str, object]:
         "schools": int(f["school"].nunique()),
     }
     if "federated" in f:
-        out["federated_schools"] = int(f.loc[f["federated"] == 1, "school"].nunique())
+        federated = f["federated"].eq(1).fillna(False).to_numpy(dtype=bool)
+        out["federated_schools"] = int(f.loc[federated, "school"].nunique())
     if "federation" in f:
         out["federations"] = int(f["federation"].nunique())
     if "cohort" in f:
-        out["cohorts"] = sorted(int(c) for c in f["cohort"].unique())
+        out["cohorts"] = sorted(int(c) for c in f["cohort"].dropna().unique())
     if "years_since" in f:
         counts = f.groupby("years_since").agg(pupils=("school", "size"),
                                               schools=("school", "nunique"))

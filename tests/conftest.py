@@ -59,3 +59,21 @@ def m2():
 @pytest.fixture
 def m0():
     return load_spec(MODELS / "m0_empty.toml")
+
+
+#: Cases tried by tests/test_fuzz.py: corruption kind -> outcome ("valid", "DataError",
+#: "SpecError") -> count. Printed at the end of every run that tried any.
+FUZZ_COUNTS = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    counts = config.stash.get(FUZZ_COUNTS, None)
+    if not counts:
+        return
+    terminalreporter.section("bad input, fuzzed: cases tried per corruption kind")
+    width = max(len(kind) for kind in counts)
+    for kind, outcomes in counts.items():
+        detail = ", ".join(f"{outcome} {n}" for outcome, n in sorted(outcomes.items()))
+        terminalreporter.write_line(f"{kind:<{width}}  {sum(outcomes.values()):4d}  ({detail})")
+    total = sum(sum(o.values()) for o in counts.values())
+    terminalreporter.write_line(f"{'all kinds':<{width}}  {total:4d}")

@@ -27,10 +27,11 @@ from bayesfed.event_time import (
     build_event_time_reference,
     resolve_event_priors,
 )
+from bayesfed.job import fit_command, report_command
 from bayesfed.partition import hdi_summary
 from bayesfed.reml import fit_reml
 from bayesfed.sampling import sample
-from bayesfed.simulate import SimConfig, simulate
+from bayesfed.simulate import SimConfig, simulate, write_study
 from bayesfed.spec import load_spec
 from bayesfed.validate import validate_table
 
@@ -312,10 +313,113 @@ def test_agrees_with_a_frequentist_event_study(study):
         assert abs(est[k]["mean"] - b) <= 2 * combined, (k, est[k], b, s)
 
 
-def test_pre_trend_is_detected_by_the_lead():
-    """delta_{-m} = m * 0.5: the lead estimates delta_{-2} - delta_{-1} = 0.5, far from 0."""
-    raw, truth = simulate(SimConfig(pre_trend=0.5), seed=11)
-    fit = fit_event(event_design(raw), seed=2)
-    lead = event_estimates(fit)["-2"]
-    assert lead["hdi_low"] > 0.0, lead
+# -- the job: spec, fit, summary.json, report -------------------------------------------------
+
+EVENT_SPEC = ROOT / "models" / "event_time.toml"
+M2 = ROOT / "models" / "m2_federation.toml"
+FIELDS = {"mean", "sd", "hdi_low", "hdi_high", "ess_bulk", "ess_tail", "r_hat", "mcse_mean",
+          "p_positive"}
+
+
+def event_spec(tmp_path: Path, **event: object) -> Path:
+    """The shipped event-time spec with ``[event]`` keys replaced (TOML booleans/lists)."""
+    text = EVENT_SPEC.read_text()
+    for key, value in event.items():
+        shown = str(value).lower() if isinstance(value, bool) else str(value)
+        text = "\n".join(f"{key} = {shown}" if line.startswith(f"{key} =") else line
+                         for line in text.splitlines())
+    text = text.replace('federation = "federation_id"',
+                        'federation = "federation_id"\nfederation_type = "federation_type"')
+    path = tmp_path / "event_time.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """``fit_command`` on the shipped study: M2 for years 0-5 and the event-time model."""
+    out = tmp_path_factory.mktemp("job") / "fits"
+    path = fit_command([M2, EVENT_SPEC], STUDY, out, list(range(6)), seed=3)
+    report = report_command(out)
+    return json.loads(path.read_text()), report
+
+
+def test_summary_holds_the_trajectory_and_leads(job):
+    summary, _ = job
+    fit = next(f for f in summary["fits"] if f["family"] == "event_time")
+    assert fit["model"] == "event_time" and fit["year"] is None and fit["file"] == "event_time.nc"
+    assert list(fit["federation_effect"]) == ["-2", *EFFECTS]
+    for key, entry in fit["federation_effect"].items():
+        assert set(entry) == FIELDS, key
+        assert entry["hdi_low"] < entry["mean"] < entry["hdi_high"]
+    assert fit["reference_year"] == -1 and fit["pre_trend"] == {"leads": ["-2"],
+                                                                "flagged": False}
+    assert 0.5 < fit["trajectory"]["p_last_gt_first"] <= 1.0
+    shares = fit["variance_partition"]
+    assert set(shares) == {"school", "cell", "pupil"}
+    assert sum(v["mean"] for v in shares.values()) == pytest.approx(1.0)
+    assert fit["diagnostics"]["ok"], fit["diagnostics"]
+    assert fit["n_cells"] == 616 and fit["n_cohorts"] == 12 and fit["n_federations"] == 31
+
+
+def test_joint_intervals_narrower_than_the_per_year_posteriors(job):
+    """The must-show: the joint model's 94% HDIs are narrower than the per-year M2 fits'."""
+    summary, report = job
+    fit = next(f for f in summary["fits"] if f["family"] == "event_time")
+    ratios = fit["per_year_comparison"]["width_ratio"]
+    assert fit["per_year_comparison"]["model"] == "M2" and list(ratios) == EFFECTS
+    assert max(ratios.values()) < 0.8, ratios
+    text = report.read_text()
+    assert (f"the joint model's 94% intervals are {min(ratios.values()):.2f}-"
+            f"{max(ratios.values()):.2f} times as wide as those of the separate M2 fits") in text
+
+
+def test_report_shows_the_summary_numbers_and_the_figure(job):
+    summary, report = job
+    fit = next(f for f in summary["fits"] if f["family"] == "event_time")
+    text = report.read_text()
+    assert "## Joint event-time model (event_time)" in text
+    for key in EFFECTS:
+        e = fit["federation_effect"][key]
+        assert (f"| {key} | {e['mean']:.2f} ({e['sd']:.2f}) | [{e['hdi_low']:.2f}, "
+                f"{e['hdi_high']:.2f}] | {e['p_positive']:.3f} |") in text
+    assert "No sign of a pre-federation trend" in text
+    figure = report.parent / "figures" / "federation_trajectory.png"
+    assert "](figures/federation_trajectory.png)" in text
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pre_trend_is_flagged(tmp_path):
+    """delta_{-m} = m * 0.5: the lead estimates delta_{-2} - delta_{-1} = 0.5, far from 0;
+    summary.json flags it and the report says so."""
+    frame, truth = simulate(SimConfig(pre_trend=0.5), seed=11)
+    data = tmp_path / "pre.parquet"
+    write_study(frame, truth, data)
+    path = fit_command([EVENT_SPEC], data, tmp_path / "fits", None, seed=2)
+    fit = json.loads(path.read_text())["fits"][0]
+    lead = fit["federation_effect"]["-2"]
+    assert fit["pre_trend"]["flagged"] and lead["hdi_low"] > 0.0, lead
     assert lead["hdi_low"] <= relative_truth(truth)["-2"] <= lead["hdi_high"], lead
+    assert "**Pre-trend flagged.**" in report_command(tmp_path / "fits").read_text()
+
+
+def test_type_effects_recovered(tmp_path):
+    """Federations of type ``performance`` gain 1.0 more, ``size`` 0.4 less, in every year
+    after founding: each type's average effect is inside its 94% HDI (at most one miss) and the
+    heterogeneity model samples cleanly (integrated deviations: no funnel)."""
+    bonus = {"performance": 1.0, "size": -0.4}
+    frame, truth = simulate(SimConfig(type_effect=tuple(bonus.items())), seed=5)
+    data = tmp_path / "types.parquet"
+    write_study(frame, truth, data)
+    spec = event_spec(tmp_path, type_effects=True, federation_deviations=True)
+    fit = json.loads(fit_command([spec], data, tmp_path / "fits", None, seed=4)
+                     .read_text())["fits"][0]
+    average = np.mean([truth["delta"][k] for k in EFFECTS]) - truth["delta"]["-1"]
+    misses = {k: (average + bonus.get(k, 0.0), v) for k, v in fit["type_effect"].items()
+              if not v["hdi_low"] <= average + bonus.get(k, 0.0) <= v["hdi_high"]}
+    assert set(fit["type_effect"]) == {"cross_phase", "faith", "performance", "size"}
+    assert len(misses) <= 1, misses
+    performance, size = fit["type_effect"]["performance"], fit["type_effect"]["size"]
+    assert performance["mean"] > size["mean"]
+    assert {"sd_type", "sd_federation_effect"} <= set(fit["params"])
+    assert fit["diagnostics"]["ok"], fit["diagnostics"]
