@@ -1,8 +1,12 @@
 """The ``bayesfed`` command line: simulate, validate, fit, report, demo.
 
-Exit codes: 0 success; 2 a usage error (unknown option, bad value); 3 an input error (a data
-or specification problem, reported before any sampling); 4 an output that cannot be written
-safely.
+Exit codes: 0 success; 1 another bayesfed error (e.g. a worker process of ``fit --jobs`` died);
+2 a usage error (unknown option, bad value, ``--resume`` with ``--force``); 3 an input error (a
+data or specification problem, reported before any sampling); 4 an output that cannot be
+written safely (existing fits without ``--force`` or ``--resume``, fits ``--resume`` cannot
+keep); 5 ``fit --strict`` and some fit failed its diagnostic gates (every file is written);
+130 interrupted (Ctrl-C: one line "bayesfed: interrupted" on stderr, no traceback; ``fit``
+keeps the fits finished so far, and ``fit --resume`` fits the rest).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bayesfed.errors import BayesfedError, DataError, OutputError, SpecError
+from bayesfed.errors import BayesfedError, DataError, DiagnosticsError, OutputError, SpecError
 from bayesfed.simulate import DEFAULT_SEED
 
 app = typer.Typer(
@@ -36,6 +40,8 @@ SHIPPED_SPECS = tuple(ROOT / "models" / f for f in
 
 EXIT_INPUT = 3
 EXIT_OUTPUT = 4
+EXIT_DIAGNOSTICS = 5
+EXIT_INTERRUPTED = 130
 
 
 def parse_years(text: str | None) -> list[int] | None:
@@ -158,38 +164,66 @@ def fit(
     drop_incomplete: Annotated[bool, typer.Option(
         help="Drop rows with missing values in needed columns (and say how many).")] = False,
     force: Annotated[bool, typer.Option(help="Replace fit files that already exist.")] = False,
+    resume: Annotated[bool, typer.Option(
+        help="Keep the fits already complete in --out for this job (same spec, data, sampler "
+             "options and versions) and fit the rest, e.g. after Ctrl-C; any other existing "
+             "fit file stops the job.")] = False,
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Fits run at once, each in its own process with cores/N threads for its "
+                    "chains; the numbers do not depend on it.")] = 1,
+    strict: Annotated[bool, typer.Option(
+        help="Exit with code 5 if any fit fails its diagnostic gates (after writing "
+             "everything).")] = False,
 ) -> None:
     """Fit models to a pupil table, save each fit as NetCDF and write summary.json."""
     from bayesfed.job import fit_command
 
     if sampler not in ("nutpie", "pymc"):
         raise typer.BadParameter("use 'nutpie' or 'pymc'", param_hint="--sampler")
+    if resume and force:
+        raise typer.BadParameter("not with --force: --resume keeps the complete fits, --force "
+                                 "refits them", param_hint="--resume")
     fit_command(specs, data, out, parse_years(years), draws=draws, tune=tune, chains=chains,
                 seed=seed, sampler=sampler, drop_incomplete=drop_incomplete, force=force,
-                console=console)
+                console=console, resume=resume, jobs=jobs, strict=strict)
 
 
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="A folder written by `bayesfed fit`.")],
-    out: Annotated[Path | None, typer.Option(help="Markdown file to write (default: "
-                                             "FOLDER/report.md).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="markdown: the file to write (default: FOLDER/report.md). docs: the report's "
+             "folder (required), e.g. docs/reports/NAME: a page of the documentation site "
+             "(NAME/index.md and NAME/figures/).")] = None,
+    format: Annotated[str, typer.Option(
+        "--format", help="markdown: one Markdown file; docs: a MyST page for the Sphinx site "
+                         "(`make docs`).")] = "markdown",
+    title: Annotated[str | None, typer.Option(
+        help="The report's title (default: 'bayesfed report: FOLDER name').")] = None,
 ) -> None:
-    """Write a Markdown report of a fit folder in the paper's layout (Tables 3-5)."""
+    """Write a report of a fit folder: the paper's Tables 3-5 beside the posterior, figures,
+    predictive checks, model comparison and diagnostics."""
     from bayesfed.job import report_command
 
-    path = report_command(folder, out)
+    if format not in ("markdown", "docs"):
+        raise typer.BadParameter("use 'markdown' or 'docs'", param_hint="--format")
+    if format == "docs" and out is None:
+        raise typer.BadParameter("--format docs needs --out FOLDER, e.g. docs/reports/NAME",
+                                 param_hint="--out")
+    path = report_command(folder, out, title=title, fmt=format)
     console.print(f"report written to {path}")
 
 
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the demo's outputs.")] = Path("out/demo"),
+    jobs: Annotated[int, typer.Option(
+        min=1, help="Fits run at once, as in `bayesfed fit --jobs`.")] = 1,
 ) -> None:
     """The main job: fit M0, M1 and M2 for years 0-5 to the shipped study and report."""
     from bayesfed.demo import run_demo
 
-    report = run_demo(out, data=SHIPPED_DATA, specs=SHIPPED_SPECS, console=console)
+    report = run_demo(out, data=SHIPPED_DATA, specs=SHIPPED_SPECS, console=console, jobs=jobs)
     console.print(f"\n[bold green]demo finished[/bold green]: report written to {report}")
 
 
@@ -197,6 +231,13 @@ def main() -> None:
     """Console-script entry point: bayesfed's own errors become one clear message."""
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == EXIT_INTERRUPTED:  # typer turns KeyboardInterrupt into exit code 130
+            print("bayesfed: interrupted", file=sys.stderr)
+        raise
+    except DiagnosticsError as exc:
+        print(f"bayesfed: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_DIAGNOSTICS)
     except (DataError, SpecError) as exc:
         print(f"bayesfed: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_INPUT)

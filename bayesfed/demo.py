@@ -24,7 +24,7 @@ PAPER_YEARS = tuple(range(6))
 
 
 def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
-             seed: int = 0) -> Path:
+             seed: int = 0, jobs: int = 1) -> Path:
     """Fit the paper's models by year to the shipped study and write the report.
 
     Parameters
@@ -39,6 +39,9 @@ def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
         Where progress is printed.
     seed : int
         Job seed.
+    jobs : int
+        Fits run at once in worker processes (:func:`bayesfed.fit.run_job`); the numbers do
+        not depend on it.
 
     Returns
     -------
@@ -49,7 +52,8 @@ def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
                                       years=PAPER_YEARS, source=str(data)))
     console.print(f"{data.name}: {summary['pupils']:,} pupils, {summary['schools']} schools, "
                   f"{summary['federations']} federations")
-    fit_command(specs, data, out / "fits", PAPER_YEARS, seed=seed, force=True, console=console)
+    fit_command(specs, data, out / "fits", PAPER_YEARS, seed=seed, force=True, console=console,
+                jobs=jobs)
     return report_command(out / "fits", out / "report.md",
                           title="bayesfed demo: the paper's models, year by year, on the "
                                 "shipped synthetic study")

@@ -21,3 +21,7 @@ class DataError(BayesfedError):
 
 class OutputError(BayesfedError):
     """An output location cannot be written safely (exists without --force, not a directory)."""
+
+
+class DiagnosticsError(BayesfedError):
+    """Fits were written, but some failed their diagnostic gates (``bayesfed fit --strict``)."""

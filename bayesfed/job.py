@@ -9,14 +9,20 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bayesfed.errors import OutputError
-from bayesfed.fit import FitOptions, run_job
-from bayesfed.plots import federation_trajectory
+from bayesfed.errors import DiagnosticsError, OutputError
+from bayesfed.fit import FitOptions, fit_name, planned_fits, run_job
+from bayesfed.plots import (
+    federation_trajectory,
+    predictive_bands,
+    rank_by_year,
+    rank_event_time,
+    variance_partition,
+)
 from bayesfed.published import load_published
 from bayesfed.read import read_table
-from bayesfed.report import render_markdown
+from bayesfed.report import Flavour, render_markdown
 from bayesfed.spec import load_spec
-from bayesfed.store import write_text
+from bayesfed.store import load_fit, write_text
 from bayesfed.summarize import write_summary
 from bayesfed.validate import validate_table
 
@@ -46,16 +52,29 @@ def fit_command(
     drop_incomplete: bool = False,
     force: bool = False,
     console: Console | None = None,
+    resume: bool = False,
+    jobs: int = 1,
+    strict: bool = False,
 ) -> Path:
     """Validate, fit every spec x year, save the fits and write ``summary.json``.
 
     Every spec is validated against the data (and every year) before the first fit starts,
-    so a data or spec problem never costs sampling time.
+    so a data or spec problem never costs sampling time. ``resume`` keeps the complete fits of
+    an interrupted job and fits the rest, ``jobs`` fits in that many worker processes
+    (:func:`bayesfed.fit.run_job`).
 
     Returns
     -------
     Path
         ``out/summary.json``.
+
+    Raises
+    ------
+    DiagnosticsError
+        ``strict`` and some fit failed its diagnostic gates; raised after every file is
+        written, its message naming each failed fit and why.
+    KeyboardInterrupt
+        Ctrl-C; the fits finished so far are kept (a line says how many, and how to resume).
     """
     console = console or Console(quiet=True)
     if out.exists() and not out.is_dir():
@@ -76,8 +95,16 @@ def fit_command(
     options = FitOptions(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
                          progress=console.is_terminal)
     data_hash = file_sha256(data)
-    run_job(tables, specs, years, out, options, data_hash, force=force,
-            on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"))
+    try:
+        run_job(tables, specs, years, out, options, data_hash, force=force, resume=resume,
+                jobs=jobs, on_note=console.print,
+                on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"))
+    except KeyboardInterrupt:
+        plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]
+        done = sum(p.exists() for p in plan)
+        console.print(f"interrupted: {done} of {len(plan)} fits are complete in {out}; the "
+                      "same command with --resume fits the rest")
+        raise
     path = write_summary(out)
     summary = json.loads(path.read_text())
     failed = [f for f in summary["fits"] if not f["diagnostics"]["ok"]]
@@ -86,27 +113,94 @@ def fit_command(
         console.print(f"[bold red]WARNING: {len(failed)} fits failed their diagnostics:[/]")
         for f in failed:
             console.print(f"  {f['file']}: {'; '.join(f['diagnostics']['problems'])}")
+    if strict and failed:
+        raise DiagnosticsError(
+            f"--strict: {len(failed)} of {len(summary['fits'])} fits failed their diagnostic "
+            f"gates (everything is written, {path} marks them):\n" + "\n".join(
+                f"  {f['file']}: {'; '.join(f['diagnostics']['problems'])}" for f in failed))
     return path
 
 
-def report_command(folder: Path, out: Path | None = None, title: str | None = None) -> Path:
-    """Write the Markdown report of a fit folder (titled by the folder's name by default),
-    with its figures in ``figures/`` beside it.
+def report_command(folder: Path, out: Path | None = None, title: str | None = None,
+                   fmt: Flavour = "markdown") -> Path:
+    """Write the report of a fit folder (titled by the folder's name by default), with its
+    figures in ``figures/`` beside it.
 
     ``summary.json`` is rewritten first unless it is newer than every fit file in the folder.
+
+    Parameters
+    ----------
+    folder : Path
+        A folder written by ``bayesfed fit``.
+    out : Path, optional
+        ``fmt="markdown"``: the Markdown file (default ``folder/report.md``).
+        ``fmt="docs"``: the report's folder, required; ``docs/reports/NAME`` makes it a page
+        of the documentation site (``out/index.md`` and ``out/figures/``).
+    title : str, optional
+    fmt : {"markdown", "docs"}
+
+    Returns
+    -------
+    Path
+        The Markdown file written.
     """
+    if fmt not in ("markdown", "docs"):
+        raise OutputError(f"unknown report format {fmt!r}: use 'markdown' or 'docs'")
     fits = list(folder.glob("*.nc")) if folder.is_dir() else []
     if not fits:
         raise OutputError(f"{folder} holds no fit files (*.nc); run `bayesfed fit` first")
+    if fmt == "docs" and out is None:
+        raise OutputError("--format docs needs --out FOLDER, e.g. docs/reports/NAME")
+    if fmt == "docs" and out.exists() and not out.is_dir():
+        raise OutputError(f"--out {out} exists and is not a folder")
     path = folder / "summary.json"
     if not path.exists() or path.stat().st_mtime_ns < max(f.stat().st_mtime_ns for f in fits):
         write_summary(folder)
     summary = json.loads(path.read_text())
-    out = out or folder / "report.md"
-    figures = {}
-    drawn = federation_trajectory(summary, load_published(),
-                                  out.parent / "figures" / "federation_trajectory.png")
-    if drawn is not None:
-        figures["trajectory"] = f"![{drawn[1]}](figures/{drawn[0].name})"
-    return write_text(out, render_markdown(
-        summary, title=title or f"bayesfed report: {folder.name}", figures=figures))
+    target = (out / "index.md") if fmt == "docs" else (out or folder / "report.md")
+    figures = draw_figures(summary, folder, target.parent / "figures")
+    return write_text(target, render_markdown(
+        summary, title=title or f"bayesfed report: {folder.name}", figures=figures,
+        flavour=fmt))
+
+
+def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[str, str]]:
+    """Draw a report's figures into ``figures`` (stale ones of a previous run are removed).
+
+    The rank plots load the fit files they show: the per-year fits of the model with a
+    federation effect (else of the last model by name) and the event-time fit.
+
+    Returns
+    -------
+    dict of str to (str, str)
+        Figure name -> (path relative to the report, alt text), for
+        :func:`bayesfed.report.render_markdown`.
+    """
+    published = load_published()
+    fits = summary["fits"]
+    two_level = [f for f in fits if f.get("family", "two_level") == "two_level"]
+    models = sorted({f["model"] for f in two_level})
+    main = next((m for m in models if any("federation_effect" in f for f in two_level
+                                          if f["model"] == m)), models[-1] if models else None)
+    drawn: dict[str, tuple[Path, str] | None] = {
+        "trajectory": federation_trajectory(summary, published,
+                                            figures / "federation_trajectory.png"),
+        "variance_partition": variance_partition(summary, published,
+                                                 figures / "variance_partition.png"),
+        "predictive": None if main is None else predictive_bands(
+            summary, main, figures / "predictive_check.png"),
+    }
+    if main is not None:
+        trees = {f["year"]: load_fit(folder / f["file"]) for f in two_level
+                 if f["model"] == main}
+        drawn["rank_by_year"] = rank_by_year(trees, figures / "rank_by_year.png")
+    joint = next((f for f in fits if f.get("family") == "event_time"), None)
+    if joint is not None:
+        drawn["rank_event_time"] = rank_event_time(load_fit(folder / joint["file"]),
+                                                   figures / "rank_event_time.png")
+    written = {v[0].name for v in drawn.values() if v is not None}
+    for stale in ("federation_trajectory", "variance_partition", "predictive_check",
+                  "rank_by_year", "rank_event_time"):
+        if f"{stale}.png" not in written:
+            (figures / f"{stale}.png").unlink(missing_ok=True)
+    return {name: (f"figures/{v[0].name}", v[1]) for name, v in drawn.items() if v is not None}

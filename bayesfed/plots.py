@@ -2,19 +2,25 @@
 
 Each function takes the parsed ``summary.json`` (and the published tables where a figure puts
 the paper beside the posterior), writes one PNG atomically and returns its path and its alt
-text. Matplotlib runs headless (the Agg backend); figures are closed after saving.
+text. The convergence figures (:func:`rank_by_year`, :func:`rank_event_time`) are the
+exception: rank plots need the draws, so they take the fits themselves
+(:func:`bayesfed.store.load_fit`) and are drawn with arviz-plots. Matplotlib runs headless
+(the Agg backend); figures are closed after saving.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
 
 from bayesfed.store import write_bytes  # noqa: E402
 
@@ -49,22 +55,26 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
     Returns
     -------
     (Path, str) or None
-        The file and its alt text; None when the folder has no event-time fit.
+        The file and its alt text; None when no fit has a federation effect. Without an
+        event-time fit the per-year fits and the paper are drawn alone.
     """
     joint = next((f for f in summary["fits"] if f.get("family") == "event_time"), None)
-    if joint is None:
-        return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    effects = joint["federation_effect"]
-    years = sorted([*map(int, effects), joint["reference_year"]])
-    means = [0.0 if k == joint["reference_year"] else effects[str(k)]["mean"] for k in years]
-    low = [0.0 if k == joint["reference_year"] else effects[str(k)]["hdi_low"] for k in years]
-    high = [0.0 if k == joint["reference_year"] else effects[str(k)]["hdi_high"] for k in years]
-    ax.fill_between(years, low, high, color="tab:blue", alpha=0.2, linewidth=0)
-    ax.plot(years, means, "o-", color="tab:blue",
-            label=f"joint event-time model ({joint['model']}), 94% HDI")
     per_year = [f for f in summary["fits"] if f.get("family", "two_level") == "two_level"
                 and "federation_effect" in f and f["year"] is not None]
+    if joint is None and not per_year:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    years = sorted({f["year"] for f in per_year})
+    if joint is not None:
+        effects = joint["federation_effect"]
+        years = sorted([*map(int, effects), joint["reference_year"]])
+        ref = joint["reference_year"]
+        means = [0.0 if k == ref else effects[str(k)]["mean"] for k in years]
+        low = [0.0 if k == ref else effects[str(k)]["hdi_low"] for k in years]
+        high = [0.0 if k == ref else effects[str(k)]["hdi_high"] for k in years]
+        ax.fill_between(years, low, high, color="tab:blue", alpha=0.2, linewidth=0)
+        ax.plot(years, means, "o-", color="tab:blue",
+                label=f"joint event-time model ({joint['model']}), 94% HDI")
     if per_year:
         x = [f["year"] - 0.12 for f in per_year]
         e = [f["federation_effect"] for f in per_year]
@@ -74,16 +84,203 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
                     fmt="s", color="tab:orange", capsize=3,
                     label=f"per-year model ({per_year[0]['model']}), 94% HDI")
     paper = published[(published["table"] == 5) & (published["term"] == "federated")]
+    if joint is None:  # only the paper's years that the folder has
+        paper = paper[paper["year"].isin(years)]
     if not paper.empty:
         ax.errorbar(paper["year"].astype(float) + 0.12, paper["estimate"],
                     yerr=1.8808 * paper["se"], fmt="D", color="tab:gray", capsize=3,
                     label="paper, Table 5 (estimate +- 1.88 SE)")
     ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.axvline(-0.5, color="black", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("years since founding (-1: reference year; leads before it)")
+    if joint is not None:
+        ax.axvline(-0.5, color="black", linestyle=":", linewidth=0.8)
+        ax.set_xlabel("years since founding (-1: reference year; leads before it)")
+    else:
+        ax.set_xlabel("years since founding")
     ax.set_ylabel("federation effect (outcome units)")
     ax.set_xticks(years)
     ax.legend(fontsize=8, loc="upper left")
-    alt = ("Federation effect by year since founding: the joint event-time model's posterior "
-           "means with 94% HDIs, the per-year models' and the paper's Table 5 estimates.")
+    shown = (["the joint event-time model's posterior means with 94% HDIs (line and band)"]
+             if joint is not None else [])
+    shown += ["the per-year models' posterior means with 94% HDIs (squares)"] if per_year else []
+    shown += ["the paper's Table 5 estimates with 94% normal intervals (diamonds)"] \
+        if not paper.empty else []
+    alt = ("Federation effect by year since founding: " + ", ".join(shown[:-1])
+           + (" and " if len(shown) > 1 else "") + shown[-1] + ".")
     return _save(fig, path), alt
+
+
+def _two_level(summary: dict) -> list[dict]:
+    return [f for f in summary["fits"] if f.get("family", "two_level") == "two_level"]
+
+
+def variance_partition(summary: dict, published: pd.DataFrame, path: Path
+                       ) -> tuple[Path, str] | None:
+    """Shares of the residual variance between schools and between pupils, per year and model.
+
+    One stacked bar per (year, two-level model): the school share (posterior mean, with its 94%
+    HDI as an error bar) below the pupil share; the REML share and, for the empty model, the
+    paper's Table 3 share as markers.
+
+    Returns
+    -------
+    (Path, str) or None
+        None when the folder has no two-level fit.
+    """
+    fits = _two_level(summary)
+    if not fits:
+        return None
+    models = sorted({f["model"] for f in fits})
+    years = sorted({f["year"] for f in fits}, key=lambda y: -1 if y is None else y)
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(min(9.0, max(5.0, 0.4 * len(years) * len(models) + 2)),
+                                    4.5))
+    colours = plt.get_cmap("tab10")
+    labelled = set()
+    for m, model in enumerate(models):
+        for i, year in enumerate(years):
+            fit = next((f for f in fits if f["model"] == model and f["year"] == year), None)
+            if fit is None:
+                continue
+            x = i + (m - (len(models) - 1) / 2) * width
+            school = fit["variance_partition"]["school"]
+            ax.bar(x, school["mean"], width * 0.9, color=colours(m),
+                   label=f"{model}: school share, 94% HDI" if model not in labelled else None)
+            ax.bar(x, 1 - school["mean"], width * 0.9, bottom=school["mean"], color=colours(m),
+                   alpha=0.25)
+            labelled.add(model)
+            ax.errorbar(x, school["mean"], yerr=[[school["mean"] - school["hdi_low"]],
+                                                 [school["hdi_high"] - school["mean"]]],
+                        fmt="none", color="black", capsize=3, linewidth=1)
+            reml = fit["reml"].get("variance_partition", {}).get("school")
+            if reml is not None:
+                ax.plot(x, reml, "_", color="black", markersize=12, markeredgewidth=2,
+                        label="REML" if "REML" not in labelled else None)
+                labelled.add("REML")
+            paper = published[(published["table"] == 3) & (published["year"] == year)
+                              & (published["term"] == "vpc_school")]
+            if model == "M0" and not paper.empty:
+                ax.plot(x, paper["estimate"].iloc[0] / 100, "D", color="tab:gray",
+                        markersize=5, label="paper, Table 3" if "paper" not in labelled
+                        else None)
+                labelled.add("paper")
+    ax.set_xticks(range(len(years)),
+                  ["all pupils" if y is None else f"year {y}" for y in years])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of the residual variance (pale: pupils)")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+              ncols=min(len(models) + 2, 5), frameon=False)
+    alt = ("Stacked bars per year since founding and model (" + ", ".join(models) + "): the "
+           "posterior mean share of the residual variance between schools, with its 94% HDI, "
+           "below the share between pupils; REML shares as black dashes"
+           + (" and the paper's Table 3 shares as grey diamonds" if "paper" in labelled else "")
+           + ".")
+    return _save(fig, path), alt
+
+
+def predictive_bands(summary: dict, model: str, path: Path) -> tuple[Path, str] | None:
+    """Posterior predictive check of one model, per year: sorted observed school means and
+    within-school sds against the 94% band of the replications of each rank.
+
+    Returns
+    -------
+    (Path, str) or None
+        None when no fit of ``model`` has ``predictive`` checks.
+    """
+    fits = [f for f in _two_level(summary) if f["model"] == model and "predictive" in f]
+    if not fits:
+        return None
+    fig, axes = plt.subplots(len(fits), 2, figsize=(8.0, 1.9 * len(fits) + 0.9),
+                             squeeze=False, layout="constrained")
+    for row, fit in enumerate(fits):
+        for col, (key, label) in enumerate((("school_means", "school mean outcome"),
+                                            ("within_sds", "within-school sd"))):
+            band, ax = fit["predictive"][key], axes[row, col]
+            rank = np.arange(1, len(band["observed"]) + 1)
+            ax.fill_between(rank, band["low"], band["high"], color="tab:blue", alpha=0.3,
+                            linewidth=0, label="replicated, 94% band")
+            ax.plot(rank, band["observed"], ".", color="black", markersize=3, label="observed")
+            if row == 0:
+                ax.set_title(label)
+            if col == 0:
+                ax.set_ylabel("all pupils" if fit["year"] is None else f"year {fit['year']}")
+            if row == len(fits) - 1:
+                ax.set_xlabel("school rank")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    alt = (f"Posterior predictive check of {model}, one row per year: the observed school mean "
+           "outcomes (left) and within-school standard deviations (right), sorted, as black "
+           "dots over "
+           "the shaded 94% band of each rank in replications for new schools of the same "
+           "sizes and compositions.")
+    return _save(fig, path), alt
+
+
+def _rank_figure(posterior: xr.Dataset, path: Path, rows: list[str], cols: list[str],
+                 figsize: tuple[float, float]) -> Path:
+    import arviz_plots as azp
+
+    pc = azp.PlotCollection.grid(posterior, rows=rows, cols=cols, backend="matplotlib",
+                                 figure_kwargs={"figsize": figsize, "layout": "constrained"},
+                                 aes={"color": ["chain"], "overlay": ["chain"]})
+    pc = azp.plot_rank(xr.DataTree.from_dict({"posterior": posterior}), plot_collection=pc,
+                       backend="matplotlib")
+    return _save(pc.viz["figure"].item(), path)
+
+
+RANK_ALT = ("Each panel shows, for one parameter, each chain's fractional-rank difference "
+            "ECDF (arviz-plots' rank plot): lines that stay close to zero mean the chains "
+            "explored the same distribution; p is the multi-chain uniformity test.")
+
+
+def rank_by_year(trees: Mapping[int | None, xr.DataTree], path: Path) -> tuple[Path, str]:
+    """Rank plots of one two-level model's fits by year: its federation effect (when it has
+    one), ``sd_school`` and ``sigma``; rows are years, columns parameters.
+
+    Parameters
+    ----------
+    trees : mapping of int or None to xarray.DataTree
+        Year -> the model's fit (:func:`bayesfed.store.load_fit`), in column order.
+    path : Path
+    """
+    parts, model = [], ""
+    for tree in trees.values():
+        post = tree.posterior
+        model = str(tree.attrs["bayesfed_model"])
+        names = post["beta"]["predictor"].to_numpy() if "beta" in post else []
+        fed = {"federation effect": post["beta"].sel(predictor="federated", drop=True)} \
+            if "federated" in names else {}
+        parts.append(xr.Dataset({**fed, "sd_school": post["sd_school"],
+                                 "sigma": post["sigma"]}))
+    labels = ["all pupils" if y is None else f"year {y}" for y in trees]
+    data = xr.concat(parts, dim=xr.DataArray(labels, dims="fit", name="fit"))
+    _rank_figure(data, path, ["fit"], ["__variable__"],
+                 (3.0 * len(data.data_vars) + 0.5, 2.0 * len(labels) + 0.6))
+    alt = (f"Rank plots of {model} by year ({', '.join(labels)}) for "
+           + ", ".join(data.data_vars) + ". " + RANK_ALT)
+    return path, alt
+
+
+def rank_event_time(tree: xr.DataTree, path: Path) -> tuple[Path, str]:
+    """Rank plots of an event-time fit: every lead and effect, and its standard deviations."""
+    post = tree.posterior
+    panels = {f"effect, year {k}": post["lead"].sel(lead_year=k, drop=True)
+              for k in post["lead"]["lead_year"].to_numpy()}
+    panels |= {f"effect, year {k}": post["delta"].sel(event_year=k, drop=True)
+               for k in post["delta"]["event_year"].to_numpy()}
+    panels |= {name: post[name] for name in ("tau_step", "sd_federation_effect", "sd_type",
+                                             "sd_school", "sd_cell", "sigma") if name in post}
+    data = xr.Dataset(panels)
+    ncols = 4
+    nrows = -(-len(panels) // ncols)
+    import arviz_plots as azp
+
+    pc = azp.PlotCollection.wrap(data, cols=["__variable__"], col_wrap=ncols,
+                                 backend="matplotlib",
+                                 figure_kwargs={"figsize": (11, 2.3 * nrows + 0.5),
+                                                "layout": "constrained"},
+                                 aes={"color": ["chain"], "overlay": ["chain"]})
+    pc = azp.plot_rank(xr.DataTree.from_dict({"posterior": data}), plot_collection=pc,
+                       backend="matplotlib")
+    _save(pc.viz["figure"].item(), path)
+    alt = (f"Rank plots of the event-time model {tree.attrs['bayesfed_model']}, one panel "
+           "each for " + "; ".join(panels) + ". " + RANK_ALT)
+    return path, alt

@@ -1,17 +1,27 @@
-"""Markdown reports of a fit folder, in the paper's layout (Tables 3, 4 and 5).
+"""Reports of a fit folder in the paper's layout (Tables 3, 4 and 5), as Markdown or as a page
+of the documentation site.
 
 Every number comes from ``summary.json`` (:mod:`bayesfed.summarize`) or from the transcribed
-published tables (:mod:`bayesfed.published`); this module only formats them. Each model gets
-one table with a column per year since founding. A coefficient takes three rows: the posterior
-mean (sd), the REML estimate (SE) on the same pupils, and the published value (SE) where the
-paper has one. Variance rows give posterior means with 94% HDIs, in percent. Every table ends
-with its fits' diagnostics; a fit that failed them is flagged in the table and in a warning at
-the top of the report.
+published tables (:mod:`bayesfed.published`); this module only formats them, and the figures
+are drawn by :mod:`bayesfed.plots`. Each model gets one table with a column per year since
+founding. A coefficient takes four rows: the posterior mean (sd), its 94% HDI, the REML
+estimate (SE) on the same pupils, and the published value (SE) where the paper has one.
+Variance rows give posterior means with 94% HDIs, in percent. Every table ends with its fits'
+diagnostics; a fit that failed them is flagged in the table and in a warning at the top of the
+report. The report opens with a plain-language summary whose numbers are filled in from
+``summary.json``, then the data, the paper's tables, the federation effect by year, the
+event-time model, the variance decomposition, the predictive checks, the leave-one-school-out
+comparison and the sampling diagnostics.
+
+Two flavours (:data:`Flavour`): ``"markdown"`` (``report.md``, figures as ``![alt](path)``)
+and ``"docs"`` (MyST Markdown for the Sphinx site, figures as ``{figure}`` directives with
+alt text and caption, warnings as ``{warning}`` admonitions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import pandas as pd
 
@@ -30,6 +40,9 @@ LABELS = {
     "ks2": "Prior attainment at KS2",
     "federated": "Federation",
 }
+
+#: Output flavours: GitHub-style Markdown, or MyST Markdown for the documentation site.
+Flavour = Literal["markdown", "docs"]
 
 #: Which published table holds a model's values, and the table's title.
 PAPER_TABLES = {
@@ -98,6 +111,7 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         label = LABELS.get(name, name)
         lines.append(_row(f"**{label}**", [_cell(f["params"][name]["mean"],
                                                   f["params"][name]["sd"]) for f in fits]))
+        lines.append(_row("  94% HDI", [_interval(f["params"][name]) for f in fits]))
         lines.append(_row("  REML", [_cell(*f["reml"]["coef"][name]) if "coef" in f["reml"]
                                      else "failed" for f in fits]))
         if has_paper:
@@ -131,7 +145,8 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     lines.append(_row("diagnostics", ["ok" if f["diagnostics"]["ok"] else "**FAILED**"
                                       for f in fits]))
     paper = "; the published value (SE)" if has_paper else ""
-    lines += ["", f"Cells: posterior mean (sd); REML estimate (SE) on the same pupils{paper}. "
+    lines += ["", f"Cells: posterior mean (sd) and its 94% HDI; REML estimate (SE) on the same "
+              f"pupils{paper}. "
               "Variance rows: posterior mean [94% HDI], in percent.", ""]
     return lines
 
@@ -177,10 +192,9 @@ def pre_trend_verdict(fit: dict) -> str:
             "moved in parallel without federation.")
 
 
-def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame,
-                       figure: str | None = None) -> list[str]:
-    """The joint event-time model: trajectory table, pre-trend check, variance partition,
-    heterogeneity, and the trajectory figure when one was drawn (``figure``: its Markdown)."""
+def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> list[str]:
+    """The joint event-time model: trajectory table, pre-trend check, variance partition and
+    heterogeneity (its trajectory figure is drawn in the federation-impact section)."""
     effects = fit["federation_effect"]
     per_year = {f["year"]: f for f in fits if f.get("family", "two_level") == "two_level"
                 and "federation_effect" in f and f["year"] is not None}
@@ -218,8 +232,6 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame,
                      f"model's 94% intervals are {min(ratios.values()):.2f}-"
                      f"{max(ratios.values()):.2f} times as wide as those of the separate "
                      f"{per_model} fits.")
-    if figure:
-        lines += ["", figure]
     lines += ["", "### Pre-trend check", "", pre_trend_verdict(fit), "",
               "### Variance partition (share of the residual variance, %)", "",
               "| school | school-by-cohort | pupil |", "|---|---|---|",
@@ -262,55 +274,366 @@ def decomposition_table(fits: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+#: Captions of the report's figures, by figure name (the alt texts come from bayesfed.plots).
+CAPTIONS = {
+    "trajectory": "Federation effect by year since founding: per-year models, the joint "
+                  "event-time model (when fitted) and the paper's Table 5, with 94% intervals.",
+    "variance_partition": "Share of the residual variance between schools (solid, with 94% "
+                          "HDI) and between pupils (pale), by year and model.",
+    "predictive": "Posterior predictive check: sorted observed school means and within-school "
+                  "sds against the 94% band of replications.",
+    "rank_by_year": "Rank plots of the per-year fits' main parameters.",
+    "rank_event_time": "Rank plots of the event-time model's effects and standard deviations.",
+}
+
+#: Checked statistics of the predictive checks, in order, with their labels.
+STATISTICS = {
+    "school_mean_mean": "mean of school means",
+    "school_mean_sd": "sd of school means",
+    "school_mean_min": "lowest school mean",
+    "school_mean_max": "highest school mean",
+    "within_sd_pooled": "pooled within-school sd",
+    "within_sd_sd": "sd of within-school sds",
+    "within_sd_max": "largest within-school sd",
+}
+
+#: A predictive p-value outside this range is flagged (the replications' central 94%).
+P_RANGE = (0.03, 0.97)
+
+
+def figure_lines(figure: tuple[str, str] | None, caption: str, flavour: Flavour) -> list[str]:
+    """A figure as Markdown lines: ``figure`` is (path relative to the report, alt text)."""
+    if figure is None:
+        return []
+    path, alt = figure
+    alt = " ".join(alt.split())
+    if flavour == "docs":
+        return ["```{figure} " + path, f":alt: {alt}", "", caption, "```", ""]
+    return [f"![{alt}]({path})", "", f"*{caption}*", ""]
+
+
+def _fmt(value: float, fmt: str) -> str:
+    """``format(value, fmt)`` without a minus sign on a value that rounds to zero."""
+    text = format(value, fmt)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _span(values: list[float], fmt: str) -> str:
+    """``a`` or ``a to b`` (smallest to largest)."""
+    low, high = _fmt(min(values), fmt), _fmt(max(values), fmt)
+    return low if low == high else f"{low} to {high}"
+
+
+def _years_text(years: list[int | None]) -> str:
+    """``year 3`` or ``years 0, 1, 2``."""
+    if years == [None]:
+        return "all pupils"
+    return ("year " if len(years) == 1 else "years ") + ", ".join(
+        "all pupils" if y is None else str(y) for y in years)
+
+
+def _two_level(fits: list[dict]) -> list[dict]:
+    return [f for f in fits if f.get("family", "two_level") == "two_level"]
+
+
+def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
+    """What the fits say, in plain language; every number is taken from ``summary``."""
+    fits = summary["fits"]
+    two_level = _two_level(fits)
+    items = []
+    empty = [f for f in two_level if f["terms"] == ["intercept"]]
+    if empty:
+        model = empty[0]["model"]
+        shares = [100 * f["variance_partition"]["school"]["mean"] for f in empty]
+        paper = published[(published["table"] == 3) & (published["term"] == "vpc_school")
+                          & published["year"].isin([f["year"] for f in empty])]
+        items.append(
+            f"**Differences between schools.** In the empty model ({model}), "
+            f"{_span(shares, '.1f')}% of the variation in pupils' outcomes lies between "
+            f"schools (posterior means, {_years_text([f['year'] for f in empty])})"
+            + (f"; the paper reports {_span(list(paper['estimate']), '.1f')}%"
+               if not paper.empty and model == "M0" else "") + ".")
+    for model in sorted({f["model"] for f in two_level if "variance_explained" in f}):
+        rows = [f for f in two_level if f["model"] == model and "variance_explained" in f]
+        pupil = [100 * f["variance_explained"]["pupil"]["mean"] for f in rows]
+        school = [100 * f["variance_explained"]["school"]["mean"] for f in rows]
+        items.append(
+            f"**What {model} adds to {rows[0]['reference']}.** Its extra predictors account "
+            f"for {_span(pupil, '.1f')}% of the pupil-level and {_span(school, '.1f')}% of the "
+            f"school-level variance of {rows[0]['reference']} (posterior means by year; a "
+            "negative share means the variance grew).")
+    for model in sorted({f["model"] for f in two_level if "federation_effect" in f}):
+        rows = [f for f in two_level if f["model"] == model and "federation_effect" in f]
+        effects = [f["federation_effect"] for f in rows]
+        means = _span([e["mean"] for e in effects], ".2f")
+        excluded = [f["year"] for f in rows if f["federation_effect"]["hdi_low"] > 0
+                    or f["federation_effect"]["hdi_high"] < 0]
+        paper = published[(published["table"] == 5) & (published["term"] == "federated")
+                          & published["year"].isin([f["year"] for f in rows])]
+        items.append(
+            f"**Federation effect, year by year ({model}).** Pupils in federated schools differ "
+            f"from similar pupils in matched schools by {means} outcome units "
+            f"(posterior means, "
+            f"{_years_text([f['year'] for f in rows])}); the 94% HDI excludes zero in "
+            f"{len(excluded)} of {len(rows)} years"
+            + (f" ({_years_text(excluded)})" if excluded else "")
+            + f", and P(effect > 0) is {_span([e['p_positive'] for e in effects], '.2f')}"
+            + (f". The paper's Table 5 estimates are {_span(list(paper['estimate']), '.3g')}"
+               if not paper.empty and model == "M2" else "") + ".")
+    for fit in (f for f in fits if f.get("family") == "event_time"):
+        t, e = fit["trajectory"], fit["federation_effect"]
+        first, last = e[t["first"]], e[t["last"]]
+        items.append(
+            f"**All cohorts at once ({fit['model']}).** The joint event-time model puts the "
+            f"effect at {first['mean']:.2f} {_interval(first)} in year {t['first']} and "
+            f"{last['mean']:.2f} {_interval(last)} in year {t['last']} (94% HDIs); the "
+            f"probability that it grew between them is {t['p_last_gt_first']:.2f}. "
+            + ("**A pre-federation trend is flagged**: read the effects with care."
+               if fit["pre_trend"]["flagged"] else
+               "No pre-federation trend is flagged." if fit["pre_trend"]["leads"] else
+               "Pre-federation trends were not checked (no leads)."))
+    comparisons = summary.get("loo_comparison", [])
+    if comparisons:
+        best = [c["models"][0]["model"] for c in comparisons]
+        close = [c for c in comparisons
+                 if len(c["models"]) > 1 and -c["models"][1]["elpd_diff"]
+                 < 2 * c["models"][1]["dse"]]
+        items.append(
+            "**Predicting new schools.** Leave-one-school-out cross-validation ranks "
+            + "; ".join(f"{m} first in {best.count(m)} of {len(best)} years"
+                        for m in sorted(set(best)))
+            + f"; in {len(close)} of {len(comparisons)} years the runner-up is within two "
+            "standard errors of the best.")
+    checked = [(f, name, stats) for f in two_level if "predictive" in f
+               for name, stats in f["predictive"]["posterior"].items()]
+    if checked:
+        odd = [(f, name) for f, name, stats in checked
+               if not P_RANGE[0] <= stats["p_value"] <= P_RANGE[1]]
+        items.append(
+            f"**Does the model reproduce the data?** Of {len(checked)} posterior predictive "
+            f"checks ({len(STATISTICS)} statistics per fit), {len(odd)} fall outside the "
+            f"replications' central 94%"
+            + (": " + "; ".join(f"{f['model']} {_year_label(f['year'])}: "
+                                f"{STATISTICS.get(n, n)}" for f, n in odd[:6])
+               + ("; ..." if len(odd) > 6 else "") if odd else "") + ".")
+    failed = [f for f in fits if not f["diagnostics"]["ok"]]
+    items.append(
+        f"**Sampling.** {len(fits) - len(failed)} of {len(fits)} fits passed every diagnostic "
+        "gate" + (f"; **{len(failed)} failed** (see the warning above)." if failed else "."))
+    return ["## Summary", "", *(f"- {item}" for item in items), ""]
+
+
+def data_section(summary: dict) -> list[str]:
+    """Pupils and schools per year (and of the event-time fit), with the data file's hash."""
+    fits = summary["fits"]
+    lines = ["## Data", ""]
+    years: dict = {}
+    for f in _two_level(fits):
+        years.setdefault(f["year"], []).append(f)
+    if years:
+        lines += ["| year since founding | pupils | schools | models |", "|---|---|---|---|"]
+        for year, rows in years.items():
+            sizes = sorted({(f["n_pupils"], f["n_schools"]) for f in rows})
+            lines.append(f"| {_year_label(year)} | "
+                         + " / ".join(f"{n:,}" for n, _ in sizes) + " | "
+                         + " / ".join(str(j) for _, j in sizes) + " | "
+                         + ", ".join(f["model"] for f in rows) + " |")
+        lines.append("")
+    for f in (f for f in fits if f.get("family") == "event_time"):
+        lines += [f"The joint event-time model ({f['model']}) uses {f['n_pupils']:,} pupils in "
+                  f"{f['n_schools']} schools ({f['n_federations']} federations), "
+                  f"{f['n_cohorts']} cohorts and {f['n_cells']:,} school-by-cohort cells.", ""]
+    hashes = sorted({f["data_sha256"] for f in fits})
+    lines += ["Data file SHA-256: " + ", ".join(f"`{h}`" for h in hashes) + ".", ""]
+    return lines
+
+
+def predictive_section(summary: dict, figure: tuple[str, str] | None,
+                       flavour: Flavour) -> list[str]:
+    """Prior and posterior predictive checks of the two-level fits that have them."""
+    fits = [f for f in _two_level(summary["fits"]) if "predictive" in f]
+    lines = ["## Predictive checks", ""]
+    if not fits:
+        return [*lines, "No fit in this folder stores the per-school statistics that the "
+                "predictive checks need (`constant_data`: `school_n`, `school_y_mean`, "
+                "`school_x_mean`, `school_yy`, `school_xy`, `school_xx`; see "
+                "`bayesfed.checks`), so none are shown.", ""]
+    draws = fits[0]["predictive"]["draws"]
+    lines += [f"Each statistic is computed on the observed data and on {draws:,} replications: "
+              "from the posterior (new schools with the same sizes and compositions, so that "
+              "the school-effect distribution is tested, not refitted) and from the prior. "
+              "The p-value is P(replicated >= observed); values outside "
+              f"[{P_RANGE[0]}, {P_RANGE[1]}] (in bold) mean the model does not reproduce the "
+              "statistic. The shape of the pupil-level outcome distribution cannot be checked "
+              "from the per-school statistics that a fit stores.", ""]
+    lines += figure_lines(figure, CAPTIONS["predictive"], flavour)
+    lines += ["### Posterior predictive p-values", "",
+              "| model | year | " + " | ".join(STATISTICS.values()) + " |",
+              "|" + "---|" * (2 + len(STATISTICS))]
+    for f in fits:
+        cells = []
+        for name in STATISTICS:
+            p = f["predictive"]["posterior"][name]["p_value"]
+            text = f"{p:.2f}"
+            cells.append(text if P_RANGE[0] <= p <= P_RANGE[1] else f"**{text}**")
+        lines.append(f"| {f['model']} | {_year_label(f['year'])} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for model in sorted({f["model"] for f in fits}):
+        fit = [f for f in fits if f["model"] == model][-1]
+        post, prior = fit["predictive"]["posterior"], fit["predictive"]["prior"]
+        lines += [f"### {model}, {_year_label(fit['year'])}: observed and replicated", "",
+                  "| statistic | observed | posterior predictive mean [94%] | p | "
+                  "prior predictive mean [94%] | prior p |", "|---|---|---|---|---|---|"]
+        for name, label in STATISTICS.items():
+            a, b = post[name], prior[name]
+            lines.append(f"| {label} | {a['observed']:.2f} | {a['mean']:.2f} [{a['low']:.2f}, "
+                         f"{a['high']:.2f}] | {a['p_value']:.2f} | {b['mean']:.2f} "
+                         f"[{b['low']:.2f}, {b['high']:.2f}] | {b['p_value']:.2f} |")
+        lines.append("")
+    return lines
+
+
+def loo_section(summary: dict) -> list[str]:
+    """Leave-one-school-out comparison of the models fitted to the same pupils."""
+    comparisons = summary.get("loo_comparison", [])
+    fits = {(f["model"], f["year"]): f for f in summary["fits"] if "loo" in f}
+    lines = ["## Model comparison: leave-one-school-out", ""]
+    if not comparisons:
+        return [*lines, "No two models of this folder were fitted to the same pupils with "
+                "the per-school statistics that leave-one-school-out cross-validation needs, "
+                "so no comparison is shown. The event-time model is never compared: it is "
+                "fitted to every cohort, the per-year models to one.", ""]
+    lines += ["The unit left out is a whole school: each school's log-likelihood with its "
+              "intercept integrated out, estimated by PSIS-LOO from the fit's draws. elpd is "
+              "the expected log predictive density of the pupils of a school the model has "
+              "not seen (higher is better); the difference is to the year's best model, with "
+              "its standard error; a Pareto k above 0.7 makes that school's estimate "
+              "unreliable. The event-time model is not compared: it is fitted to every "
+              "cohort, the per-year models to one.", "",
+              "| year | model | rank | elpd (se) | difference (se) | p_loo | stacking weight "
+              "| max Pareto k |", "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        for m in c["models"]:
+            fit = fits.get((m["model"], c["year"]))
+            k = "" if fit is None else (f"{fit['loo']['pareto_k_max']:.2f}"
+                                        + (f" ({fit['loo']['n_high_pareto_k']} high)"
+                                           if fit["loo"]["n_high_pareto_k"] else ""))
+            lines.append(f"| {_year_label(c['year'])} | {m['model']} | {m['rank']} | "
+                         f"{m['elpd']:.1f} ({m['se']:.1f}) | {m['elpd_diff']:.1f} "
+                         f"({m['dse']:.1f}) | {m['p_loo']:.1f} | {m['weight']:.2f} | {k} |")
+    return [*lines, ""]
+
+
+def _gates_text(gates: dict) -> str:
+    """The diagnostic gates in words (E-BFMI only where the summary has that gate)."""
+    return (f"R-hat <= {gates['max_r_hat']}, bulk and tail ESS >= {gates['min_ess_bulk']}, "
+            "no divergences" + (f", E-BFMI >= {gates['min_bfmi']} in every chain"
+                                if "min_bfmi" in gates else ""))
+
+
+def diagnostics_section(summary: dict, figures: dict[str, tuple[str, str]],
+                        flavour: Flavour) -> list[str]:
+    """Every fit's convergence diagnostics, and the rank plots when drawn."""
+    gates = summary["gates"]
+    bfmi = "min_bfmi" in gates
+    lines = ["## Sampling diagnostics", "",
+             f"Gates: {_gates_text(gates)}; R-hat and ESS over every free parameter and "
+             "every school intercept.", "",
+             "| model | year | max R-hat | min ESS bulk | min ESS tail | divergences | "
+             + ("min E-BFMI | " if bfmi else "") + "seconds | verdict |",
+             "|" + "---|" * (8 + bfmi)]
+    for f in summary["fits"]:
+        d = f["diagnostics"]
+        lines.append(f"| {f['model']} | {_year_label(f['year'])} | {_num(d['max_r_hat'], 3)} | "
+                     f"{_num(d['min_ess_bulk'], 0)} | {_num(d['min_ess_tail'], 0)} | "
+                     f"{d['divergences']} | "
+                     + (f"{_num(d.get('min_bfmi'), 2)} | " if bfmi else "")
+                     + f"{f['sampling_seconds']:.1f} | "
+                     + ("ok" if d["ok"] else "**FAILED**: " + "; ".join(d["problems"])) + " |")
+    lines.append("")
+    for name in ("rank_by_year", "rank_event_time"):
+        lines += figure_lines(figures.get(name), CAPTIONS[name], flavour)
+    return lines
+
+
+def warning_lines(summary: dict, flavour: Flavour) -> list[str]:
+    """Failed diagnostics and mixed data files, as the report's first lines."""
+    fits = summary["fits"]
+    failed = [f for f in fits if not f["diagnostics"]["ok"]]
+    hashes = sorted({f["data_sha256"] for f in fits})
+    messages = []
+    if failed:
+        messages.append([f"**WARNING: {len(failed)} of {len(fits)} fits failed their sampling "
+                         "diagnostics; their estimates are not trustworthy:**", ""]
+                        + [f"- {f['model']} {_year_label(f['year'])}: "
+                           f"{'; '.join(f['diagnostics']['problems'])}" for f in failed])
+    if len(hashes) > 1:
+        messages.append([f"**WARNING: these fits come from {len(hashes)} different data "
+                         "files** (input hashes differ); compare them with care."])
+    lines = []
+    for message in messages:
+        if flavour == "docs":
+            lines += ["```{warning}", *message, "```", ""]
+        else:
+            lines += [(f"> {line}" if line else ">") for line in message] + [""]
+    return lines
+
+
 def render_markdown(summary: dict, title: str = "bayesfed report",
-                    figures: dict[str, str] | None = None) -> str:
-    """The whole report as Markdown.
+                    figures: dict[str, tuple[str, str]] | None = None,
+                    flavour: Flavour = "markdown") -> str:
+    """The whole report.
 
     Parameters
     ----------
     summary : dict
         The content of ``summary.json``.
     title : str
-        First heading.
-    figures : dict of str to str, optional
-        Figure name -> its Markdown (``![alt](path)``); ``trajectory`` goes into the
-        event-time section.
+        First heading (the page title of a docs report).
+    figures : dict of str to (str, str), optional
+        Figure name (a key of :data:`CAPTIONS`) -> (path relative to the report, alt text);
+        figures not drawn are left out.
+    flavour : {"markdown", "docs"}
+        ``report.md`` Markdown, or MyST Markdown for a page of the documentation site.
     """
+    if flavour not in ("markdown", "docs"):
+        raise ValueError(f"flavour must be 'markdown' or 'docs', got {flavour!r}")
     published = load_published()
     figures = figures or {}
     fits = summary["fits"]
-    two_level = [f for f in fits if f.get("family", "two_level") == "two_level"]
-    lines = [f"# {title}", ""]
-    failed = [f for f in fits if not f["diagnostics"]["ok"]]
-    if failed:
-        lines += [f"> **WARNING: {len(failed)} of {len(fits)} fits failed their sampling "
-                  "diagnostics; their estimates are not trustworthy:**", ">"]
-        lines += [f"> - {f['model']} {_year_label(f['year'])}: "
-                  f"{'; '.join(f['diagnostics']['problems'])}" for f in failed]
-        lines.append("")
-    hashes = sorted({f["data_sha256"] for f in fits})
-    if len(hashes) > 1:
-        lines += [f"> **WARNING: these fits come from {len(hashes)} different data files** "
-                  "(input hashes differ); compare them with care.", ""]
+    two_level = _two_level(fits)
+    lines = [f"# {title}", "", *warning_lines(summary, flavour)]
     gates = summary["gates"]
+    hashes = sorted({f["data_sha256"] for f in fits})
     lines += [
         f"{len(fits)} fits; sampler {', '.join(sorted({f['sampler'] for f in fits}))}; "
         f"{fits[0]['draws']:,} posterior draws per fit; intervals are {summary['prob']:.0%} "
-        f"highest-density intervals. Diagnostic gates: R-hat <= {gates['max_r_hat']}, bulk and "
-        f"tail ESS >= {gates['min_ess_bulk']}, no divergences. Data SHA-256 "
+        f"highest-density intervals. Diagnostic gates: {_gates_text(gates)}. Data SHA-256 "
         f"`{hashes[0][:12]}`.", ""]
+    lines += plain_summary(summary, published)
+    lines += data_section(summary)
     models = sorted({f["model"] for f in two_level})
     for model in models:
         lines += model_table([f for f in two_level if f["model"] == model], published)
-    lines += federation_table(two_level, published)
+    if two_level:
+        lines += ["## Variance partition by year", ""]
+        lines += figure_lines(figures.get("variance_partition"), CAPTIONS["variance_partition"],
+                              flavour)
+    federation = federation_table(two_level, published)
+    if federation or "trajectory" in figures:
+        lines += federation or ["## Federation impact by year", ""]
+        lines += figure_lines(figures.get("trajectory"), CAPTIONS["trajectory"], flavour)
     for fit in fits:
         if fit.get("family") == "event_time":
-            lines += event_time_section(fit, fits, published, figures.get("trajectory"))
+            lines += event_time_section(fit, fits, published)
     if two_level:
         lines += decomposition_table(two_level)
+        lines += predictive_section(summary, figures.get("predictive"), flavour)
+        lines += loo_section(summary)
+    lines += diagnostics_section(summary, figures, flavour)
     failed_reml = [f for f in two_level if "error" in f["reml"]]
     if failed_reml:
         lines += ["## REML cross-check failures", ""]
         lines += [f"- {f['model']} {_year_label(f['year'])}: {f['reml']['error']}"
                   for f in failed_reml]
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -6,26 +6,49 @@ Both samplers return an ArviZ 1.x :class:`xarray.DataTree` with the groups ``pos
 root's attribute ``sampling_seconds`` is the wall time of compiling and sampling, in seconds.
 
 BLAS is pinned to one thread while sampling: nutpie runs its chains as threads in one process,
-and a multi-threaded BLAS inside each chain's gradient would oversubscribe the cores.
+and a multi-threaded BLAS inside each chain's gradient would oversubscribe the cores. nutpie
+runs ``min(chains, threads)`` chains at a time (``threads`` defaults to the usable cores; a job
+of several worker processes gives each a share, :func:`bayesfed.fit.run_job`); the draws do not
+depend on it.
 
-Reproducibility: the same model (same data) and ``seed`` give identical draws with either
-sampler, whatever the machine's load (nutpie seeds each chain from ``seed`` and chain number),
-as long as the compiled code is the same. It need not be: PyTensor's numba functions built
-fresh and those loaded from its on-disk cache (``~/.pytensor``, shared by every process of the
-user) can differ in the last bits of the log density and gradient (relative 1e-14, from the
-order of floating-point operations), and NUTS trajectories amplify such differences, so a run
-with a cold cache, another machine or another PyTensor version gives different, statistically
-equivalent draws.
+Reproducibility: the same model (same data), ``seed`` and library versions give identical draws
+with either sampler, run to run, process to process, whatever the machine's load (nutpie seeds
+each chain from ``seed`` and the chain number) and whatever PyTensor's on-disk compile cache
+holds. The last needs one setting, made here: the model is compiled with numba's fast-math
+flags off (``pytensor.config.numba__fastmath``, on by default). With them on, LLVM may
+reassociate sums, fuse multiply-adds and use approximate ``log``/``exp`` wherever it inlines
+one operation into another, and a graph compiled from scratch is inlined differently from one
+whose operations come precompiled from PyTensor's cache (``~/.pytensor``, shared by every
+process of the user): the log density then differs in the last bits (relative 1e-14), NUTS
+amplifies that, and a cold-cache run gave different (statistically equivalent) draws from a
+warm-cache one. With IEEE semantics kept, where code is inlined cannot change a result, so
+cold and warm caches give the same bits; the cache keys include the flag, so entries compiled
+with fast-math by other code are never reused. It costs little (``docs/benchmarks.md``: on the
+shipped study, compiling per-year M2 took 20.5 s with an empty cache and 6.5 s with a filled
+one, against 17.5 s and 5.8 s with fast-math, on a loaded 2-core machine), where the
+alternatives cost more: numba without its cache recompiles every fit from scratch (23 s each
+time), and PyTensor's C backend, usable only by PyMC's own sampler, took 38 s cold. Another
+machine (CPU features) or other library versions may still give different, statistically
+equivalent draws: each fit records its versions.
+
+Ctrl-C (KeyboardInterrupt) stops sampling and propagates: both samplers' own handling, which
+returns the draws so far as if sampling had finished, is bypassed, so a partial posterior can
+never be saved as a fit.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal, get_args
 
 import numpy as np
 import nutpie
 import pymc as pm
+import pytensor
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
@@ -58,19 +81,58 @@ def observed_data(model: pm.Model) -> xr.Dataset:
 
 
 def _nutpie(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-            progress: bool, target_accept: float) -> xr.DataTree:
+            progress: bool, target_accept: float, threads: int | None) -> xr.DataTree:
     compiled = nutpie.compile_pymc_model(model)
-    return nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
-                         save_warmup=False, progress_bar=progress, target_accept=target_accept)
+    cores = None if threads is None else max(1, min(chains, threads))
+    sampler = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
+                            save_warmup=False, progress_bar=progress,
+                            target_accept=target_accept, cores=cores, blocking=False)
+    # nutpie's blocking sample() answers Ctrl-C with the draws so far; here it stops for good
+    try:
+        return sampler.wait()
+    except BaseException:
+        sampler.cancel()
+        raise
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C while PyMC samples (PyMC would catch a KeyboardInterrupt)."""
+
+
+@contextmanager
+def _ctrl_c_propagates() -> Iterator[None]:
+    """While PyMC samples, Ctrl-C raises KeyboardInterrupt out of ``pm.sample``.
+
+    PyMC catches KeyboardInterrupt inside each chain's loop, keeps the draws so far and goes
+    on with the next chain; a handler raising an exception it does not catch stops it. Only
+    in the main thread, and only where Ctrl-C would raise KeyboardInterrupt anyway (not where
+    it is ignored, as in :func:`bayesfed.fit.run_job`'s worker processes).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise _Interrupted
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    except _Interrupted:
+        raise KeyboardInterrupt from None
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _pymc(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-          progress: bool, target_accept: float) -> xr.DataTree:
+          progress: bool, target_accept: float, threads: int | None) -> xr.DataTree:
     # One process: no multiprocessing start-up, and BLAS stays under this thread's limit.
-    return pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
-                     nuts_sampler="pymc", progressbar=progress, blas_cores=None,
-                     compute_convergence_checks=False, target_accept=target_accept,
-                     model=model)
+    with _ctrl_c_propagates():
+        return pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
+                         nuts_sampler="pymc", progressbar=progress, blas_cores=None,
+                         compute_convergence_checks=False, target_accept=target_accept,
+                         model=model)
 
 
 def sample(
@@ -83,6 +145,7 @@ def sample(
     sampler: Sampler = "nutpie",
     progress: bool = False,
     target_accept: float = 0.8,
+    threads: int | None = None,
 ) -> xr.DataTree:
     """Draw from a model's posterior.
 
@@ -104,6 +167,9 @@ def sample(
     target_accept : float
         Target mean acceptance probability of NUTS's step-size adaptation, in (0, 1); higher
         means smaller steps (slower, fewer divergences in funnels).
+    threads : int, optional
+        Most chains nutpie runs at once, each in its own thread (default: the usable cores).
+        The draws do not depend on it.
 
     Returns
     -------
@@ -115,9 +181,14 @@ def sample(
         raise ValueError(f"sampler must be one of {get_args(Sampler)}, got {sampler!r}")
     run = _nutpie if sampler == "nutpie" else _pymc
     start = time.perf_counter()
-    with threadpool_limits(limits=1):
-        tree = run(model, draws, tune, chains, seed, progress, target_accept)
+    # fast-math off: results that do not depend on PyTensor's compile cache (module docstring)
+    with threadpool_limits(limits=1), pytensor.config.change_flags(numba__fastmath=False):
+        tree = run(model, draws, tune, chains, seed, progress, target_accept, threads)
     seconds = time.perf_counter() - start
+    shape = tuple(tree["posterior"].sizes.get(d, 0) for d in ("chain", "draw"))
+    if shape != (chains, draws):
+        raise RuntimeError(f"{sampler} returned {shape[0]} chains x {shape[1]} draws, "
+                           f"not {chains} x {draws}")
     groups = {f"/{g}": tree[g].to_dataset() for g in GROUPS if g in tree.children}
     groups.setdefault("/observed_data", observed_data(model))
     out = xr.DataTree.from_dict(groups)

@@ -1,13 +1,21 @@
 """Writing outputs atomically: a temporary file in the target folder, then a rename.
 
 A reader (or a run interrupted half-way) sees either the old file or the new one, never a
-half-written file.
+half-written file. The temporary is flushed to disk (``fsync``) before the rename, and the
+folder after it, so a power cut cannot leave a renamed but empty file either.
+
+Temporaries are named ``.<name>.<pid>.<random>.tmp``: hidden, never ending in the target's
+suffix (a ``*.nc`` glob cannot mistake one for a fit), and carrying the id of the process
+writing it. A temporary outlives its writer only when that process was killed outright
+(SIGKILL, power cut); :func:`remove_stale_temporaries` deletes those whose process no longer
+runs, and leaves those of live writers alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -17,23 +25,99 @@ from typing import Any, Iterator
 import numpy as np
 import xarray as xr
 
+#: Suffix of every temporary :func:`atomic_path` creates.
+TEMP_SUFFIX = ".tmp"
+
+#: A temporary's name: ``.<target name>.<pid>.<random>.tmp``.
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+
+#: The process's umask, read once (setting it is the only way to read it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
 
-    The temporary file is removed if the block raises (or is interrupted).
+    The temporary file (``.<name>.<pid>.<random>.tmp``) is removed if the block raises (or is
+    interrupted by Ctrl-C); it is flushed to disk before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # as an ordinary file, not mkstemp's owner-only 0600
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync(path.parent)
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's (or a folder's) content to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on some platforms: nothing to flush
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # someone else's process
+        return True
+    except (ProcessLookupError, OverflowError, ValueError):  # none, or an impossible id
+        return False
+    return True
+
+
+def is_temporary(path: str | Path) -> bool:
+    """Whether ``path`` is named like a temporary of :func:`atomic_path`."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def stale_temporaries(folder: str | Path) -> list[Path]:
+    """Temporaries in ``folder`` left by writers that no longer run (killed mid-write).
+
+    A temporary whose name carries no process id (an older bayesfed's) counts as stale.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = []
+    for path in sorted(folder.iterdir()):
+        if not (path.is_file() and is_temporary(path)):
+            continue
+        match = _TEMP_NAME.match(path.name)
+        if match is None or not _running(int(match["pid"])):
+            stale.append(path)
+    return stale
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``folder``; returns the paths removed."""
+    removed = []
+    for path in stale_temporaries(folder):
+        try:
+            path.unlink()
+        except FileNotFoundError:  # removed meanwhile by another cleaner
+            continue
+        removed.append(path)
+    return removed
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -21,8 +21,14 @@ with, for every fit,
   with its ``variance_partition`` and ``variance_explained`` (point values, 0-1); only
   ``error`` when the REML fit failed its checks;
 - ``diagnostics``: ``divergences``, ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``,
-  ``problems`` (plain-language list) and ``ok``;
-- ``sampling_seconds``, ``sampler``, ``seed``, ``data_sha256``, ``file``.
+  ``min_bfmi``, ``problems`` (plain-language list) and ``ok``;
+- ``sampling_seconds``, ``sampler``, ``seed``, ``data_sha256``, ``file``;
+- ``predictive`` and ``loo``: prior and posterior predictive checks and leave-one-school-out
+  cross-validation (:mod:`bayesfed.checks`), for a two-level fit whose file stores the
+  per-school statistics they need.
+
+The top level also holds ``loo_comparison``: per year, the models fitted to the same pupils
+ranked by their leave-one-school-out expected log predictive density.
 
 Numbers come from :mod:`bayesfed.partition` (shares) and ArviZ (summaries, diagnostics);
 this module only collects them.
@@ -38,6 +44,7 @@ import numpy as np
 import xarray as xr
 
 from bayesfed import __version__
+from bayesfed.checks import compare_loo, has_school_data, loo_school, loo_summary, predictive_checks
 from bayesfed.partition import decomposition_from_cov, hdi_summary, variance_explained, vpc
 from bayesfed.store import load_fit, write_json
 
@@ -45,7 +52,11 @@ from bayesfed.store import load_fit, write_json
 PROB = 0.94
 
 #: Diagnostic gates: a fit breaking any of them is marked failed (``diagnostics.ok`` false).
-GATES = {"max_r_hat": 1.01, "min_ess_bulk": 400, "min_ess_tail": 400, "divergences": 0}
+#: ``min_bfmi``: the energy Bayesian fraction of missing information of every chain (E-BFMI,
+#: Betancourt 2016); below 0.3 the momentum resampling explores the energy poorly (heavy
+#: tails, funnels) even when R-hat and ESS look fine.
+GATES = {"max_r_hat": 1.01, "min_ess_bulk": 400, "min_ess_tail": 400, "divergences": 0,
+         "min_bfmi": 0.3}
 
 #: Parameters whose convergence is checked: the free ones and ``u``, every school's intercept.
 CHECKED = ("intercept", "beta", "sd_school", "sigma", "school_mean", "u")
@@ -107,8 +118,9 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
         ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (None when
         undefined, e.g. a chain that never moved; over all
         elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and
-        ``u``; of every posterior variable for an event-time fit), ``problems`` (list of str)
-        and ``ok`` (bool).
+        ``u``; of every posterior variable for an event-time fit), ``min_bfmi`` (the smallest
+        E-BFMI of any chain, from ``sample_stats.energy`` by ``arviz.bfmi``; None when
+        undefined or the fit has no energy), ``problems`` (list of str) and ``ok`` (bool).
     """
     checked = CHECKED if tree.attrs.get("bayesfed_family", "two_level") == "two_level" \
         else tuple(tree.posterior.data_vars)
@@ -119,6 +131,8 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
         rhat = az.rhat(tree, var_names=names)
         ess_bulk = az.ess(tree, var_names=names, method="bulk")
         ess_tail = az.ess(tree, var_names=names, method="tail")
+        bfmi = (az.bfmi(tree.sample_stats["energy"]) if "energy" in tree.sample_stats
+                else None)
 
     def extreme(ds: xr.Dataset, fn) -> float | None:
         values = np.concatenate([np.ravel(ds[v].to_numpy()) for v in ds.data_vars])
@@ -129,6 +143,7 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
         "max_r_hat": extreme(rhat, np.max),
         "min_ess_bulk": extreme(ess_bulk, np.min),
         "min_ess_tail": extreme(ess_tail, np.min),
+        "min_bfmi": None if bfmi is None or not np.isfinite(bfmi).all() else float(bfmi.min()),
     }
     problems = []
     if out["divergences"] > GATES["divergences"]:
@@ -142,6 +157,11 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
             problems.append(f"{kind} undefined (a chain did not move)")
         elif not out[key] >= GATES[key]:
             problems.append(f"{kind} {out[key]:.0f} < {GATES[key]}")
+    if bfmi is not None and out["min_bfmi"] is None:
+        problems.append("E-BFMI undefined (a chain did not move)")
+    elif bfmi is not None and not out["min_bfmi"] >= GATES["min_bfmi"]:
+        low = ", ".join(str(c) for c in bfmi["chain"].to_numpy()[bfmi < GATES["min_bfmi"]])
+        problems.append(f"E-BFMI {out['min_bfmi']:.2f} < {GATES['min_bfmi']} (chain {low})")
     out["problems"] = problems
     out["ok"] = not problems
     return out
@@ -333,7 +353,50 @@ def summarize_dir(folder: str | Path) -> dict[str, object]:
         fits.append(summarize_fit(tree, reference, file=name))
     fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
     compare_with_per_year(fits)
-    return {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits}
+    loo_comparison = add_model_checks(fits, trees)
+    return {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
+            "loo_comparison": loo_comparison}
+
+
+def add_model_checks(fits: list[dict], trees: dict[str, xr.DataTree]) -> list[dict]:
+    """Add ``predictive`` and ``loo`` to each fit whose file stores the per-school statistics
+    (:func:`bayesfed.checks.has_school_data`), in place; return the leave-one-school-out
+    comparisons of the models fitted to the same pupils. A fit that failed its diagnostic
+    gates gets no ``loo`` and is left out of the comparisons (its draws are not a posterior
+    sample to importance-weight).
+
+    Parameters
+    ----------
+    fits : list of dict
+        The fits' summaries; ``file`` names the tree of each.
+    trees : dict of str to xarray.DataTree
+        File name -> fit.
+
+    Returns
+    -------
+    list of dict
+        One entry per group of at least two fits of the same year, data file and sizes:
+        ``year``, ``unit`` (``"school"``) and ``models``
+        (:func:`bayesfed.checks.compare_loo`, best first).
+    """
+    results = {}
+    for fit in fits:
+        tree = trees[fit["file"]]
+        if not has_school_data(tree):
+            continue
+        fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
+        if not fit["diagnostics"]["ok"]:  # its draws are not a posterior sample: no LOO
+            continue
+        results[fit["file"]] = loo_school(tree)
+        fit["loo"] = loo_summary(results[fit["file"]])
+    groups: dict[tuple, list[dict]] = {}
+    for fit in fits:
+        if fit["file"] in results:
+            key = (fit["year"], fit["data_sha256"], fit["n_pupils"], fit["n_schools"])
+            groups.setdefault(key, []).append(fit)
+    return [{"year": key[0], "unit": "school",
+             "models": compare_loo({f["model"]: results[f["file"]] for f in group})}
+            for key, group in groups.items() if len(group) >= 2]
 
 
 def write_summary(folder: str | Path) -> Path:

@@ -109,7 +109,7 @@ def test_summary_json_schema(summary):
     assert effect["mean"] == fit["params"]["federated"]["mean"]
     assert 0 <= effect["p_positive"] <= 1
     assert set(fit["diagnostics"]) == {"divergences", "max_r_hat", "min_ess_bulk",
-                                       "min_ess_tail", "problems", "ok"}
+                                       "min_ess_tail", "min_bfmi", "problems", "ok"}
     # no reference model (M1) in this folder: no variance explained
     assert "variance_explained" not in fit
 
@@ -123,7 +123,7 @@ def test_report_puts_published_values_beside_ours(folder, summary):
     row = next(line for line in text.splitlines() if line.startswith("| **Federation**"))
     assert row == "| **Federation** | " + " | ".join(
         f"{fed[k]['mean']:.2f} ({fed[k]['sd']:.2f})" for k in YEARS) + " |"
-    paper = text.splitlines()[text.splitlines().index(row) + 2]
+    paper = text.splitlines()[text.splitlines().index(row) + 3]  # after the HDI and REML rows
     assert paper == ("|   paper | 0.324 (0.321) | 0.408 (0.338) | 0.49 (0.24) | 0.651 (0.256) | "
                      "0.812 (0.309) | 0.816 (0.334) |")
     assert "## Federation impact by year" in text
