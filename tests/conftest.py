@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,29 @@ def m2():
 @pytest.fixture
 def m0():
     return load_spec(MODELS / "m0_empty.toml")
+
+
+def run_main(args: list[str]) -> tuple[int, str, str]:
+    """``bayesfed ARGS`` through the console script's entry (``cli.main``, which maps errors to
+    exit codes; typer's ``CliRunner.invoke(app)`` does not), in this process: exit code,
+    stdout, stderr."""
+    from typer.testing import CliRunner
+
+    from bayesfed.cli import main
+
+    argv = sys.argv
+    with CliRunner().isolation() as (out, err, _):
+        sys.argv = ["bayesfed", *args]
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            sys.argv = argv
+            sys.stdout.flush()
+            sys.stderr.flush()
+        return code, out.getvalue().decode(), err.getvalue().decode()
 
 
 #: Cases tried by tests/test_fuzz.py: corruption kind -> outcome ("valid", "DataError",

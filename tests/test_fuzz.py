@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import sys
 import tomllib
 from collections import Counter
 from collections.abc import Callable
@@ -33,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FUZZ_COUNTS, MODELS, ROOT, small_table
+from conftest import FUZZ_COUNTS, MODELS, ROOT, run_main, small_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from bayesfed.cli import app, main
+from bayesfed.cli import app
 from bayesfed.errors import DataError, SpecError
 from bayesfed.fit import design_for
 from bayesfed.models import build_two_level
@@ -889,23 +888,11 @@ def words(text: str) -> str:
 def run_cli(args: list[str]) -> tuple[int, str, str]:
     """``bayesfed ARGS`` as the console script runs it (``cli.main``): exit code, out, err.
 
-    Out and err come with runs of white space (rich's line wrapping) as single spaces.
+    Out and err come with runs of white space (rich's line wrapping) as single spaces: words,
+    not lines, are what a check can rely on.
     """
-    runner = CliRunner()
-    argv = sys.argv
-    with runner.isolation() as (out, err, _):
-        sys.argv = ["bayesfed", *args]
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            sys.argv = argv
-            sys.stdout.flush()
-            sys.stderr.flush()
-        # rich wraps at the terminal width: words, not lines, are what a check can rely on
-        return code, *(words(s.getvalue().decode()) for s in (out, err))
+    code, out, err = run_main(args)
+    return code, words(out), words(err)
 
 
 CLI_KINDS = {

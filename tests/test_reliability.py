@@ -30,10 +30,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import MODELS, ROOT, small_table
-from typer.testing import CliRunner
+from conftest import MODELS, ROOT, run_main, small_table
 
-from bayesfed.cli import main
 from bayesfed.errors import OutputError
 from bayesfed.job import fit_command
 from bayesfed.store import (
@@ -293,20 +291,7 @@ def test_resume_refuses_incomplete_and_foreign_fit_files(tmp_path, study, refere
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
     """``bayesfed ARGS`` through the console script's entry (``cli.main``), in this process."""
-    runner = CliRunner()
-    argv = sys.argv
-    with runner.isolation() as (out, err, _):
-        sys.argv = ["bayesfed", *args]
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            sys.argv = argv
-            sys.stdout.flush()
-            sys.stderr.flush()
-        return code, out.getvalue().decode(), err.getvalue().decode()
+    return run_main(args)
 
 
 def test_resume_with_force_is_a_usage_error(tmp_path, study):
