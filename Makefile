@@ -7,7 +7,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 DEMO_OUT ?= out/demo
 
-.PHONY: help demo test test-all docs browser clean venv
+.PHONY: help demo test test-all docs browser clean venv bench bench-r
 
 help:
 	@echo "make demo      fit the paper's models by year to the shipped study and report (writes $(DEMO_OUT)/)"
@@ -16,6 +16,10 @@ help:
 	@echo "make docs      build the documentation site into site/ (strict: any warning fails),"
 	@echo "               with the demo's report page (runs the demo first if $(DEMO_OUT)/fits is missing)"
 	@echo "make browser   install headless Chromium (Debian's chromium, chromium-driver) if missing"
+	@echo "make bench     bayesfed against its Python peers (bambi, PyMC, statsmodels), paper and"
+	@echo "               national size (bench/peers.py, bench/event_time_scale.py; R not needed)"
+	@echo "make bench-r   the same plus R's lme4 and brms (installs R, lme4 and brms with apt-get"
+	@echo "               from Debian's packages if missing; brms compiles a Stan model)"
 
 $(VENV)/.created:
 	@py=$$(sh scripts/find-python.sh) || exit 1; \
@@ -57,6 +61,29 @@ browser:
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends \
 	    chromium chromium-driver; \
 	fi
+
+# Benchmarks against peers: figures, machine and commands in docs/benchmarks.md. The national
+# study and the peers' CSVs are made once under out/bench/ and reused.
+bench: $(VENV)/.installed-bench
+	@$(VPY) bench/peers.py
+	@$(VPY) bench/event_time_scale.py --tools bayesfed,statsmodels
+
+# R from Debian's packages (root or sudo, as `browser`): r-base-dev for the compiler brms's
+# Stan models need, posterior for brms's ESS, data.table to read the national-size CSV.
+R_BENCH_CHECK := for (p in c("lme4", "brms", "posterior", "jsonlite", "data.table")) \
+  if (!requireNamespace(p, quietly = TRUE)) quit(status = 1)
+bench-r: $(VENV)/.installed-bench
+	@if command -v Rscript >/dev/null 2>&1 && Rscript -e '$(R_BENCH_CHECK)' >/dev/null 2>&1; \
+	then :; else \
+	  echo "bayesfed: installing R, lme4 and brms with apt-get"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends \
+	    r-base-core r-base-dev r-cran-lme4 r-cran-brms r-cran-posterior r-cran-jsonlite \
+	    r-cran-data.table; \
+	fi
+	@$(VPY) bench/peers.py --r
+	@$(VPY) bench/event_time_scale.py
 
 # -W --keep-going: every warning is reported, then fails the build; -n: every reference must
 # resolve. tests/test_docs.py runs the same build.

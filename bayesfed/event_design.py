@@ -300,31 +300,37 @@ def cell_stats(design: EventDesign) -> CellStats:
     """
     n_cells = len(design.cells)
     n = np.bincount(design.cell_idx, minlength=n_cells)
-    columns = np.column_stack([design.y, design.X, design.E, design.federated,
-                               design.federation_idx, design.type_idx, design.cohort_idx,
-                               design.school_idx])
-    means = group_sums(design.cell_idx, n_cells, columns) / n[:, None]
+    # columns constant within a cell: each cell's value is its first pupil's, checked for all
+    first = np.empty(n_cells, dtype=np.int64)
+    order = np.arange(design.n_pupils)[::-1]  # the last write of a cell is its first pupil
+    first[design.cell_idx[order]] = order
+    constant = {}
+    for name, values in (("E", design.E), ("federated", design.federated),
+                         ("federation_idx", design.federation_idx),
+                         ("type_idx", design.type_idx), ("cohort_idx", design.cohort_idx),
+                         ("school_idx", design.school_idx)):
+        constant[name] = values[first]
+        if (values != constant[name][design.cell_idx]).any():
+            raise ValueError("event-year indicators, federation or cohort vary within a "
+                             "school-by-cohort cell")
     k = design.X.shape[1]
-    cell_rows = columns[:, 1 + k:] - means[design.cell_idx, 1 + k:]
-    if np.abs(cell_rows).max(initial=0.0) > 0:
-        raise ValueError("event-year indicators, federation or cohort vary within a "
-                         "school-by-cohort cell")
-    centred = columns[:, : 1 + k] - means[design.cell_idx, : 1 + k]
-    gram = centred.T @ centred  # (1 + n_coef) square: outcome first
-    n_event = design.E.shape[1]
-    E = means[:, 1 + k: 1 + k + n_event]
-    index = means[:, 1 + k + n_event:].round().astype(np.int64)
+    columns = np.column_stack([design.y, design.X])  # outcome first
+    means = group_sums(design.cell_idx, n_cells, columns) / n[:, None]
+    columns -= means[design.cell_idx]  # centred at the cell means, in place
+    gram = columns.T @ columns  # (1 + n_coef) square: outcome first
+    del columns
+    E = constant["E"].astype(float)
     return CellStats(
         n=n,
         y_mean=means[:, 0],
         X_mean=means[:, 1: 1 + k],
         E=E,
-        cohort_idx=index[:, 3],
-        school_idx=index[:, 4],
-        federated=means[:, 1 + k + n_event],
+        cohort_idx=constant["cohort_idx"],
+        school_idx=constant["school_idx"],
+        federated=constant["federated"].astype(float),
         post=E[:, design.n_leads:].sum(axis=1),
-        federation_idx=index[:, 1],
-        type_idx=index[:, 2],
+        federation_idx=constant["federation_idx"],
+        type_idx=constant["type_idx"],
         XX=gram[1:, 1:],
         Xy=gram[1:, 0],
         yy=gram[0, 0],

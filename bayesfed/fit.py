@@ -50,11 +50,16 @@ from bayesfed.design import Design, build_design
 from bayesfed.errors import BayesfedError, DataError, OutputError
 from bayesfed.event_design import EventDesign, build_event_design
 from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
-from bayesfed.models import add_school_draws, build_two_level, build_two_level_collapsed
+from bayesfed.models import (
+    add_school_draws,
+    build_two_level,
+    build_two_level_collapsed,
+    collapsed_data,
+)
 from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
 from bayesfed.reml import fit_reml
-from bayesfed.sampling import Sampler, sample
+from bayesfed.sampling import Sampler, sample, sample_reusing
 from bayesfed.spec import ModelSpec
 from bayesfed.store import load_fit, remove_stale_temporaries, save_fit
 from bayesfed.validate import PupilTable
@@ -163,13 +168,18 @@ def fit_one(
     design = design_for(table, spec, year)
     priors = resolve_priors(design, spec.priors)
     seed = fit_seed(options.seed, spec.name, year)
-    collapsed = spec.model.likelihood == "collapsed"
-    model = (build_two_level_collapsed if collapsed else build_two_level)(design, priors)
-    tree = sample(model, draws=options.draws, tune=options.tune, chains=options.chains,
-                  seed=seed, sampler=options.sampler, progress=options.progress,
-                  threads=threads)
-    if collapsed:  # the school intercepts, drawn from their exact conditional posterior
+    settings = dict(draws=options.draws, tune=options.tune, chains=options.chains, seed=seed,
+                    sampler=options.sampler, progress=options.progress, threads=threads)
+    if spec.model.likelihood == "collapsed":
+        # one compiled model per specification serves every year: the years differ in the
+        # values of the model's data containers, not in its graph
+        tree = sample_reusing((spec.model_dump_json(), design.coef_names),
+                              lambda: build_two_level_collapsed(design, priors),
+                              {"collapsed_data": collapsed_data(design, priors)}, **settings)
+        # the school intercepts, drawn from their exact conditional posterior
         tree = add_school_draws(tree, design, seed=seed)
+    else:
+        tree = sample(build_two_level(design, priors), **settings)
     try:
         reml = asdict(fit_reml(design))
     except BayesfedError as exc:  # the cross-check failed; the Bayesian fit still stands
@@ -205,11 +215,7 @@ def fit_event_time(table: PupilTable, spec: ModelSpec, options: FitOptions,
     seed = fit_seed(options.seed, spec.name, None)
     parts = build_event_time_parts(design, priors, event.effect_prior,
                                    event.federation_deviations, event.type_effects)
-    tree = sample(parts.model, draws=options.draws, tune=options.tune, chains=options.chains,
-                  seed=seed, sampler=options.sampler, progress=options.progress,
-                  threads=threads)
-    tree = add_effect_draws(parts, tree, seed=seed)
-    tree.attrs.update(_provenance(table, spec, None, options, seed, data_hash) | {
+    attrs = {
         "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
         "bayesfed_n_pupils": design.n_pupils,
         "bayesfed_n_schools": len(design.schools),
@@ -218,7 +224,13 @@ def fit_event_time(table: PupilTable, spec: ModelSpec, options: FitOptions,
         "bayesfed_n_dropped": design.n_dropped,
         "bayesfed_n_federations": len(design.federations),
         "bayesfed_n_types": len(design.types),
-    })
+    }
+    del design  # the model holds per-cell statistics; the pupil arrays are not needed again
+    tree = sample(parts.model, draws=options.draws, tune=options.tune, chains=options.chains,
+                  seed=seed, sampler=options.sampler, progress=options.progress,
+                  threads=threads)
+    tree = add_effect_draws(parts, tree, seed=seed)
+    tree.attrs.update(_provenance(table, spec, None, options, seed, data_hash) | attrs)
     return tree
 
 

@@ -88,6 +88,7 @@ def fit_command(
     tables = {s.name: validate_table(raw, s, years=years if s.model.family == "two_level"
                                      else None, drop_incomplete=drop_incomplete,
                                      source=str(data)) for s in specs}
+    del raw  # the validated tables hold what the fits need; at national size this is 1 GB
     for table in tables.values():
         if table.n_dropped:
             console.print(f"dropped {table.n_dropped:,} incomplete rows of {table.n_input_rows:,}")

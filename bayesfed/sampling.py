@@ -41,7 +41,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Literal, get_args
 
@@ -81,8 +82,10 @@ def observed_data(model: pm.Model) -> xr.Dataset:
 
 
 def _nutpie(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-            progress: bool, target_accept: float, threads: int | None) -> xr.DataTree:
-    compiled = nutpie.compile_pymc_model(model)
+            progress: bool, target_accept: float, threads: int | None,
+            compiled=None) -> xr.DataTree:
+    if compiled is None:
+        compiled = nutpie.compile_pymc_model(model)
     cores = None if threads is None else max(1, min(chains, threads))
     sampler = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                             save_warmup=False, progress_bar=progress,
@@ -126,7 +129,8 @@ def _ctrl_c_propagates() -> Iterator[None]:
 
 
 def _pymc(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-          progress: bool, target_accept: float, threads: int | None) -> xr.DataTree:
+          progress: bool, target_accept: float, threads: int | None,
+          compiled=None) -> xr.DataTree:
     # One process: no multiprocessing start-up, and BLAS stays under this thread's limit.
     with _ctrl_c_propagates():
         return pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
@@ -146,6 +150,7 @@ def sample(
     progress: bool = False,
     target_accept: float = 0.8,
     threads: int | None = None,
+    compiled=None,
 ) -> xr.DataTree:
     """Draw from a model's posterior.
 
@@ -170,6 +175,8 @@ def sample(
     threads : int, optional
         Most chains nutpie runs at once, each in its own thread (default: the usable cores).
         The draws do not depend on it.
+    compiled : nutpie.CompiledPyMCModel, optional
+        ``model`` already compiled by nutpie (:func:`sample_reusing`); nutpie only.
 
     Returns
     -------
@@ -183,7 +190,8 @@ def sample(
     start = time.perf_counter()
     # fast-math off: results that do not depend on PyTensor's compile cache (module docstring)
     with threadpool_limits(limits=1), pytensor.config.change_flags(numba__fastmath=False):
-        tree = run(model, draws, tune, chains, seed, progress, target_accept, threads)
+        tree = run(model, draws, tune, chains, seed, progress, target_accept, threads,
+                   compiled)
     seconds = time.perf_counter() - start
     shape = tuple(tree["posterior"].sizes.get(d, 0) for d in ("chain", "draw"))
     if shape != (chains, draws):
@@ -195,3 +203,78 @@ def sample(
     out.attrs["sampling_seconds"] = seconds
     out.attrs["sampler"] = sampler
     return out
+
+
+#: Models compiled by :func:`sample_reusing`, by key: (model, nutpie's compiled model), the
+#: most recently used last.
+_COMPILED: OrderedDict[Hashable, tuple[pm.Model, object]] = OrderedDict()
+
+#: Compiled models kept per process (each a few MB of machine code).
+MAX_COMPILED = 8
+
+
+def sample_reusing(
+    key: Hashable,
+    build: Callable[[], pm.Model],
+    data: Mapping[str, np.ndarray],
+    *,
+    sampler: Sampler = "nutpie",
+    **kwargs,
+) -> xr.DataTree:
+    """:func:`sample`, reusing a model compiled earlier in this process for the same graph.
+
+    Compiling dominates the cost of a small model (seconds against a fraction of a second of
+    sampling), and the per-year fits of one specification differ in data, not in graph. The
+    first call with a ``key`` builds the model and compiles it with nutpie; a later call with
+    the same key puts ``data`` into the compiled model's data containers (and into the
+    PyMC model's, which nutpie's initial points read) and samples it. The draws are the same as
+    those of a model built and compiled afresh from the same data: the compiled code does not
+    depend on the containers' values (fast-math off, see the module docstring), and the
+    initial points and seeds are the same (tested in ``tests/test_collapsed.py``).
+
+    Parameters
+    ----------
+    key : hashable
+        Identifies the graph: two calls may share a key only if ``build`` makes the same
+        graph for both (e.g. the specification and the coefficient names).
+    build : callable
+        Builds the PyMC model with this call's data; called on the first use of ``key``, and
+        on every call with ``sampler="pymc"`` (PyMC's sampler compiles per call).
+    data : mapping of str to ndarray
+        The value of each of the model's data containers (``pm.Data``) for this call; every
+        container must be given.
+    sampler : {"nutpie", "pymc"}
+    **kwargs
+        Passed on to :func:`sample` (draws, tune, chains, seed, progress, target_accept,
+        threads).
+
+    Returns
+    -------
+    xarray.DataTree
+        As :func:`sample`; ``sampling_seconds`` counts compilation only on the first call.
+    """
+    if sampler != "nutpie":
+        return sample(build(), sampler=sampler, **kwargs)
+    hit = _COMPILED.pop(key, None)
+    if hit is None:
+        model = build()
+        start = time.perf_counter()
+        with pytensor.config.change_flags(numba__fastmath=False):
+            compiled = nutpie.compile_pymc_model(model)
+        compile_seconds = time.perf_counter() - start
+    else:
+        model, compiled = hit
+    names = {var.name for var in compiled.shared_var_keys}
+    if set(data) != names:
+        raise ValueError(f"data must give every data container of the model: "
+                         f"{sorted(names)}, got {sorted(data)}")
+    if hit is not None:
+        pm.set_data(data, model=model)
+        compiled = compiled.with_data(**data)
+        compile_seconds = 0.0
+    _COMPILED[key] = (model, compiled)
+    while len(_COMPILED) > MAX_COMPILED:
+        _COMPILED.popitem(last=False)
+    tree = sample(model, sampler="nutpie", compiled=compiled, **kwargs)
+    tree.attrs["sampling_seconds"] += compile_seconds
+    return tree

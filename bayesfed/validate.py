@@ -279,12 +279,15 @@ def _category_problems(
 
 
 def _constant_within_school(
-    frame: pd.DataFrame, name: str, column: str, positions: np.ndarray
+    frame: pd.DataFrame, name: str, column: str, positions: np.ndarray, school: np.ndarray
 ) -> list[Problem]:
-    """A school-level column must take one value per school (blank counts as a value)."""
-    values = frame[name].astype("string").fillna("<blank>")
-    n_values = values.groupby(frame["school"], sort=False).transform("nunique").to_numpy()
-    mask = n_values > 1
+    """A school-level column must take one value per school (blank counts as a value);
+    ``school`` holds each row's school as an integer code."""
+    # integer codes (blank its own value): a school with two (school, value) pairs varies
+    value = pd.factorize(frame[name], use_na_sentinel=False)[0].astype(np.int64)
+    pairs = np.unique(school * (int(value.max(initial=0)) + 1) + value)
+    n_values = np.bincount(pairs // (int(value.max(initial=0)) + 1), minlength=school.max() + 1)
+    mask = n_values[school] > 1
     if not mask.any():
         return []
     rows, n = _rows(mask, positions)
@@ -382,9 +385,11 @@ def validate_table(
     n_dropped = int((~keep).sum())
 
     # Keep each row's position in the input so that later rules report input row numbers.
-    frame = pd.DataFrame({k: v.to_numpy() for k, v in out.items()}).loc[keep]
-    positions = frame.index.to_numpy()
-    frame = frame.reset_index(drop=True)
+    frame = pd.DataFrame({k: v.to_numpy() for k, v in out.items()}, copy=False)
+    del out
+    positions = np.flatnonzero(keep)
+    if n_dropped:  # otherwise no copy: at national size each one is a gigabyte
+        frame = frame.loc[keep].reset_index(drop=True)
 
     if not problems:
         for name in frame.columns:  # whole numbers as integers; nullable where one is missing
@@ -460,9 +465,10 @@ def _structure_problems(
     if len(frame) == 0:
         return [Problem("", "", "no rows",
                         "check the export: bayesfed needs one row per pupil")]
+    school = pd.factorize(frame["school"], use_na_sentinel=False)[0].astype(np.int64)
     for name in ("federated", "founding_year", "federation", "federation_type"):
         if name in frame:
-            problems += _constant_within_school(frame, name, present[name], positions)
+            problems += _constant_within_school(frame, name, present[name], positions, school)
     if {"years_since", "cohort", "founding_year"} <= set(frame):
         diff = frame["cohort"] - frame["founding_year"]  # blank where a year is blank
         mask = (frame["years_since"] != diff).fillna(False).to_numpy(dtype=bool)
@@ -488,7 +494,11 @@ def _structure_problems(
     if "pupil_id" in frame:
         keys = ["pupil_id", "cohort"] if "cohort" in frame else ["pupil_id"]
         known = frame[keys].notna().all(axis=1).to_numpy()  # a blank cohort could be any
-        mask = frame.duplicated(keys, keep=False).to_numpy() & known
+        key = np.zeros(len(frame), dtype=np.int64)  # one integer per (pupil id, cohort)
+        for name in keys:
+            codes, uniques = pd.factorize(frame[name])
+            key = key * (len(uniques) + 1) + codes
+        mask = pd.Series(key).duplicated(keep=False).to_numpy() & known
         if mask.any():
             rows, n = _rows(mask, positions)
             within = " within a cohort" if "cohort" in frame else ""
@@ -564,15 +574,17 @@ def _collinearity_problems(
     full = np.column_stack([np.ones(design.n_pupils), design.X])
     scale = np.abs(full).max(axis=0)
     full = full / np.where(scale > 0, scale, 1.0)
+    # |R_jj| of a QR factorisation is the norm of column j's residual on the columns before it
+    # (whose span is that of the columns kept so far): one pass over the pupils, not one per
+    # column
+    residual_norm = np.abs(np.diag(np.linalg.qr(full, mode="r")))
     problems = []
     kept: list[int] = [0]
     for j in range(1, full.shape[1]):
-        base = full[:, kept]
-        coef, *_ = np.linalg.lstsq(base, full[:, j], rcond=None)
-        resid = full[:, j] - base @ coef
-        if np.linalg.norm(resid) > 1e-8 * np.sqrt(len(full)):
+        if residual_norm[j] > 1e-8 * np.sqrt(len(full)):
             kept.append(j)
             continue
+        coef, *_ = np.linalg.lstsq(full[:, kept], full[:, j], rcond=None)
         parts = [names[k] for k, c in zip(kept, coef, strict=True) if abs(c) > 1e-8]
         term = names[j].split("[")[0]
         problems.append(Problem(

@@ -17,19 +17,22 @@ import pandas as pd
 import pytest
 import xarray as xr
 
+from bayesfed import sampling
 from bayesfed.design import build_design
 from bayesfed.fit import design_for
 from bayesfed.models import (
     add_school_draws,
     build_two_level,
     build_two_level_collapsed,
+    collapsed_data,
     school_effect_conditional,
     school_means,
     school_values,
+    unpack_collapsed,
 )
 from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table
-from bayesfed.sampling import sample
+from bayesfed.sampling import sample, sample_reusing
 from bayesfed.spec import Priors, load_spec
 from bayesfed.suffstats import school_stats
 from bayesfed.summarize import diagnostics, param_summaries
@@ -178,10 +181,32 @@ def test_collapsed_model_has_the_named_parts():
     assert not model.observed_RVs
     assert model.named_vars_to_dims["beta"] == ("predictor",)
     assert tuple(model.coords["predictor"]) == design.coef_names == ("x", "g[b]", "g[c]", "fed")
+    assert [v.name for v in model.data_vars] == ["collapsed_data"]
     empty = build_two_level_collapsed(design_of("M0"), resolve_priors(design_of("M0"), Priors()))
     assert {v.name for v in empty.free_RVs} == {"level", "sd_school", "sigma"}
     with pytest.raises(ValueError, match="priors are for coefficients"):
         build_two_level_collapsed(design, resolve_priors(design_of("M1"), Priors()))
+
+
+@pytest.mark.parametrize("model", ["M0", "M2_size"])
+def test_the_data_container_holds_the_statistics_and_priors(model):
+    """What the compiled model reads from its one data container is the design's sufficient
+    statistics and the resolved priors, exactly."""
+    design = design_of(model)
+    priors = resolve_priors(design, Priors(sd_school={"sigma": 3.5}))
+    stats = school_stats(design)
+    got = unpack_collapsed(collapsed_data(design, priors), len(design.coef_names))
+    expected = {
+        "n": stats.n, "y_mean": stats.y_mean, "X_mean": stats.X_mean, "XX": stats.XX,
+        "Xy": stats.Xy, "yy": stats.yy, "X_centre": stats.X_centre,
+        "prior_intercept_mu": priors.intercept.mu,
+        "prior_intercept_sigma": priors.intercept.sigma, "prior_slope_mu": priors.slope_mu,
+        "prior_slope_sigma": priors.slope_sigma, "prior_sd_school": 3.5,
+        "prior_sigma": priors.sigma,
+    }
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
 # -- the recovered school intercepts ----------------------------------------------------------
@@ -300,3 +325,41 @@ def test_collapsed_and_pupil_rows_agree_on_the_shipped_study():
     checks = diagnostics(collapsed)
     assert checks["ok"], checks
     assert param_summaries(collapsed).keys() == param_summaries(rows).keys()
+
+
+def test_a_reused_compiled_model_gives_the_draws_of_a_fresh_one(monkeypatch):
+    """Year 1 of the shipped study, and year 4 without its first ten schools (other pupils,
+    fewer schools): year 4 sampled with the model compiled for year 1 (its data container
+    refilled) gives exactly the draws of a model built and compiled for year 4 alone; the
+    reuse compiles once."""
+    spec = load_spec(ROOT / "models" / "m2_federation.toml")
+    table = validate_table(read_table(ROOT / "data" / "synthetic_study.parquet"), spec,
+                           years=[1, 4])
+    year4 = table.select_year(4)
+    year4 = year4[~year4["school"].isin(sorted(year4["school"].unique())[:10])]
+    designs = {1: design_for(table, spec, 1),
+               4: build_design(year4, spec.predictors.pupil, spec.predictors.school,
+                               spec.categorical_coding())}
+    assert designs[1].n_schools == designs[4].n_schools + 10
+    kw = {"draws": 200, "tune": 200, "chains": 2, "seed": 11}
+
+    def fit(year, key):
+        design = designs[year]
+        priors = resolve_priors(design, spec.priors)
+        return sample_reusing(key, lambda: build_two_level_collapsed(design, priors),
+                              {"collapsed_data": collapsed_data(design, priors)}, **kw)
+
+    compiles = []
+    compile_pymc_model = sampling.nutpie.compile_pymc_model
+    monkeypatch.setattr(sampling.nutpie, "compile_pymc_model",
+                        lambda model: compiles.append(1) or compile_pymc_model(model))
+    fit(1, "reused")
+    reused = fit(4, "reused")
+    assert len(compiles) == 1
+    fresh = fit(4, "fresh")
+    assert len(compiles) == 2
+    for name in ("level", "intercept", "beta", "sd_school", "sigma"):
+        np.testing.assert_array_equal(reused.posterior[name].to_numpy(),
+                                      fresh.posterior[name].to_numpy(), err_msg=name)
+    with pytest.raises(ValueError, match="every data container"):
+        sample_reusing("reused", lambda: None, {"other": np.zeros(3)}, **kw)

@@ -62,11 +62,13 @@ def add_school_data(folder: Path, data: Path) -> None:
 
 @pytest.fixture(scope="module")
 def fits(tmp_path_factory) -> Path:
-    """M0, M1 and M2 fitted to a small table's founding year (about 15 s)."""
+    """M0, M1 and M2 fitted to a small table's founding year (about 15 s). 24 pupils a
+    school: with 12, M1's nine coefficients left a divergence or two on some seeds, the fit
+    failed its gates and the report rightly left it out of the LOO comparison."""
     from conftest import small_table
 
     folder = tmp_path_factory.mktemp("report")
-    small_table(schools=8).to_csv(folder / "t.csv", index=False)
+    small_table(schools=8, pupils=24).to_csv(folder / "t.csv", index=False)
     fit_command(SPECS, folder / "t.csv", folder / "fits", [0], draws=1000, tune=1000,
                 chains=2, seed=7)
     add_school_data(folder / "fits", folder / "t.csv")

@@ -43,10 +43,12 @@ from bayesfed.store import (
 )
 from bayesfed.summarize import GATES, diagnostics, summarize_dir
 
-#: The job every subprocess test runs (and resumes): M0 for years 0-2 since founding.
-JOB = ("fit", str(MODELS / "m0_empty.toml"), "--years", "0-2", "--draws", "200", "--tune",
-       "200", "--chains", "2", "--seed", "4")
-FITS = ["M0_k0.nc", "M0_k1.nc", "M0_k2.nc"]
+#: The job every subprocess test runs (and resumes): M0 and M1 for years 0-2 since founding.
+#: Two specifications, so that an interruption after the first fit file lands mid-job: the
+#: years of one specification share a compiled model and take a fraction of a second each.
+JOB = ("fit", str(MODELS / "m0_empty.toml"), str(MODELS / "m1_pupil.toml"), "--years", "0-2",
+       "--draws", "200", "--tune", "200", "--chains", "2", "--seed", "4")
+FITS = ["M0_k0.nc", "M0_k1.nc", "M0_k2.nc", "M1_k0.nc", "M1_k1.nc", "M1_k2.nc"]
 
 #: A temporary of a writer that cannot be running (above Linux's largest process id).
 DEAD_TEMP = ".M0_k2.nc.9999999999.abcd1234.tmp"
@@ -236,7 +238,7 @@ def test_sigint_exits_130_keeps_finished_fits_and_resume_completes(tmp_path, stu
     resumed = bayesfed([*args, "--resume"], cache)
     assert resumed.returncode == 0, resumed.stderr
     assert f"kept {len(kept)} complete fit(s): {', '.join(kept)}" in resumed.stdout
-    assert f"fitting M0_k2 ({len(FITS) - len(kept)}/{len(FITS) - len(kept)})" in resumed.stdout
+    assert f"fitting M1_k2 ({len(FITS) - len(kept)}/{len(FITS) - len(kept)})" in resumed.stdout
     assert {name: (out / name).read_bytes() for name in kept} == before  # not refitted
     assert assert_complete_fits(out) == FITS
     assert numbers(out) == numbers(reference)
@@ -318,7 +320,8 @@ def test_same_numbers_in_fresh_processes_with_different_empty_caches(tmp_path, s
     args = [a if a != "0-2" else "0" for a in JOB]
     run = bayesfed([*args, "--data", str(study), "--out", str(tmp_path / "fits")], cache)
     assert run.returncode == 0, run.stderr
-    assert numbers(tmp_path / "fits") == {"M0_k0.nc": numbers(reference)["M0_k0.nc"]}
+    assert numbers(tmp_path / "fits") == {name: numbers(reference)[name]
+                                          for name in ("M0_k0.nc", "M1_k0.nc")}
     assert any(cache.rglob("*.nbi")), "the run did not compile into its own cache"
 
 
