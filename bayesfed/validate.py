@@ -359,7 +359,9 @@ def validate_table(
             kind = "category"
         missing = _blank(series)
         if kind in ("label", "id"):
-            out[name] = _text(series).str.strip().astype(object).where(~missing, None)
+            # kept as pandas text (Arrow-backed), not Python objects: at national size each
+            # object column of ids is a few hundred megabytes
+            out[name] = _text(series).str.strip().where(~missing)
             if kind == "label":
                 continue
         elif kind == "category":
@@ -385,7 +387,7 @@ def validate_table(
     n_dropped = int((~keep).sum())
 
     # Keep each row's position in the input so that later rules report input row numbers.
-    frame = pd.DataFrame({k: v.to_numpy() for k, v in out.items()}, copy=False)
+    frame = pd.DataFrame({k: v.reset_index(drop=True) for k, v in out.items()}, copy=False)
     del out
     positions = np.flatnonzero(keep)
     if n_dropped:  # otherwise no copy: at national size each one is a gigabyte
@@ -560,6 +562,10 @@ def _variation_problems(
     return problems
 
 
+#: Pupils per block of the collinearity rule's QR factorisation.
+QR_BLOCK = 500_000
+
+
 def _collinearity_problems(
     frame: pd.DataFrame, spec: ModelSpec, present: dict[str, str], where: str
 ) -> list[Problem]:
@@ -571,19 +577,29 @@ def _collinearity_problems(
     design = build_design(frame, spec.predictors.pupil, spec.predictors.school,
                           spec.categorical_coding())
     names = ("intercept", *design.coef_names)
-    full = np.column_stack([np.ones(design.n_pupils), design.X])
-    scale = np.abs(full).max(axis=0)
-    full = full / np.where(scale > 0, scale, 1.0)
+    scale = np.r_[1.0, np.abs(design.X).max(axis=0, initial=0.0)]
+    scale = np.where(scale > 0, scale, 1.0)
+
+    def scaled(rows: slice) -> np.ndarray:
+        """[1, X] of some pupils, each column divided by its largest absolute value."""
+        block = design.X[rows]
+        return np.column_stack([np.ones(len(block)), block]) / scale
+
     # |R_jj| of a QR factorisation is the norm of column j's residual on the columns before it
-    # (whose span is that of the columns kept so far): one pass over the pupils, not one per
-    # column
-    residual_norm = np.abs(np.diag(np.linalg.qr(full, mode="r")))
+    # (whose span is that of the columns kept so far): one pass over the pupils, not one
+    # least-squares fit per column. R is accumulated over blocks of pupils (the R of
+    # [R_so_far; block]), so memory holds one block, not a copy of every pupil's row.
+    R = np.zeros((0, len(names)))
+    for start in range(0, design.n_pupils, QR_BLOCK):
+        R = np.linalg.qr(np.vstack([R, scaled(slice(start, start + QR_BLOCK))]), mode="r")
+    residual_norm = np.abs(np.diag(R))
     problems = []
     kept: list[int] = [0]
-    for j in range(1, full.shape[1]):
-        if residual_norm[j] > 1e-8 * np.sqrt(len(full)):
+    for j in range(1, len(names)):
+        if residual_norm[j] > 1e-8 * np.sqrt(design.n_pupils):
             kept.append(j)
             continue
+        full = scaled(slice(None))  # only when a problem is reported
         coef, *_ = np.linalg.lstsq(full[:, kept], full[:, j], rcond=None)
         parts = [names[k] for k, c in zip(kept, coef, strict=True) if abs(c) > 1e-8]
         term = names[j].split("[")[0]

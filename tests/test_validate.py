@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bayesfed import validate
 from bayesfed.errors import DataError
 from bayesfed.spec import spec_from_dict
 from bayesfed.validate import describe, validate_table
@@ -214,7 +215,10 @@ def test_generic_table_without_federation_columns(m0):
     assert list(out.frame.columns) == ["outcome", "school"]
 
 
-def test_collinear_predictors_are_reported(table, m2):
+@pytest.mark.parametrize("block", [validate.QR_BLOCK, 7])
+def test_collinear_predictors_are_reported(table, m2, block, monkeypatch):
+    """Also with the QR factorisation accumulated over blocks of 7 pupils."""
+    monkeypatch.setattr(validate, "QR_BLOCK", block)
     raw = table.copy()
     raw["male"] = raw["sen"].isin(["school_action", "statemented"]).astype(int)
     assert problems(raw, m2) == [
