@@ -587,11 +587,14 @@ def build_event_time_parts(
     """:func:`build_event_time`, keeping the conditional posterior of the effects for
     :func:`add_effect_draws`.
 
-    The per-cell arrays are the model's data containers (``cell_values``: count, mean outcome,
-    centred federated flag and centred mean predictors; ``cell_index``: school and cohort;
-    ``block_entries`` and ``block_pairs``, :class:`BlockIndex`), not constants of the graph:
-    numba compiles constants into the machine code, and at national size (24,000 cells) that
-    took 24 s.
+    The per-cell arrays are the model's data containers, not constants of the graph (numba
+    compiles constants into the machine code, and at national size, 24,000 cells, that took
+    24 s): ``cell_y`` (n_cells,) the cells' mean outcomes; ``cell_size`` (n_cells, 2) each
+    cell's size index (:class:`CellSizes`) and school; ``size_values`` (n_sizes, 2) the
+    distinct cell sizes and how many cells have each; ``cell_fixed`` (n_cells, n_cohorts +
+    n_coef + 1) the cohort one-hot, the centred mean predictors and the centred federated flag,
+    whose product with (cohort means, ``beta``, ``federated_gap``) is the fixed part of each
+    cell; ``block_entries`` and ``block_pairs`` (:class:`BlockIndex`).
     """
     priors = priors or resolve_event_priors(design)
     stats = cell_stats(design)
