@@ -289,12 +289,28 @@ class Terms(NamedTuple):
     sigma: pt.TensorVariable
 
 
-class Rows(NamedTuple):
-    """What the fixed part needs of each row (a pupil or a cell); shapes (n_rows, ...)."""
+def fixed_columns(design: EventDesign, cohort_idx: np.ndarray, X_mean: np.ndarray,
+                  federated: np.ndarray) -> np.ndarray:
+    """Rows' columns of the fixed part without the Gaussian block: cohort one-hot, predictors
+    minus the pupils' mean, federated flag minus the pupils' mean.
 
-    cohort_idx: np.ndarray
-    X_centred: np.ndarray  # predictors minus the pupils' mean
-    F_centred: np.ndarray  # federated flag minus the pupils' mean
+    Parameters
+    ----------
+    design : EventDesign
+        Supplies the cohorts and the pupils' means.
+    cohort_idx : ndarray of int, shape (n_rows,)
+    X_mean : ndarray, shape (n_rows, n_coef)
+        Each row's predictors (a pupil's, or a cell's means).
+    federated : ndarray, shape (n_rows,)
+
+    Returns
+    -------
+    ndarray, shape (n_rows, n_cohorts + n_coef + 1)
+        Its product with (cohort means, ``beta``, ``federated_gap``) is the fixed part.
+    """
+    onehot = cohort_idx[:, None] == np.arange(len(design.cohorts))[None, :]
+    return np.column_stack([onehot, X_mean - design.X.mean(axis=0),
+                            federated - design.federated.mean()]).astype(float)
 
 
 def effect_columns(E: np.ndarray, post: np.ndarray, federation_idx: np.ndarray,
@@ -360,11 +376,11 @@ def _fixed_effects(design: EventDesign, priors: EventPriors, effect_prior: Effec
     )
 
 
-def _row_mean(terms: Terms, rows: Rows) -> pt.TensorVariable:
-    """Fixed part of each row without the Gaussian block: ``cohort_mean[t] + (x - xbar)' beta
-    + (F - Fbar) gap``, shape (n_rows,), outcome units."""
-    return (terms.cohort_mean[rows.cohort_idx] + pt.dot(rows.X_centred, terms.beta)
-            + rows.F_centred * terms.gap)
+def _row_mean(terms: Terms, fixed) -> pt.TensorVariable:
+    """Fixed part of each row without the Gaussian block, ``cohort_mean[t] + (x - xbar)' beta
+    + (F - Fbar) gap``, as one product with the rows' :func:`fixed_columns` (a gather by cohort
+    cost as much as the product); shape (n_rows,), outcome units."""
+    return pt.dot(fixed, pt.concatenate([terms.cohort_mean, terms.beta, terms.gap[None]]))
 
 
 def differences(n: int) -> np.ndarray:
@@ -603,23 +619,18 @@ def build_event_time_parts(
     columns = effect_columns(stats.E, stats.post, stats.federation_idx, stats.type_idx,
                              n_fed, n_types)
     index = block_index(columns, stats.school_idx)
-    # the fixed part of a cell is one product: [cohort one-hot, centred means, centred flag]
-    # times [cohort means, beta, gap] (a gather by cohort cost as much as the product)
-    cohort_onehot = stats.cohort_idx[:, None] == np.arange(len(design.cohorts))[None, :]
-    fixed = np.column_stack([cohort_onehot, stats.X_mean - design.X.mean(axis=0),
-                             stats.federated - design.federated.mean()])
     with pm.Model(coords=_coords(design)) as model:
         sizes = cell_sizes(stats.n)
         cell_y = pm.Data("cell_y", stats.y_mean)
         cell_size = pm.Data("cell_size", np.column_stack([sizes.idx, stats.school_idx]))
         size_values = pm.Data("size_values", np.column_stack([sizes.n, sizes.count]))
-        cell_fixed = pm.Data("cell_fixed", fixed.astype(float))
+        cell_fixed = pm.Data("cell_fixed", fixed_columns(design, stats.cohort_idx,
+                                                         stats.X_mean, stats.federated))
         block = BlockIndex(pm.Data("block_entries", index.entries),
                            pm.Data("block_pairs", index.pairs), index.n_columns)
         terms = _fixed_effects(design, priors, effect_prior, federation_deviations,
                                type_effects)
-        cell_mean = pt.dot(cell_fixed, pt.concatenate([terms.cohort_mean, terms.beta,
-                                                        terms.gap[None]]))
+        cell_mean = _row_mean(terms, cell_fixed)
         precision, log_det_cov = effect_prior_precision(
             priors, design.n_leads, len(design.effect_terms), terms, n_fed, n_types)
         data = replace(stats, y_mean=cell_y, school_idx=cell_size[:, 1])
@@ -780,9 +791,8 @@ def build_event_time_reference(
         v = pm.Normal("v", mu=0.0, sigma=terms.sd_cell, dims="cell")
         columns = effect_columns(design.E, design.post, design.federation_idx,
                                  design.type_idx, n_fed, n_types)
-        mu = (_row_mean(terms, Rows(
-            cohort_idx=design.cohort_idx, X_centred=design.X - design.X.mean(axis=0),
-            F_centred=design.federated - design.federated.mean()))
+        mu = (_row_mean(terms, fixed_columns(design, design.cohort_idx, design.X,
+                                             design.federated))
               + pt.dot(columns, pt.concatenate(block))
               + u[design.school_idx] + v[design.cell_idx])
         pm.Normal("y", mu=mu, sigma=terms.sigma, observed=design.y, dims="pupil")

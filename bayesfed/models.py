@@ -266,8 +266,8 @@ def marginal_loglik(stats: SchoolStats, fixed_mean, beta, sigma, sd_school, n_pu
 
 #: Scalars at the head of the data container of :func:`build_two_level_collapsed`, in order;
 #: the per-coefficient vectors of :data:`PACKED_VECTORS`, ``XX`` and the school table follow.
-PACKED_SCALARS = ("yy", "prior_intercept_mu", "prior_intercept_sigma", "prior_sd_school",
-                  "prior_sigma")
+PACKED_SCALARS = ("n_pupils", "yy", "prior_intercept_mu", "prior_intercept_sigma",
+                  "prior_sd_school", "prior_sigma")
 #: Vectors of length n_coef in the data container, in order, after the scalars.
 PACKED_VECTORS = ("Xy", "X_centre", "prior_slope_mu", "prior_slope_sigma")
 
@@ -289,8 +289,9 @@ def collapsed_data(design: Design, priors: PriorSet) -> np.ndarray:
 
     Returns
     -------
-    ndarray, float64, shape (5 + 4 p + p**2 + J (2 + p),)
+    ndarray, float64, shape (6 + 4 p + p**2 + J (2 + p),)
         For ``p`` coefficients and ``J`` schools: the scalars :data:`PACKED_SCALARS` (the
+        number of pupils, the
         pooled within-school sum of squares of the outcome, the prior parameters of the
         intercept and the two sds; outcome units), the vectors :data:`PACKED_VECTORS` (the
         within-school cross products with the outcome, the pupils' mean of each column of
@@ -303,7 +304,8 @@ def collapsed_data(design: Design, priors: PriorSet) -> np.ndarray:
     vectors = {"Xy": stats.Xy, "X_centre": stats.X_centre, "prior_slope_mu": priors.slope_mu,
                "prior_slope_sigma": priors.slope_sigma}
     return np.concatenate([
-        [stats.yy, priors.intercept.mu, priors.intercept.sigma, priors.sd_school, priors.sigma],
+        [stats.n_pupils, stats.yy, priors.intercept.mu, priors.intercept.sigma,
+         priors.sd_school, priors.sigma],
         *(vectors[name] for name in PACKED_VECTORS), stats.XX.ravel(),
         np.column_stack([stats.n, stats.y_mean, stats.X_mean]).ravel()]).astype(np.float64)
 
@@ -379,7 +381,7 @@ def build_two_level_collapsed(design: Design, priors: PriorSet) -> pm.Model:
         sigma = pm.HalfNormal("sigma", sigma=d["prior_sigma"])
         pm.Potential("marginal_loglik", marginal_loglik(
             stats, level + fixed_part, beta, sigma, sd_school,
-            n_pupils=d["n"].sum(), n_schools=d["n"].shape[0]))
+            n_pupils=d["n_pupils"], n_schools=d["n"].shape[0]))
     return model
 
 

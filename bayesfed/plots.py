@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from bayesfed.published import published_rows  # noqa: E402
 from bayesfed.store import write_bytes  # noqa: E402
 
 #: Dots per inch of the saved PNGs.
@@ -83,7 +84,7 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
                           [v["hdi_high"] - v["mean"] for v in e]],
                     fmt="s", color="tab:orange", capsize=3,
                     label=f"per-year model ({per_year[0]['model']}), 94% HDI")
-    paper = published[(published["table"] == 5) & (published["term"] == "federated")]
+    paper = published_rows(published, 5, "federated")
     if joint is None:  # only the paper's years that the folder has
         paper = paper[paper["year"].isin(years)]
     if not paper.empty:
@@ -156,8 +157,7 @@ def variance_partition(summary: dict, published: pd.DataFrame, path: Path
                 ax.plot(x, reml, "_", color="black", markersize=12, markeredgewidth=2,
                         label="REML" if "REML" not in labelled else None)
                 labelled.add("REML")
-            paper = published[(published["table"] == 3) & (published["year"] == year)
-                              & (published["term"] == "vpc_school")]
+            paper = published_rows(published, 3, "vpc_school", [year])
             if model == "M0" and not paper.empty:
                 ax.plot(x, paper["estimate"].iloc[0] / 100, "D", color="tab:gray",
                         markersize=5, label="paper, Table 3" if "paper" not in labelled

@@ -7,6 +7,7 @@ is resolved relative to this module and only exists in a source checkout or edit
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +65,32 @@ def load_published(path: str | Path | None = None) -> pd.DataFrame:
             "(data/published_tables.csv), not with an installed wheel; pass path= to a copy"
         )
     return pd.read_csv(path, dtype=_DTYPES)
+
+
+def published_rows(frame: pd.DataFrame, table: int, term: str,
+                   years: Iterable[int | None] | None = None) -> pd.DataFrame:
+    """The rows of :func:`load_published`'s ``frame`` for one table and term.
+
+    Parameters
+    ----------
+    frame : DataFrame
+        As :func:`load_published` returns it.
+    table : int
+        The paper's table number (2-5).
+    term : str
+        As in :func:`published_value`.
+    years : iterable of int, optional
+        Only these years since founding (all years when None).
+
+    Returns
+    -------
+    DataFrame
+        The matching rows (possibly none), in the file's order.
+    """
+    hit = (frame["table"] == table) & (frame["term"] == term)
+    if years is not None:
+        hit &= frame["year"].isin(list(years))
+    return frame[hit.fillna(False)]
 
 
 def published_value(

@@ -25,7 +25,7 @@ from typing import Literal
 
 import pandas as pd
 
-from bayesfed.published import load_published
+from bayesfed.published import load_published, published_rows
 
 #: Row labels of the paper's tables, by coefficient name.
 LABELS = {
@@ -81,8 +81,7 @@ def _published(published: pd.DataFrame, model: str, year: int | None, term: str)
     if model not in PAPER_TABLES or year is None:
         return ""
     table = PAPER_TABLES[model][0]
-    rows = published[(published["table"] == table) & (published["year"] == year)
-                      & (published["term"] == term)]
+    rows = published_rows(published, table, term, [year])
     if rows.empty:
         return ""
     est, se = rows["estimate"].iloc[0], rows["se"].iloc[0]
@@ -345,8 +344,7 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
     if empty:
         model = empty[0]["model"]
         shares = [100 * f["variance_partition"]["school"]["mean"] for f in empty]
-        paper = published[(published["table"] == 3) & (published["term"] == "vpc_school")
-                          & published["year"].isin([f["year"] for f in empty])]
+        paper = published_rows(published, 3, "vpc_school", [f["year"] for f in empty])
         items.append(
             f"**Differences between schools.** In the empty model ({model}), "
             f"{_span(shares, '.1f')}% of the variation in pupils' outcomes lies between "
@@ -368,8 +366,7 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
         means = _span([e["mean"] for e in effects], ".2f")
         excluded = [f["year"] for f in rows if f["federation_effect"]["hdi_low"] > 0
                     or f["federation_effect"]["hdi_high"] < 0]
-        paper = published[(published["table"] == 5) & (published["term"] == "federated")
-                          & published["year"].isin([f["year"] for f in rows])]
+        paper = published_rows(published, 5, "federated", [f["year"] for f in rows])
         items.append(
             f"**Federation effect, year by year ({model}).** Pupils in federated schools differ "
             f"from similar pupils in matched schools by {means} outcome units "

@@ -81,11 +81,17 @@ def observed_data(model: pm.Model) -> xr.Dataset:
     return xr.Dataset(data)
 
 
+def _compile(model: pm.Model):
+    """nutpie's compiled model, with numba's fast-math off (module docstring)."""
+    with pytensor.config.change_flags(numba__fastmath=False):
+        return nutpie.compile_pymc_model(model)
+
+
 def _nutpie(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
             progress: bool, target_accept: float, threads: int | None,
             compiled=None) -> xr.DataTree:
     if compiled is None:
-        compiled = nutpie.compile_pymc_model(model)
+        compiled = _compile(model)
     cores = None if threads is None else max(1, min(chains, threads))
     sampler = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, seed=seed,
                             save_warmup=False, progress_bar=progress,
@@ -129,8 +135,7 @@ def _ctrl_c_propagates() -> Iterator[None]:
 
 
 def _pymc(model: pm.Model, draws: int, tune: int, chains: int, seed: int,
-          progress: bool, target_accept: float, threads: int | None,
-          compiled=None) -> xr.DataTree:
+          progress: bool, target_accept: float, threads: int | None) -> xr.DataTree:
     # One process: no multiprocessing start-up, and BLAS stays under this thread's limit.
     with _ctrl_c_propagates():
         return pm.sample(draws=draws, tune=tune, chains=chains, cores=1, random_seed=seed,
@@ -186,12 +191,13 @@ def sample(
     """
     if sampler not in get_args(Sampler):
         raise ValueError(f"sampler must be one of {get_args(Sampler)}, got {sampler!r}")
-    run = _nutpie if sampler == "nutpie" else _pymc
+    if compiled is not None and sampler != "nutpie":
+        raise ValueError("a compiled model is nutpie's; PyMC's sampler compiles its own")
+    args = (model, draws, tune, chains, seed, progress, target_accept, threads)
     start = time.perf_counter()
     # fast-math off: results that do not depend on PyTensor's compile cache (module docstring)
     with threadpool_limits(limits=1), pytensor.config.change_flags(numba__fastmath=False):
-        tree = run(model, draws, tune, chains, seed, progress, target_accept, threads,
-                   compiled)
+        tree = _nutpie(*args, compiled) if sampler == "nutpie" else _pymc(*args)
     seconds = time.perf_counter() - start
     shape = tuple(tree["posterior"].sizes.get(d, 0) for d in ("chain", "draw"))
     if shape != (chains, draws):
@@ -259,8 +265,7 @@ def sample_reusing(
     if hit is None:
         model = build()
         start = time.perf_counter()
-        with pytensor.config.change_flags(numba__fastmath=False):
-            compiled = nutpie.compile_pymc_model(model)
+        compiled = _compile(model)
         compile_seconds = time.perf_counter() - start
     else:
         model, compiled = hit

@@ -285,8 +285,9 @@ def _constant_within_school(
     ``school`` holds each row's school as an integer code."""
     # integer codes (blank its own value): a school with two (school, value) pairs varies
     value = pd.factorize(frame[name], use_na_sentinel=False)[0].astype(np.int64)
-    pairs = np.unique(school * (int(value.max(initial=0)) + 1) + value)
-    n_values = np.bincount(pairs // (int(value.max(initial=0)) + 1), minlength=school.max() + 1)
+    n_codes = int(value.max(initial=0)) + 1
+    pairs = np.unique(school * n_codes + value)
+    n_values = np.bincount(pairs // n_codes, minlength=school.max() + 1)
     mask = n_values[school] > 1
     if not mask.any():
         return []

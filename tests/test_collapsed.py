@@ -197,7 +197,8 @@ def test_the_data_container_holds_the_statistics_and_priors(model):
     stats = school_stats(design)
     got = unpack_collapsed(collapsed_data(design, priors), len(design.coef_names))
     expected = {
-        "n": stats.n, "y_mean": stats.y_mean, "X_mean": stats.X_mean, "XX": stats.XX,
+        "n_pupils": design.n_pupils, "n": stats.n, "y_mean": stats.y_mean,
+        "X_mean": stats.X_mean, "XX": stats.XX,
         "Xy": stats.Xy, "yy": stats.yy, "X_centre": stats.X_centre,
         "prior_intercept_mu": priors.intercept.mu,
         "prior_intercept_sigma": priors.intercept.sigma, "prior_slope_mu": priors.slope_mu,
