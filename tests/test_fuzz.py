@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from bayesfed import validate
 from bayesfed.cli import app
 from bayesfed.errors import DataError, SpecError
 from bayesfed.fit import design_for
@@ -792,15 +793,32 @@ def write_inputs(case: Case, folder: Path) -> tuple[Path, Path | None]:
 
 
 def attempt(case: Case, folder: Path) -> tuple[str, str]:
-    """("valid", "") or (error class name, message). Any other exception propagates."""
+    """("valid", "") or (error class name, message). Any other exception propagates.
+
+    Every case is validated twice, as one batch and in batches of 25 rows (the rules a file
+    too large for memory is checked with): both must give the same message or table.
+    """
     spec_path, data = write_inputs(case, folder)
-    try:
-        spec = load_spec(spec_path)
-        raw = case.table.copy() if data is None else read_table(data)
-        table = validate_table(raw, spec, years=case.years, drop_incomplete=case.drop,
-                               source="t" if data is None else str(data))
-    except (DataError, SpecError) as exc:
-        return type(exc).__name__, str(exc)
+    outcomes = []
+    for batch_rows in (validate.BATCH_ROWS, 25):
+        try:
+            spec = load_spec(spec_path)
+            raw = case.table.copy() if data is None else read_table(data)
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(validate, "BATCH_ROWS", batch_rows)
+                table = validate_table(raw, spec, years=case.years, drop_incomplete=case.drop,
+                                       source="t" if data is None else str(data))
+        except (DataError, SpecError) as exc:
+            outcomes.append((type(exc).__name__, str(exc), None))
+            continue
+        outcomes.append(("valid", "", table))
+    (outcome, message, table), batched = outcomes
+    assert batched[:2] == (outcome, message), f"batches of 25 rows: {batched[1]}\n{message}"
+    if table is None:
+        return outcome, message
+    pd.testing.assert_frame_equal(batched[2].frame, table.frame)
+    assert (batched[2].n_input_rows, batched[2].n_dropped) == (table.n_input_rows,
+                                                               table.n_dropped)
     build(table, spec, case.years)
     return "valid", ""
 

@@ -11,6 +11,14 @@ from bayesfed.errors import DataError
 from bayesfed.spec import spec_from_dict
 from bayesfed.validate import describe, validate_table
 
+
+@pytest.fixture(autouse=True, params=["one batch", "batches of 5 rows"])
+def batch_rows(request, monkeypatch):
+    """Every rule gives the same message when the table is checked in batches."""
+    if request.param != "one batch":
+        monkeypatch.setattr(validate, "BATCH_ROWS", 5)
+
+
 HEAD = "t.csv: {n} in {rows} rows (row numbers count data rows from 1, the header excluded):"
 
 
