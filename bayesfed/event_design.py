@@ -118,6 +118,16 @@ class EventDesign:
         return self.E[:, self.n_leads:].sum(axis=1)
 
     @property
+    def x_mean(self) -> np.ndarray:
+        """Mean of each predictor over the pupils, shape (n_coef,)."""
+        return self.X.mean(axis=0)
+
+    @property
+    def federated_mean(self) -> float:
+        """Share of the pupils in federated schools."""
+        return float(self.federated.mean())
+
+    @property
     def n_pupils(self) -> int:
         return int(self.y.shape[0])
 
@@ -134,7 +144,8 @@ class EventDesign:
 
 @dataclass(frozen=True)
 class CellStats:
-    """Sufficient statistics of the Gaussian likelihood, per school-by-cohort cell.
+    """Sufficient statistics of the Gaussian likelihood, per school-by-cohort cell, with the
+    labels of the model's dimensions: all the event-time model needs of the pupils.
 
     Attributes
     ----------
@@ -157,6 +168,10 @@ class CellStats:
         Pooled within-cell cross products of the predictors and outcome centred at their
         cell means: :math:`\\sum_i \\tilde x_i \\tilde x_i^\\top`,
         :math:`\\sum_i \\tilde x_i \\tilde y_i`, :math:`\\sum_i \\tilde y_i^2`.
+    coef_names, schools, cohorts, cells, event_terms, n_leads, federations, types
+        As in :class:`EventDesign`.
+    n_dropped : int
+        Pupils of the input table outside the modelled years.
     """
 
     n: np.ndarray
@@ -172,6 +187,189 @@ class CellStats:
     XX: np.ndarray
     Xy: np.ndarray
     yy: np.ndarray
+    coef_names: tuple[str, ...] = ()
+    schools: tuple[str, ...] = ()
+    cohorts: tuple[str, ...] = ()
+    cells: tuple[str, ...] = ()
+    event_terms: tuple[str, ...] = ()
+    n_leads: int = 0
+    federations: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    n_dropped: int = 0
+
+    @property
+    def n_pupils(self) -> int:
+        return int(self.n.sum())
+
+    @property
+    def lead_terms(self) -> tuple[str, ...]:
+        return self.event_terms[: self.n_leads]
+
+    @property
+    def effect_terms(self) -> tuple[str, ...]:
+        return self.event_terms[self.n_leads:]
+
+    @property
+    def x_mean(self) -> np.ndarray:
+        """Mean of each predictor over the pupils, shape (n_coef,)."""
+        return self.n @ self.X_mean / self.n_pupils
+
+    @property
+    def federated_mean(self) -> float:
+        """Share of the pupils in federated schools."""
+        return float(self.n @ self.federated / self.n_pupils)
+
+    def sd(self) -> tuple[float, np.ndarray]:
+        """Standard deviations (ddof 1) over the pupils of the outcome and of each predictor:
+        the pooled within-cell sums of squares plus the between-cell ones."""
+        y_between = self.n @ (self.y_mean - self.n @ self.y_mean / self.n_pupils) ** 2
+        X_between = self.n @ (self.X_mean - self.x_mean) ** 2
+        return (float(np.sqrt((self.yy + y_between) / (self.n_pupils - 1))),
+                np.sqrt((np.diag(self.XX) + X_between) / (self.n_pupils - 1)))
+
+
+#: Columns identifying a cell part's rows: school, cohort and what is constant in a cell.
+_KEY = ("school", "cohort", "event", "federated", "federation", "federation_type")
+
+
+@dataclass(frozen=True)
+class CellPart:
+    """Per-cell sufficient statistics of some consecutive pupils; parts merge exactly
+    (:func:`merge_cell_parts`), so a table can be reduced batch by batch or by several
+    workers.
+
+    Attributes
+    ----------
+    keys : DataFrame
+        One row per distinct (school, cohort, event column (-1 for none), federated flag,
+        federation, federation type) of the pupils (labels "" where absent).
+    n : ndarray of int, shape (n_keys,)
+    mean : ndarray, shape (n_keys, 1 + n_coef)
+        Means of the outcome (first) and the predictors.
+    within : ndarray, shape (1 + n_coef, 1 + n_coef)
+        Cross products of the outcome and predictors centred at their key's means, summed.
+    coef_names : tuple of str
+    n_dropped : int
+        Pupils outside the modelled years.
+    """
+
+    keys: pd.DataFrame
+    n: np.ndarray
+    mean: np.ndarray
+    within: np.ndarray
+    coef_names: tuple[str, ...]
+    n_dropped: int = 0
+
+
+def cell_part(keys: pd.DataFrame, y: np.ndarray, X: np.ndarray, coef_names: tuple[str, ...],
+              n_dropped: int = 0) -> CellPart:
+    """The :class:`CellPart` of some pupils.
+
+    Parameters
+    ----------
+    keys : DataFrame
+        The pupils' key columns (:class:`CellPart`), one row each.
+    y : ndarray, shape (n_pupils,)
+    X : ndarray, shape (n_pupils, n_coef)
+    coef_names : tuple of str
+    n_dropped : int
+    """
+    codes, first = _groups(keys)
+    n = np.bincount(codes, minlength=first.size)
+    columns = np.column_stack([y, X])
+    mean = group_sums(codes, first.size, columns) / n[:, None]
+    columns -= mean[codes]  # a new array: centred at the key's means, in place
+    return CellPart(keys.iloc[first].reset_index(drop=True), n, mean, columns.T @ columns,
+                    coef_names, n_dropped)
+
+
+def _groups(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group of equal keys (numbered by first appearance) and each group's first
+    row."""
+    code = np.zeros(len(keys), dtype=np.int64)
+    for name in _KEY:  # one integer per distinct key
+        values, uniques = pd.factorize(keys[name])
+        code = code * (len(uniques) + 1) + values
+    codes, uniques = pd.factorize(code)
+    first = np.empty(len(uniques), dtype=np.int64)
+    order = np.arange(len(codes))[::-1]  # the last write of a group is its first row
+    first[codes[order]] = order
+    return codes.astype(np.int64), first
+
+
+def merge_cell_parts(a: CellPart, b: CellPart) -> CellPart:
+    """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and the
+    within cross products combined exactly (Chan, Golub and LeVeque's update)."""
+    keys = pd.concat([a.keys, b.keys], ignore_index=True)
+    n_all = np.r_[a.n, b.n]
+    mean_all = np.vstack([a.mean, b.mean])
+    codes, first = _groups(keys)
+    n = np.bincount(codes, weights=n_all, minlength=first.size).astype(np.int64)
+    mean = group_sums(codes, first.size, mean_all * n_all[:, None]) / n[:, None]
+    deviation = mean_all - mean[codes]  # zero for a key of one part only
+    within = a.within + b.within + (deviation * n_all[:, None]).T @ deviation
+    return CellPart(keys.iloc[first].reset_index(drop=True), n, mean, within, a.coef_names,
+                    a.n_dropped + b.n_dropped)
+
+
+def finish_cells(part: CellPart, leads: Sequence[int], effects: Sequence[int]) -> CellStats:
+    """The :class:`CellStats` of a part holding every pupil.
+
+    Raises
+    ------
+    ValueError
+        The event-year row, the federation, its type or the federated flag varies within a
+        school-by-cohort cell (a table not validated), or an event term has no federated
+        pupil (its coefficient would not be identified).
+    """
+    years = [*sorted(leads), *effects]
+    keys = part.keys
+    if keys.duplicated(["school", "cohort"]).any():
+        raise ValueError("event-year indicators, federation or cohort vary within a "
+                         "school-by-cohort cell")
+    school_idx, schools = pd.factorize(keys["school"], sort=True)
+    cohort_idx, cohorts = pd.factorize(keys["cohort"].to_numpy(dtype=np.int64), sort=True)
+    order = np.lexsort((cohort_idx, school_idx))  # cells sorted by school, then cohort
+    keys, n, mean = keys.iloc[order].reset_index(drop=True), part.n[order], part.mean[order]
+    school_idx, cohort_idx = school_idx[order], cohort_idx[order]
+    event = keys["event"].to_numpy(dtype=np.int64)
+    E = (event[:, None] == np.arange(len(years))[None, :]).astype(float)
+    empty = [str(k) for k, count in zip(years, n @ E, strict=True) if count == 0]
+    if empty:
+        raise ValueError(f"no federated pupil in event year(s) {empty}: their terms are not "
+                         "identified; leave them out of leads/effects")
+    federated = keys["federated"].to_numpy(dtype=float)
+    federation_idx, federations = _cell_labels(keys["federation"], federated)
+    type_idx, types = _cell_labels(keys["federation_type"], federated)
+    k = len(part.coef_names)
+    return CellStats(
+        n=n, y_mean=mean[:, 0], X_mean=mean[:, 1: 1 + k], E=E,
+        cohort_idx=cohort_idx.astype(np.int64), school_idx=school_idx.astype(np.int64),
+        federated=federated, post=E[:, len(leads):].sum(axis=1),
+        federation_idx=federation_idx, type_idx=type_idx,
+        XX=part.within[1:, 1:], Xy=part.within[1:, 0], yy=part.within[0, 0],
+        coef_names=part.coef_names, schools=tuple(str(s) for s in schools),
+        cohorts=tuple(str(c) for c in cohorts),
+        cells=tuple(f"{schools[s]}|{cohorts[c]}" for s, c in zip(school_idx, cohort_idx,
+                                                                  strict=True)),
+        event_terms=tuple(str(k) for k in years), n_leads=len(leads),
+        federations=federations, types=types, n_dropped=part.n_dropped)
+
+
+def _cell_labels(labels: pd.Series, federated: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Index of each federated cell's label (-1 for matched cells) and the sorted labels."""
+    labels = labels.where((federated == 1) & (labels != ""))
+    idx, uniques = pd.factorize(labels, sort=True, use_na_sentinel=True)
+    return idx.astype(np.int64), tuple(str(u) for u in uniques)
+
+
+def event_keys(school: np.ndarray, cohort: np.ndarray, event: np.ndarray,
+               federated: np.ndarray, federation: np.ndarray, federation_type: np.ndarray
+               ) -> pd.DataFrame:
+    """The key columns of :class:`CellPart` (labels "" where absent), one row a pupil."""
+    return pd.DataFrame({"school": school, "cohort": cohort, "event": event,
+                         "federated": federated, "federation": federation,
+                         "federation_type": federation_type})
 
 
 def _check_years(leads: Sequence[int], effects: Sequence[int]) -> None:
@@ -282,15 +480,10 @@ def _labels(frame: pd.DataFrame, column: str, federated: np.ndarray
 
 
 def cell_stats(design: EventDesign) -> CellStats:
-    """Per-cell counts and means and the pooled within-cell cross products.
+    """Per-cell counts and means and the pooled within-cell cross products of a design.
 
-    Parameters
-    ----------
-    design : EventDesign
-
-    Returns
-    -------
-    CellStats
+    Computed as the reduction of a table read in batches computes them
+    (:func:`cell_part`, :func:`finish_cells`), in one part.
 
     Raises
     ------
@@ -298,40 +491,18 @@ def cell_stats(design: EventDesign) -> CellStats:
         The event-year row, the federation, its type or the cohort varies within a cell (the
         table was not validated: a school-level column not constant within school).
     """
-    n_cells = len(design.cells)
-    n = np.bincount(design.cell_idx, minlength=n_cells)
-    # columns constant within a cell: each cell's value is its first pupil's, checked for all
-    first = np.empty(n_cells, dtype=np.int64)
-    order = np.arange(design.n_pupils)[::-1]  # the last write of a cell is its first pupil
-    first[design.cell_idx[order]] = order
-    constant = {}
-    for name, values in (("E", design.E), ("federated", design.federated),
-                         ("federation_idx", design.federation_idx),
-                         ("type_idx", design.type_idx), ("cohort_idx", design.cohort_idx),
-                         ("school_idx", design.school_idx)):
-        constant[name] = values[first]
-        if (values != constant[name][design.cell_idx]).any():
-            raise ValueError("event-year indicators, federation or cohort vary within a "
-                             "school-by-cohort cell")
-    k = design.X.shape[1]
-    columns = np.column_stack([design.y, design.X])  # outcome first
-    means = group_sums(design.cell_idx, n_cells, columns) / n[:, None]
-    columns -= means[design.cell_idx]  # centred at the cell means, in place
-    gram = columns.T @ columns  # (1 + n_coef) square: outcome first
-    del columns
-    E = constant["E"].astype(float)
-    return CellStats(
-        n=n,
-        y_mean=means[:, 0],
-        X_mean=means[:, 1: 1 + k],
-        E=E,
-        cohort_idx=constant["cohort_idx"],
-        school_idx=constant["school_idx"],
-        federated=constant["federated"].astype(float),
-        post=E[:, design.n_leads:].sum(axis=1),
-        federation_idx=constant["federation_idx"],
-        type_idx=constant["type_idx"],
-        XX=gram[1:, 1:],
-        Xy=gram[1:, 0],
-        yy=gram[0, 0],
-    )
+    has_event = design.E.any(axis=1)
+    event = np.where(has_event, design.E.argmax(axis=1), -1)
+    keys = event_keys(np.asarray(design.schools, dtype=object)[design.school_idx],
+                      np.asarray(design.cohorts).astype(np.int64)[design.cohort_idx], event,
+                      design.federated.astype(np.int64),
+                      _label_values(design.federations, design.federation_idx),
+                      _label_values(design.types, design.type_idx))
+    part = cell_part(keys, design.y, design.X, design.coef_names, design.n_dropped)
+    years = [int(k) for k in design.event_terms]
+    return finish_cells(part, years[: design.n_leads], years[design.n_leads:])
+
+
+def _label_values(labels: tuple[str, ...], idx: np.ndarray) -> np.ndarray:
+    """Each row's label ("" for -1)."""
+    return np.asarray(("", *labels), dtype=object)[idx + 1]

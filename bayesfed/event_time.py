@@ -152,9 +152,8 @@ import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 
-from bayesfed.design import Design
 from bayesfed.event_design import CellStats, EventDesign, cell_stats
-from bayesfed.priors import Normal, resolve_priors
+from bayesfed.priors import Normal, Scales, resolve_priors
 from bayesfed.spec import Priors
 
 EffectPrior = Literal["random_walk", "independent"]
@@ -220,13 +219,14 @@ class EventPriors:
         return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
 
 
-def resolve_event_priors(design: EventDesign, spec_priors: Priors | None = None
+def resolve_event_priors(stats: CellStats, spec_priors: Priors | None = None
                          ) -> EventPriors:
     """The priors of the module docstring's table, with the spec's overrides applied.
 
     Parameters
     ----------
-    design : EventDesign
+    stats : CellStats
+        The pupils' statistics (their scales set the defaults).
     spec_priors : Priors, optional
         The spec's ``[priors]``; its ``intercept`` (the prior of ``level``), ``slopes``,
         ``slope``, ``sd_school``, ``sd_cell`` and ``sigma`` replace the defaults, with the
@@ -243,19 +243,19 @@ def resolve_event_priors(design: EventDesign, spec_priors: Priors | None = None
         :func:`bayesfed.priors.resolve_priors`).
     """
     spec_priors = spec_priors or Priors()
-    two_level = resolve_priors(Design(
-        y=design.y, X=design.X, coef_names=design.coef_names, school_idx=design.school_idx,
-        schools=design.schools, school_level=(False,) * len(design.coef_names)), spec_priors)
-    sd_y = float(np.std(design.y, ddof=1))
+    sd_y, sd_x = stats.sd()
+    two_level = resolve_priors(Scales(stats.n_pupils, float(stats.n @ stats.y_mean
+                                                             / stats.n_pupils), sd_y, sd_x,
+                                      stats.coef_names), spec_priors)
     sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
     return EventPriors(intercept=two_level.intercept, slopes=two_level.slopes, cohort=sd_y,
                        effect=sd_y, lead=sd_y, tau_step=0.5 * sd_y, gap=sd_y,
                        sd_school=two_level.sd_school, sd_cell=float(sd_cell),
                        sigma=two_level.sigma, sd_federation_effect=0.25 * sd_y,
-                       sd_type=0.25 * sd_y, coef_names=design.coef_names)
+                       sd_type=0.25 * sd_y, coef_names=stats.coef_names)
 
 
-def _coords(design: EventDesign) -> dict[str, list[str]]:
+def _coords(design: EventDesign | CellStats) -> dict[str, list[str]]:
     return {
         "school": list(design.schools),
         "cell": list(design.cells),
@@ -289,14 +289,14 @@ class Terms(NamedTuple):
     sigma: pt.TensorVariable
 
 
-def fixed_columns(design: EventDesign, cohort_idx: np.ndarray, X_mean: np.ndarray,
-                  federated: np.ndarray) -> np.ndarray:
+def fixed_columns(design: EventDesign | CellStats, cohort_idx: np.ndarray,
+                  X_mean: np.ndarray, federated: np.ndarray) -> np.ndarray:
     """Rows' columns of the fixed part without the Gaussian block: cohort one-hot, predictors
     minus the pupils' mean, federated flag minus the pupils' mean.
 
     Parameters
     ----------
-    design : EventDesign
+    design : EventDesign or CellStats
         Supplies the cohorts and the pupils' means.
     cohort_idx : ndarray of int, shape (n_rows,)
     X_mean : ndarray, shape (n_rows, n_coef)
@@ -309,8 +309,8 @@ def fixed_columns(design: EventDesign, cohort_idx: np.ndarray, X_mean: np.ndarra
         Its product with (cohort means, ``beta``, ``federated_gap``) is the fixed part.
     """
     onehot = cohort_idx[:, None] == np.arange(len(design.cohorts))[None, :]
-    return np.column_stack([onehot, X_mean - design.X.mean(axis=0),
-                            federated - design.federated.mean()]).astype(float)
+    return np.column_stack([onehot, X_mean - design.x_mean,
+                            federated - design.federated_mean]).astype(float)
 
 
 def effect_columns(E: np.ndarray, post: np.ndarray, federation_idx: np.ndarray,
@@ -330,7 +330,7 @@ def effect_columns(E: np.ndarray, post: np.ndarray, federation_idx: np.ndarray,
     return np.hstack(blocks)
 
 
-def _fixed_effects(design: EventDesign, priors: EventPriors, effect_prior: EffectPrior,
+def _fixed_effects(design: EventDesign | CellStats, priors: EventPriors, effect_prior: EffectPrior,
                    federation_deviations: bool = False, type_effects: bool = False) -> Terms:
     """Add every parameter but the random intercepts, the leads and the effects to the model
     in context (the random walk's ``tau_step`` included).
@@ -347,7 +347,7 @@ def _fixed_effects(design: EventDesign, priors: EventPriors, effect_prior: Effec
     deviation = pm.ZeroSumNormal("cohort_deviation", sigma=_f64(priors.cohort),
                                  dims="cohort_all")
     gap = pm.Normal("federated_gap", mu=0.0, sigma=_f64(priors.gap))
-    composition = pt.dot(design.X.mean(axis=0), beta) + design.federated.mean() * gap
+    composition = pt.dot(design.x_mean, beta) + design.federated_mean * gap
     pm.Deterministic("intercept", level + deviation[0] - composition)
     pm.Deterministic("gamma", deviation[1:] - deviation[0], dims="cohort")
     tau_step = sd_federation = sd_type = None
@@ -594,7 +594,7 @@ class EventModel(NamedTuple):
 
 
 def build_event_time_parts(
-    design: EventDesign,
+    stats: CellStats,
     priors: EventPriors | None = None,
     effect_prior: EffectPrior = "random_walk",
     federation_deviations: bool = False,
@@ -612,39 +612,38 @@ def build_event_time_parts(
     whose product with (cohort means, ``beta``, ``federated_gap``) is the fixed part of each
     cell; ``block_entries`` and ``block_pairs`` (:class:`BlockIndex`).
     """
-    priors = priors or resolve_event_priors(design)
-    stats = cell_stats(design)
-    n_fed = len(design.federations) if federation_deviations else 0
-    n_types = len(design.types) if type_effects else 0
+    priors = priors or resolve_event_priors(stats)
+    n_fed = len(stats.federations) if federation_deviations else 0
+    n_types = len(stats.types) if type_effects else 0
     columns = effect_columns(stats.E, stats.post, stats.federation_idx, stats.type_idx,
                              n_fed, n_types)
     index = block_index(columns, stats.school_idx)
-    with pm.Model(coords=_coords(design)) as model:
+    with pm.Model(coords=_coords(stats)) as model:
         sizes = cell_sizes(stats.n)
         cell_y = pm.Data("cell_y", stats.y_mean)
         cell_size = pm.Data("cell_size", np.column_stack([sizes.idx, stats.school_idx]))
         size_values = pm.Data("size_values", np.column_stack([sizes.n, sizes.count]))
-        cell_fixed = pm.Data("cell_fixed", fixed_columns(design, stats.cohort_idx,
+        cell_fixed = pm.Data("cell_fixed", fixed_columns(stats, stats.cohort_idx,
                                                          stats.X_mean, stats.federated))
         block = BlockIndex(pm.Data("block_entries", index.entries),
                            pm.Data("block_pairs", index.pairs), index.n_columns)
-        terms = _fixed_effects(design, priors, effect_prior, federation_deviations,
+        terms = _fixed_effects(stats, priors, effect_prior, federation_deviations,
                                type_effects)
         cell_mean = _row_mean(terms, cell_fixed)
         precision, log_det_cov = effect_prior_precision(
-            priors, design.n_leads, len(design.effect_terms), terms, n_fed, n_types)
+            priors, stats.n_leads, len(stats.effect_terms), terms, n_fed, n_types)
         data = replace(stats, y_mean=cell_y, school_idx=cell_size[:, 1])
-        marginal = marginal_loglik(data, block, len(design.schools), cell_mean, terms.beta,
+        marginal = marginal_loglik(data, block, len(stats.schools), cell_mean, terms.beta,
                                    terms.sigma, terms.sd_cell, terms.sd_school, precision,
-                                   log_det_cov, n_pupils=design.n_pupils,
+                                   log_det_cov, n_pupils=stats.n_pupils,
                                    sizes=CellSizes(n=size_values[:, 0], idx=cell_size[:, 0],
                                                    count=size_values[:, 1]))
         pm.Potential("marginal_loglik", marginal.loglik)
-    return EventModel(model, marginal, design.n_leads, n_fed, n_types)
+    return EventModel(model, marginal, stats.n_leads, n_fed, n_types)
 
 
 def build_event_time(
-    design: EventDesign,
+    stats: CellStats,
     priors: EventPriors | None = None,
     effect_prior: EffectPrior = "random_walk",
     federation_deviations: bool = False,
@@ -654,14 +653,16 @@ def build_event_time(
 
     Parameters
     ----------
-    design : EventDesign
+    stats : CellStats
+        The pupils' per-cell statistics (:func:`bayesfed.event_design.cell_stats` of a
+        design, or :func:`bayesfed.reduce.reduce_event_time` of a file read in batches).
     priors : EventPriors, optional
-        Defaults to :func:`resolve_event_priors` of ``design``.
+        Defaults to :func:`resolve_event_priors` of ``stats``.
     effect_prior : {"random_walk", "independent"}
         Prior of the effects ``delta`` (module docstring).
     federation_deviations, type_effects : bool
-        Add the heterogeneity terms (module docstring); they need ``design.federations``
-        and ``design.types``.
+        Add the heterogeneity terms (module docstring); they need ``stats.federations``
+        and ``stats.types``.
 
     Returns
     -------
@@ -676,7 +677,7 @@ def build_event_time(
         ``marginal_loglik``; the leads, effects and deviations are drawn after sampling by
         :func:`add_effect_draws`.
     """
-    return build_event_time_parts(design, priors, effect_prior, federation_deviations,
+    return build_event_time_parts(stats, priors, effect_prior, federation_deviations,
                                   type_effects).model
 
 
@@ -764,7 +765,7 @@ def build_event_time_reference(
         free ``delta`` (event_year), the centred ``federation_deviation`` and
         ``type_deviation`` when modelled; the observed ``y`` (pupil) instead of the potential.
     """
-    priors = priors or resolve_event_priors(design)
+    priors = priors or resolve_event_priors(cell_stats(design))
     coords = _coords(design) | {"pupil": np.arange(design.n_pupils)}
     with pm.Model(coords=coords) as model:
         terms = _fixed_effects(design, priors, effect_prior, federation_deviations,

@@ -58,6 +58,7 @@ from bayesfed.models import (
 )
 from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
+from bayesfed.reduce import Reduced, reduce_table
 from bayesfed.reml import fit_reml
 from bayesfed.sampling import Sampler, sample, sample_reusing
 from bayesfed.spec import ModelSpec
@@ -140,7 +141,7 @@ def versions() -> dict[str, str]:
 
 
 def fit_one(
-    table: PupilTable,
+    table: PupilTable | Reduced,
     spec: ModelSpec,
     year: int | None,
     options: FitOptions,
@@ -151,8 +152,9 @@ def fit_one(
 
     Parameters
     ----------
-    table : PupilTable
-        Validated for ``spec`` (and for ``year``).
+    table : PupilTable or Reduced
+        Validated for ``spec`` (and for ``year``); an ``event_time`` spec's may be reduced
+        already (:func:`bayesfed.reduce.reduce_event_time`).
     spec : ModelSpec
     year : int or None
         Years since founding to select, or None for the whole table.
@@ -199,9 +201,13 @@ def fit_one(
     return tree
 
 
-def fit_event_time(table: PupilTable, spec: ModelSpec, options: FitOptions,
+def fit_event_time(table: PupilTable | Reduced, spec: ModelSpec, options: FitOptions,
                    data_hash: str, threads: int | None = None) -> xr.DataTree:
     """Fit an ``event_time`` spec to every cohort of the table; returns the DataTree to save.
+
+    ``table`` is the table reduced to the model's statistics as it was read
+    (:func:`bayesfed.reduce.reduce_event_time`), or a table validated in memory (reduced
+    here).
 
     The tree has no REML cross-check (``bayesfed_reml``; the frequentist comparison of the
     event-time model is a test, ``tests/test_event_time.py``) and no ``constant_data``; its
@@ -210,22 +216,23 @@ def fit_event_time(table: PupilTable, spec: ModelSpec, options: FitOptions,
     modelled years), ``bayesfed_n_federations`` and ``bayesfed_n_types``.
     """
     event = spec.event_options
-    design = event_design_for(table, spec)
-    priors = resolve_event_priors(design, spec.priors)
+    if isinstance(table, PupilTable):
+        table = reduce_table(table, spec)
+    stats = table.stats
+    priors = resolve_event_priors(stats, spec.priors)
     seed = fit_seed(options.seed, spec.name, None)
-    parts = build_event_time_parts(design, priors, event.effect_prior,
+    parts = build_event_time_parts(stats, priors, event.effect_prior,
                                    event.federation_deviations, event.type_effects)
     attrs = {
         "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
-        "bayesfed_n_pupils": design.n_pupils,
-        "bayesfed_n_schools": len(design.schools),
-        "bayesfed_n_cells": len(design.cells),
-        "bayesfed_n_cohorts": len(design.cohorts),
-        "bayesfed_n_dropped": design.n_dropped,
-        "bayesfed_n_federations": len(design.federations),
-        "bayesfed_n_types": len(design.types),
+        "bayesfed_n_pupils": stats.n_pupils,
+        "bayesfed_n_schools": len(stats.schools),
+        "bayesfed_n_cells": len(stats.cells),
+        "bayesfed_n_cohorts": len(stats.cohorts),
+        "bayesfed_n_dropped": stats.n_dropped,
+        "bayesfed_n_federations": len(stats.federations),
+        "bayesfed_n_types": len(stats.types),
     }
-    del design  # the model holds per-cell statistics; the pupil arrays are not needed again
     tree = sample(parts.model, draws=options.draws, tune=options.tune, chains=options.chains,
                   seed=seed, sampler=options.sampler, progress=options.progress,
                   threads=threads)
@@ -234,7 +241,7 @@ def fit_event_time(table: PupilTable, spec: ModelSpec, options: FitOptions,
     return tree
 
 
-def _provenance(table: PupilTable, spec: ModelSpec, year: int | None, options: FitOptions,
+def _provenance(table: PupilTable | Reduced, spec: ModelSpec, year: int | None, options: FitOptions,
                 seed: int, data_hash: str) -> dict[str, str]:
     """Root attributes every fit carries: what was fitted, how, to which data, with what."""
     return {
@@ -325,15 +332,17 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _table_for(table: PupilTable, spec: ModelSpec, year: int | None) -> PupilTable:
+def _table_for(table: PupilTable | Reduced, spec: ModelSpec, year: int | None
+               ) -> PupilTable | Reduced:
     """Only the pupils one fit needs (what a worker process is sent)."""
     if year is None or spec.model.family == "event_time":
         return table
     return replace(table, frame=table.select_year(year))
 
 
-def _fit_and_save(table: PupilTable, spec: ModelSpec, year: int | None, options: FitOptions,
-                  data_hash: str, path: Path, threads: int | None) -> Path:
+def _fit_and_save(table: PupilTable | Reduced, spec: ModelSpec, year: int | None,
+                  options: FitOptions, data_hash: str, path: Path, threads: int | None
+                  ) -> Path:
     """One fit, saved atomically: what a job does per fit, in this process or a worker."""
     return save_fit(fit_one(table, spec, year, options, data_hash, threads=threads), path)
 
@@ -366,7 +375,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def run_job(
-    tables: Mapping[str, PupilTable],
+    tables: Mapping[str, PupilTable | Reduced],
     specs: Sequence[ModelSpec],
     years: Sequence[int] | None,
     out: Path,
@@ -383,8 +392,9 @@ def run_job(
 
     Parameters
     ----------
-    tables : mapping of str to PupilTable
-        Model name -> the table validated for that spec and every year.
+    tables : mapping of str to PupilTable or Reduced
+        Model name -> the table validated for that spec and every year (an ``event_time``
+        spec's reduced to its statistics as it was read).
     specs : sequence of ModelSpec
     years : sequence of int or None
     out : Path
@@ -468,10 +478,10 @@ def run_job(
     return _run_parallel(tables, plan, paths, todo, options, data_hash, jobs, on_fit, out)
 
 
-def _run_parallel(tables: Mapping[str, PupilTable], plan: list[tuple[ModelSpec, int | None]],
-                  paths: list[Path], todo: list[int], options: FitOptions, data_hash: str,
-                  jobs: int, on_fit: Callable[[str, int, int], None] | None,
-                  out: Path) -> list[Path]:
+def _run_parallel(tables: Mapping[str, PupilTable | Reduced],
+                  plan: list[tuple[ModelSpec, int | None]], paths: list[Path],
+                  todo: list[int], options: FitOptions, data_hash: str, jobs: int,
+                  on_fit: Callable[[str, int, int], None] | None, out: Path) -> list[Path]:
     """:func:`run_job`'s fits in ``jobs`` spawned worker processes.
 
     At most ``jobs`` fits are in flight, each sent only its own pupils, so memory holds one

@@ -20,6 +20,7 @@ from bayesfed.plots import (
 )
 from bayesfed.published import load_published
 from bayesfed.read import read_table
+from bayesfed.reduce import reduce_event_time
 from bayesfed.report import Flavour, render_markdown
 from bayesfed.spec import load_spec
 from bayesfed.store import load_fit, write_text
@@ -84,10 +85,13 @@ def fit_command(
     if len(set(names)) != len(names):
         raise OutputError(f"two specs share a model name ({', '.join(names)}); their fit files "
                           "would overwrite each other")
-    raw = read_table(data)
-    tables = {s.name: validate_table(raw, s, years=years if s.model.family == "two_level"
-                                     else None, drop_incomplete=drop_incomplete,
-                                     source=str(data)) for s in specs}
+    # an event-time spec's table is reduced to its statistics as it is read, in batches; the
+    # per-year models keep their validated pupils in memory
+    raw = read_table(data) if any(s.model.family == "two_level" for s in specs) else None
+    tables = {s.name: reduce_event_time(data, s, drop_incomplete, source=str(data))
+              if s.model.family == "event_time" else
+              validate_table(raw, s, years=years, drop_incomplete=drop_incomplete,
+                             source=str(data)) for s in specs}
     del raw  # the validated tables hold what the fits need; at national size this is 1 GB
     for table in tables.values():
         if table.n_dropped:

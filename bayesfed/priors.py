@@ -51,6 +51,7 @@ Sources come before specificity: an override's ``slopes`` beats the spec's ``slo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,13 +131,43 @@ class PriorSet:
         return out
 
 
-def default_priors(design: Design) -> PriorSet:
+@dataclass(frozen=True)
+class Scales:
+    """What the data-scaled default priors need of the pupils.
+
+    Attributes
+    ----------
+    n_pupils : int
+    y_mean, sd_y : float
+        Mean and standard deviation (ddof 1) of the outcome over the pupils (outcome units).
+    sd_x : ndarray, shape (n_coef,)
+        Standard deviation (ddof 1) of each predictor column.
+    coef_names : tuple of str
+    """
+
+    n_pupils: int
+    y_mean: float
+    sd_y: float
+    sd_x: np.ndarray
+    coef_names: tuple[str, ...]
+
+
+def scales_of(design: Design) -> Scales:
+    """The :class:`Scales` of a design's pupils."""
+    if design.n_pupils < 2:
+        return Scales(design.n_pupils, math.nan, math.nan, np.full(len(design.coef_names),
+                                                                   math.nan), design.coef_names)
+    return Scales(design.n_pupils, float(np.mean(design.y)), float(np.std(design.y, ddof=1)),
+                  np.std(design.X, axis=0, ddof=1), design.coef_names)
+
+
+def default_priors(data: Design | Scales) -> PriorSet:
     """The data-scaled default priors (see the module docstring).
 
     Parameters
     ----------
-    design : Design
-        Supplies ``y`` (n_pupils,) and ``X`` (n_pupils, n_coef).
+    data : Design or Scales
+        A design (``y`` (n_pupils,) and ``X`` (n_pupils, n_coef)) or the scales of its pupils.
 
     Returns
     -------
@@ -147,17 +178,17 @@ def default_priors(design: Design) -> PriorSet:
     SpecError
         The outcome or a predictor column is constant (its scale would be zero).
     """
-    if design.n_pupils < 2:
+    scales = data if isinstance(data, Scales) else scales_of(data)
+    if scales.n_pupils < 2:
         raise SpecError("default priors need at least two pupils")
-    sd_y = float(np.std(design.y, ddof=1))
-    sd_x = np.std(design.X, axis=0, ddof=1)
-    constant = [n for n, s in zip(design.coef_names, sd_x, strict=True) if not s > 0]
+    sd_y, sd_x = scales.sd_y, scales.sd_x
+    constant = [n for n, s in zip(scales.coef_names, sd_x, strict=True) if not s > 0]
     if not sd_y > 0 or constant:
         what = "the outcome" if not sd_y > 0 else f"predictor column(s) {constant}"
         raise SpecError(f"{what} constant: the data-scaled default priors are undefined")
     return PriorSet(
-        intercept=Normal(float(np.mean(design.y)), SCALE * sd_y),
-        coef_names=design.coef_names,
+        intercept=Normal(scales.y_mean, SCALE * sd_y),
+        coef_names=scales.coef_names,
         slopes=tuple(Normal(0.0, float(SCALE * sd_y / s)) for s in sd_x),
         sd_school=sd_y,
         sigma=sd_y,
@@ -180,7 +211,7 @@ def _pick(values: list[float | None], default: float) -> float:
     return float(next((v for v in values if v is not None), default))
 
 
-def _check_slope_names(priors: Priors, design: Design, source: str) -> None:
+def _check_slope_names(priors: Priors, design: Design | Scales, source: str) -> None:
     known = {*design.coef_names, *map(_term, design.coef_names)}
     unknown = sorted(set(priors.slope) - known)
     if unknown:
@@ -189,14 +220,15 @@ def _check_slope_names(priors: Priors, design: Design, source: str) -> None:
 
 
 def resolve_priors(
-    design: Design, spec_priors: Priors, overrides: Priors | None = None
+    design: Design | Scales, spec_priors: Priors, overrides: Priors | None = None
 ) -> PriorSet:
     """Resolve every prior: ``overrides`` > ``spec_priors`` > data-scaled default.
 
     Parameters
     ----------
-    design : Design
-        The model's arrays; set the defaults' scales and the coefficient names.
+    design : Design or Scales
+        The model's arrays, or their scales (:class:`Scales`); set the defaults' scales and
+        the coefficient names.
     spec_priors : Priors
         The spec's ``[priors]`` section.
     overrides : Priors, optional

@@ -1,13 +1,19 @@
-"""Reading a pupil table from CSV or Parquet. The input file is only ever opened for reading."""
+"""Reading a pupil table from CSV or Parquet, whole (:func:`read_table`) or in batches of rows
+(:func:`read_batches`, for tables larger than memory). The input is only ever opened for
+reading.
+"""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from bayesfed.errors import DataError
 
@@ -16,6 +22,10 @@ FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
 
 #: Separators a spreadsheet may have used instead of commas, as they are named in messages.
 OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+#: Rows per batch of :func:`read_batches` (Parquet batches also end at row-group boundaries).
+BATCH_ROWS = 1_000_000
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -41,6 +51,73 @@ def read_table(path: str | Path) -> pd.DataFrame:
         with more fields than the header, or a header separated by semicolons or tabs.
     """
     path = Path(path)
+    kind = _kind(path)
+    with _reading(path, kind):
+        if kind == "CSV":
+            return _read_csv(path)
+        return pd.read_parquet(path)
+
+
+def read_batches(path: str | Path, columns: Sequence[str] | None = None,
+                 batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """Read a pupil table in consecutive batches of rows, as :func:`read_table` reads it whole.
+
+    Parameters
+    ----------
+    path : str or Path
+        As for :func:`read_table`. A folder of Parquet files is read file by file, in the
+        order of their paths (Hive partition folders, ``cohort=2012/``, become columns).
+    columns : sequence of str, optional
+        Parquet: read only these columns (a CSV's rows are read whole).
+    batch_rows : int, optional
+        Rows per batch at most; default :data:`BATCH_ROWS`.
+
+    Yields
+    ------
+    DataFrame
+        The table's rows in order, at most ``batch_rows`` at a time; one empty frame for a
+        table without rows. Memory holds one batch.
+
+    Raises
+    ------
+    DataError
+        As :func:`read_table`, when the batch that cannot be read is reached.
+    """
+    path = Path(path)
+    kind = _kind(path)
+    batch_rows = batch_rows or BATCH_ROWS
+    with _reading(path, kind):
+        if kind == "CSV":
+            yield from _csv_batches(path, batch_rows)
+            return
+        dataset = _parquet(path)
+        empty = True
+        for batch in dataset.to_batches(columns=None if columns is None else list(columns),
+                                        batch_size=batch_rows):
+            if batch.num_rows or empty:
+                yield pa.Table.from_batches([batch]).to_pandas()
+                empty = False
+        if empty:  # no batch at all: the table's columns, no rows
+            yield dataset.schema.empty_table().to_pandas()
+
+
+def table_columns(path: str | Path) -> list[str]:
+    """The column names of a pupil table, reading no more than its header (CSV) or schema."""
+    path = Path(path)
+    kind = _kind(path)
+    with _reading(path, kind):
+        if kind == "CSV":
+            return list(next(_csv_batches(path, 1)).columns)
+        return list(_parquet(path).schema.names)
+
+
+def _parquet(path: Path) -> ds.Dataset:
+    """A Parquet file or folder as ``pandas.read_parquet`` reads it (Hive partitions)."""
+    return ds.dataset(path, format="parquet", partitioning="hive")
+
+
+def _kind(path: Path) -> str:
+    """``"CSV"`` or ``"Parquet"``; DataError when the file is missing or of another type."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
     kind = "Parquet" if path.is_dir() else FORMATS.get(path.suffix.lower())
@@ -49,27 +126,53 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"data file {path}: unknown file type {path.suffix!r}; "
             f"bayesfed reads {', '.join(FORMATS)} files (or a folder of Parquet files)"
         )
-    try:
-        if kind == "CSV":
-            return _read_csv(path)
-        return pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"cannot read CSV file {path}: it is not UTF-8 text ({exc.reason} at byte "
-            f"{exc.start}); save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
-    except (OSError, ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
-        raise DataError(f"cannot read {kind} file {path}: {str(exc).strip()}") from None
+    return kind
+
+
+class _reading:
+    """Context of reading ``path``: the readers' exceptions become one-line DataErrors."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path, self.kind = path, kind
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, traceback) -> bool:
+        if isinstance(exc, UnicodeDecodeError):
+            raise DataError(
+                f"cannot read CSV file {self.path}: it is not UTF-8 text ({exc.reason} at byte "
+                f"{exc.start}); save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
+        if isinstance(exc, (OSError, ValueError, pd.errors.ParserError, pa.ArrowException)) \
+                and not isinstance(exc, DataError):
+            raise DataError(f"cannot read {self.kind} file {self.path}: "
+                            f"{str(exc).strip()}") from None
+        return False
+
+
+#: pandas' options for a pupil CSV. index_col=False: a data row with one field more than the
+#: header would otherwise turn the first column into the index and shift every value one
+#: column to the left, silently.
+_CSV_OPTIONS = {"dtype": str, "keep_default_na": True, "skipinitialspace": True,
+                "index_col": False}
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    # index_col=False: a data row with one field more than the header would otherwise turn the
-    # first column into the index and shift every value one column to the left, silently.
-    options = {"dtype": str, "keep_default_na": True, "skipinitialspace": True,
-               "index_col": False}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", pd.errors.ParserWarning)
+    frames = list(_csv_batches(path, None))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
+def _csv_batches(path: Path, batch_rows: int | None) -> Iterator[pd.DataFrame]:
+    """A CSV file's rows, whole (``batch_rows`` None) or in batches, columns as in the file."""
+    header = _header(path)
+    ignore_empty = False  # extra fields, all empty (a delimiter at the end of each row)
+    done = 0  # batches yielded
+    while True:  # restarted once, when the extra fields turn out to be empty
         try:
-            frame = pd.read_csv(path, **options)
+            for frame in _csv_reader(path, batch_rows, ignore_empty, skip=done):
+                yield _csv_columns(path, frame, header)
+                done += 1
+            return
         except (pd.errors.ParserWarning, pd.errors.ParserError) as exc:
             # pandas drops extra fields of the first data row (warning) or stops at a later one
             rows = _long_rows(path)
@@ -80,10 +183,32 @@ def _read_csv(path: Path) -> pd.DataFrame:
                     f"{', '.join(map(str, rows[:5]))}; rows count from 1, the header "
                     "excluded): quote values that contain commas, or remove the extra "
                     "fields") from None
-            if isinstance(exc, pd.errors.ParserError):
+            if isinstance(exc, pd.errors.ParserError) or ignore_empty:
                 raise
-            warnings.simplefilter("ignore", pd.errors.ParserWarning)  # only empty ones
-            frame = pd.read_csv(path, **options)
+            ignore_empty = True
+
+
+def _csv_reader(path: Path, batch_rows: int | None, ignore_empty: bool, skip: int
+                ) -> Iterator[pd.DataFrame]:
+    """pandas' batches after the first ``skip``; its ParserWarning (extra fields) raised as an
+    exception unless ``ignore_empty`` (warning filters set only while pandas parses)."""
+    action = "ignore" if ignore_empty else "error"
+    with warnings.catch_warnings():
+        warnings.simplefilter(action, pd.errors.ParserWarning)
+        reader = (iter([pd.read_csv(path, **_CSV_OPTIONS)]) if batch_rows is None
+                  else pd.read_csv(path, chunksize=batch_rows, **_CSV_OPTIONS))
+    for k in itertools.count():
+        with warnings.catch_warnings():
+            warnings.simplefilter(action, pd.errors.ParserWarning)
+            frame = next(reader, None)
+        if frame is None:
+            return
+        if k >= skip:
+            yield frame
+
+
+def _csv_columns(path: Path, frame: pd.DataFrame, header: list[str]) -> pd.DataFrame:
+    """A CSV batch with the file's own column names (checked for other separators)."""
     if len(frame.columns) == 1:
         name = str(frame.columns[0])
         for sep, names in OTHER_SEPARATORS.items():
@@ -91,7 +216,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
                 raise DataError(
                     f"cannot read CSV file {path}: its header {name[:60]!r} is separated by "
                     f"{names}, not commas; save the file with commas as separators")
-    header = _header(path)
     if len(header) == len(frame.columns) and len(set(header)) < len(header):
         # pandas renames a repeated name 'x' to 'x.1'; keep the file's names so that
         # validation can tell the user which column is ambiguous

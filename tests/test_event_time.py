@@ -175,7 +175,7 @@ def test_marginal_equals_pupil_rows_over_intercepts(effect_prior, heterogeneity)
     assert design.federations == ("F1", "F2", "F3") and design.types == ("faith", "size")
     options = {"effect_prior": effect_prior, "federation_deviations": heterogeneity,
                "type_effects": heterogeneity}
-    marginal = build_event_time(design, **options)
+    marginal = build_event_time(cell_stats(design), **options)
     reference = build_event_time_reference(design, **options)
     logp_marginal, logp_reference = marginal.compile_logp(), reference.compile_logp()
     marginal_vars = {v.name for v in marginal.value_vars}
@@ -184,26 +184,27 @@ def test_marginal_equals_pupil_rows_over_intercepts(effect_prior, heterogeneity)
     for _ in range(10):
         point = {k: v + rng.normal(0, 0.7, np.shape(v)) for k, v in start.items()}
         expected = logp_reference(point) - conditional_logdensity(reference, point, design,
-                                                                  resolve_event_priors(design))
+                                                                  resolve_event_priors(cell_stats(design)))
         got = logp_marginal({k: v for k, v in point.items() if k in marginal_vars})
         assert got == pytest.approx(expected, rel=1e-8, abs=0)
 
 
 def test_marginal_model_has_the_named_parts():
     design = build_event_design(unbalanced_frame(), ["x"])
-    model = build_event_time(design)
+    model = build_event_time(cell_stats(design))
     assert {"intercept", "beta", "gamma", "tau_step", "sd_school", "sd_cell", "sigma",
             "federated_gap"} <= set(model.named_vars)
     assert not {"delta", "lead", "type_deviation"} & set(model.named_vars)  # integrated out
-    full = build_event_time(design, federation_deviations=True, type_effects=True)
+    full = build_event_time(cell_stats(design), federation_deviations=True, type_effects=True)
     assert {"sd_type", "sd_federation_effect"} <= set(full.named_vars)
     assert not {"type_deviation", "federation_deviation"} & set(full.named_vars)
     assert list(model.coords["event_year"]) == EFFECTS
     assert list(model.coords["lead_year"]) == ["-2"]
     assert len(model.coords["cohort"]) == len(design.cohorts) - 1
-    assert "tau_step" not in build_event_time(design, effect_prior="independent").named_vars
+    independent = build_event_time(cell_stats(design), effect_prior="independent")
+    assert "tau_step" not in independent.named_vars
     with pytest.raises(ValueError, match="effect_prior"):
-        build_event_time(design, effect_prior="spline")
+        build_event_time(cell_stats(design), effect_prior="spline")
 
 
 # -- the shipped study ------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def study():
 
 def fit_event(design, seed: int, **options):
     """Sample the event-time model (4 x 1,000 draws) and add the effects' draws."""
-    parts = build_event_time_parts(design, **options)
+    parts = build_event_time_parts(cell_stats(design), **options)
     fit = sample(parts.model, draws=1000, tune=1000, chains=4, seed=seed)
     return add_effect_draws(parts, fit, seed=seed)
 

@@ -1,0 +1,181 @@
+"""Pupil rows -> the event-time model's sufficient statistics, batch by batch.
+
+A national extract (millions of pupils) need not fit in memory: :func:`reduce_event_time` reads
+the table in batches (:func:`bayesfed.read.read_batches`; a folder of Parquet files file by
+file, only the columns the spec maps), checks each batch with the rules of
+:func:`bayesfed.validate.validate_table` (:func:`bayesfed.validate.scan`: the same messages,
+row numbers counted over the whole table) and reduces its clean rows to per-cell statistics
+(:class:`EventReducer`, :func:`bayesfed.event_design.cell_part`), merged exactly batch after
+batch. Memory holds one batch, the statistics (a few numbers per school-by-cohort cell) and
+an 8-byte hash per pupil for the duplicated-id rule, never the table.
+
+The same reduction runs on a Dask cluster over a partitioned dataset
+(:mod:`bayesfed.distributed`): each worker scans its files, and the scans merge in row order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bayesfed.design import term_columns
+from bayesfed.errors import DataError
+from bayesfed.event_design import (
+    REFERENCE_YEAR,
+    CellPart,
+    CellStats,
+    cell_part,
+    event_keys,
+    finish_cells,
+    merge_cell_parts,
+)
+from bayesfed.read import read_batches, table_columns
+from bayesfed.spec import ModelSpec
+from bayesfed.validate import PupilTable, Rules, Scan, column_error, conclude, rules_for, scan
+
+
+@dataclass(frozen=True)
+class Reduced:
+    """A pupil table reduced for one ``event_time`` spec.
+
+    Attributes
+    ----------
+    stats : CellStats
+        Everything the model needs of the pupils.
+    n_input_rows, n_dropped : int
+        Rows read, and rows dropped for a missing value (``drop_incomplete``).
+    columns : dict of str to str
+        Canonical name -> the user's column it came from.
+    """
+
+    stats: CellStats
+    n_input_rows: int
+    n_dropped: int
+    columns: dict[str, str]
+
+
+class EventReducer:
+    """The :class:`bayesfed.validate.Reducer` of the event-time model: a batch of clean
+    rows -> its :class:`~bayesfed.event_design.CellPart`.
+
+    Rows outside the modelled years (``years_since`` below the earliest lead or above the
+    last effect) are counted, not kept, as :func:`bayesfed.event_design.build_event_design`
+    does.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        event = spec.event_options
+        self.terms = tuple(spec.predictors.pupil)
+        self.coding = spec.categorical_coding()
+        self.leads = tuple(sorted(event.leads))
+        self.effects = tuple(range(event.years_after + 1))
+        self.years = np.array([*self.leads, *self.effects])
+
+    def of(self, frame: pd.DataFrame) -> CellPart:
+        since = frame["years_since"].to_numpy(dtype=np.int64)
+        keep = (since >= min(self.leads, default=REFERENCE_YEAR)) & (since <= self.effects[-1])
+        kept = frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+        since = since[keep]
+        blocks, names = [], []
+        for term in self.terms:
+            cols, cnames = term_columns(kept, term, self.coding)
+            blocks.append(cols)
+            names.extend(cnames)
+        X = np.hstack(blocks) if blocks else np.zeros((len(kept), 0))
+        federated = kept["federated"].to_numpy(dtype=np.int64)
+        # the event-year column of a federated pupil's row (-1: none, the reference year)
+        position = np.searchsorted(self.years, since).clip(0, len(self.years) - 1)
+        event = np.where((federated == 1) & (self.years[position] == since), position, -1)
+        keys = event_keys(kept["school"], kept["cohort"].to_numpy(dtype=np.int64), event,
+                          federated, _labels(kept, "federation"),
+                          _labels(kept, "federation_type"))
+        return cell_part(keys, kept["outcome"].to_numpy(dtype=float), X, tuple(names),
+                         n_dropped=int((~keep).sum()))
+
+    def merge(self, a: CellPart, b: CellPart) -> CellPart:
+        return merge_cell_parts(a, b)
+
+    def finish(self, part: CellPart, spec: ModelSpec) -> CellStats:
+        """The statistics of every pupil; DataError where the data cannot identify a term."""
+        try:
+            return finish_cells(part, self.leads, self.effects)
+        except ValueError as exc:
+            raise DataError(f"{spec.source}: {exc}") from None
+
+
+def _labels(frame: pd.DataFrame, column: str) -> pd.Series | str:
+    """A label column with "" for blanks, or "" for every row when the table has none."""
+    return frame[column].fillna("").reset_index(drop=True) if column in frame else ""
+
+
+def event_rules(path: str | Path, spec: ModelSpec, drop_incomplete: bool = False,
+                source: str | None = None) -> tuple[Rules, Callable[[], Iterable[pd.DataFrame]]]:
+    """The validation rules of an ``event_time`` spec on a file, and its batches (only the
+    mapped columns).
+
+    Raises
+    ------
+    DataError
+        The file cannot be read, or a column the spec needs is missing or ambiguous.
+    """
+    rules, problems = rules_for(table_columns(path), spec, None, drop_incomplete,
+                                str(path) if source is None else source)
+    columns = list(dict.fromkeys(rules.present.values()))
+
+    def batches() -> Iterable[pd.DataFrame]:
+        return read_batches(path, columns=columns)
+
+    if problems:
+        raise column_error(rules, problems, sum(len(b) for b in batches()))
+    return rules, batches
+
+
+def reduce_event_time(path: str | Path, spec: ModelSpec, drop_incomplete: bool = False,
+                      source: str | None = None) -> Reduced:
+    """Validate a pupil table for an ``event_time`` spec and reduce it to the model's
+    statistics, one batch of rows at a time.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV or Parquet file, or a folder of Parquet files (a partitioned dataset).
+    spec : ModelSpec
+        An ``event_time`` spec.
+    drop_incomplete : bool
+        Drop rows with a missing value in a needed column instead of raising.
+    source : str, optional
+        Name of the table in messages (default: the path).
+
+    Returns
+    -------
+    Reduced
+
+    Raises
+    ------
+    DataError
+        Every problem :func:`bayesfed.validate.validate_table` would report for the whole
+        table, with the same message; or an event year without federated pupils.
+    """
+    rules, batches = event_rules(path, spec, drop_incomplete, source)
+    reducer = EventReducer(spec)
+    return finish(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
+
+
+def finish(result: Scan, rules: Rules, batches: Callable[[], Iterable[pd.DataFrame]],
+           reducer: EventReducer) -> Reduced:
+    """The :class:`Reduced` of a scan of every row (:func:`bayesfed.validate.conclude` first:
+    DataError for a table that breaks a rule)."""
+    conclude(result, rules, batches)
+    return Reduced(reducer.finish(result.reduced, rules.spec), result.n_rows,
+                   result.n_dropped, dict(rules.present))
+
+
+def reduce_table(table: PupilTable, spec: ModelSpec) -> Reduced:
+    """The :class:`Reduced` of a table already validated in memory."""
+    reducer = EventReducer(spec)
+    return Reduced(reducer.finish(reducer.of(table.frame), spec), table.n_input_rows,
+                   table.n_dropped, dict(table.columns))
