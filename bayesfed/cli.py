@@ -174,6 +174,10 @@ def fit(
     strict: Annotated[bool, typer.Option(
         help="Exit with code 5 if any fit fails its diagnostic gates (after writing "
              "everything).")] = False,
+    dask: Annotated[str | None, typer.Option(
+        help="Address of a Dask scheduler (e.g. tcp://10.0.0.5:8786): reduce a Parquet "
+             "dataset for an event-time spec on its workers, one file per task, and run the "
+             "fits there (they must see --data and --out). Needs bayesfed[dask].")] = None,
 ) -> None:
     """Fit models to a pupil table, save each fit as NetCDF and write summary.json."""
     from bayesfed.job import fit_command
@@ -185,7 +189,7 @@ def fit(
                                  "refits them", param_hint="--resume")
     fit_command(specs, data, out, parse_years(years), draws=draws, tune=tune, chains=chains,
                 seed=seed, sampler=sampler, drop_incomplete=drop_incomplete, force=force,
-                console=console, resume=resume, jobs=jobs, strict=strict)
+                console=console, resume=resume, jobs=jobs, strict=strict, dask=dask)
 
 
 @app.command()

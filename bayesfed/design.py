@@ -138,7 +138,9 @@ def build_design(
     X = np.hstack(blocks) if blocks else np.zeros((n, 0))
     school_codes, schools = pd.factorize(frame["school"].astype(str), sort=True)
     return Design(
-        y=frame["outcome"].to_numpy(dtype=float),
+        # a copy: numpy's sums round differently at another memory alignment, and a frame
+        # sent to another process (a Dask worker) may hold its column at any alignment
+        y=frame["outcome"].to_numpy(dtype=float, copy=True),
         X=X,
         coef_names=tuple(names),
         school_idx=school_codes.astype(np.int64),

@@ -34,7 +34,13 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Executor,
+    Future,
+    ProcessPoolExecutor,
+    wait,
+)
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
@@ -43,6 +49,7 @@ from typing import get_args
 
 import numpy as np
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from bayesfed import __version__
 from bayesfed.checks import school_data
@@ -165,8 +172,18 @@ def fit_one(
         Most chains sampled at once (:func:`bayesfed.sampling.sample`); not recorded, as the
         draws do not depend on it.
     """
-    if spec.model.family == "event_time":
-        return fit_event_time(table, spec, options, data_hash, threads=threads)
+    # one BLAS thread throughout: a matrix product summed in another order by more threads
+    # (a Dask worker runs with one, this process with every core) changes the statistics in
+    # the last bits, and NUTS amplifies that into other draws
+    with threadpool_limits(limits=1, user_api="blas"):
+        if spec.model.family == "event_time":
+            return fit_event_time(table, spec, options, data_hash, threads=threads)
+        return _fit_two_level(table, spec, year, options, data_hash, threads)
+
+
+def _fit_two_level(table: PupilTable, spec: ModelSpec, year: int | None,
+                   options: FitOptions, data_hash: str, threads: int | None) -> xr.DataTree:
+    """:func:`fit_one` of a ``two_level`` spec."""
     design = design_for(table, spec, year)
     priors = resolve_priors(design, spec.priors)
     seed = fit_seed(options.seed, spec.name, year)
@@ -387,6 +404,7 @@ def run_job(
     resume: bool = False,
     jobs: int = 1,
     on_note: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> list[Path]:
     """Fit every (spec, year) pair and save each fit as it finishes.
 
@@ -419,6 +437,11 @@ def run_job(
         other in this process. The numbers do not depend on it.
     on_note : callable, optional
         Called with a line for the user (fits kept, temporaries removed).
+    executor : concurrent.futures.Executor, optional
+        Run the fits there instead, at most ``jobs`` at once: a Dask cluster's
+        (``client.get_executor()``, :mod:`bayesfed.distributed`), whose workers must see
+        ``out``. On Ctrl-C or a failure the fits not started are cancelled; those running
+        finish on their workers.
 
     Returns
     -------
@@ -466,7 +489,7 @@ def run_job(
                               "refit every fit, or choose another --out")
         note(f"kept {len(problems)} complete fit(s): " + ", ".join(problems))
         todo = [i for i in todo if not paths[i].exists()]
-    if jobs == 1 or len(todo) <= 1:
+    if executor is None and (jobs == 1 or len(todo) <= 1):
         written = []
         for k, i in enumerate(todo):
             if on_fit is not None:
@@ -475,28 +498,34 @@ def run_job(
             written.append(_fit_and_save(tables[spec.name], spec, year, options, data_hash,
                                          paths[i], None))
         return written
-    return _run_parallel(tables, plan, paths, todo, options, data_hash, jobs, on_fit, out)
+    return _run_parallel(tables, plan, paths, todo, options, data_hash, jobs, on_fit, out,
+                         executor)
 
 
 def _run_parallel(tables: Mapping[str, PupilTable | Reduced],
                   plan: list[tuple[ModelSpec, int | None]], paths: list[Path],
                   todo: list[int], options: FitOptions, data_hash: str, jobs: int,
-                  on_fit: Callable[[str, int, int], None] | None, out: Path) -> list[Path]:
-    """:func:`run_job`'s fits in ``jobs`` spawned worker processes.
+                  on_fit: Callable[[str, int, int], None] | None, out: Path,
+                  executor: Executor | None = None) -> list[Path]:
+    """:func:`run_job`'s fits in ``jobs`` spawned worker processes, or on ``executor``.
 
     At most ``jobs`` fits are in flight, each sent only its own pupils, so memory holds one
-    fit's data per worker. On any failure or Ctrl-C the workers are killed, their temporaries
-    removed, and the exception raised; fits already saved stay.
+    fit's data per worker. On any failure or Ctrl-C the workers are killed (an executor's
+    fits not started are cancelled), their temporaries removed, and the exception raised;
+    fits already saved stay.
     """
-    workers = min(jobs, len(todo))
-    threads = max(1, usable_cpus() // workers)
+    workers = max(1, min(jobs, len(todo)))
+    # chains sampled at once: the cores shared by this machine's workers; a cluster's
+    # workers each sample on their own cores
+    threads = max(1, usable_cpus() // workers) if executor is None else None
     options = replace(options, progress=False)  # one progress bar per worker would garble
     # the largest fits first, so that no worker is left alone with one at the end
     order = iter(sorted(todo, key=lambda i: plan[i][0].model.family != "event_time"))
     written: list[Path] = []
     started = 0
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(
-        "spawn"), initializer=_worker_init, initargs=(os.getpid(),))
+    pool = executor or ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init, initargs=(os.getpid(),))
     pending: dict[Future, int] = {}
 
     def submit() -> None:
@@ -527,9 +556,14 @@ def _run_parallel(tables: Mapping[str, PupilTable | Reduced],
                         "rest") from None
                 submit()
     except BaseException:
-        _stop_workers(pool)
-        pool.shutdown(wait=True, cancel_futures=True)
+        if executor is None:
+            _stop_workers(pool)
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:  # the caller's executor: cancel what has not started
+            for future in pending:
+                future.cancel()
         remove_stale_temporaries(out)
         raise
-    pool.shutdown(wait=True)
+    if executor is None:
+        pool.shutdown(wait=True)
     return written

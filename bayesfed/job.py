@@ -9,7 +9,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bayesfed.errors import DiagnosticsError, OutputError
+from bayesfed.distributed import reduce_event_time_dask
+from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
 from bayesfed.fit import FitOptions, fit_name, planned_fits, run_job
 from bayesfed.plots import (
     federation_trajectory,
@@ -56,13 +57,16 @@ def fit_command(
     resume: bool = False,
     jobs: int = 1,
     strict: bool = False,
+    dask: str | None = None,
 ) -> Path:
     """Validate, fit every spec x year, save the fits and write ``summary.json``.
 
     Every spec is validated against the data (and every year) before the first fit starts,
     so a data or spec problem never costs sampling time. ``resume`` keeps the complete fits of
     an interrupted job and fits the rest, ``jobs`` fits in that many worker processes
-    (:func:`bayesfed.fit.run_job`).
+    (:func:`bayesfed.fit.run_job`). ``dask``, the address of a Dask scheduler, reduces a
+    Parquet dataset for an event-time spec on the cluster's workers and runs the fits there
+    (:mod:`bayesfed.distributed`; ``jobs`` is then the cluster's worker threads).
 
     Returns
     -------
@@ -87,11 +91,45 @@ def fit_command(
                           "would overwrite each other")
     # an event-time spec's table is reduced to its statistics as it is read, in batches; the
     # per-year models keep their validated pupils in memory
+    client = None if dask is None else _connect(dask)
+    try:
+        return _fit_job(specs, data, out, years, client, draws=draws, tune=tune,
+                        chains=chains, seed=seed, sampler=sampler,
+                        drop_incomplete=drop_incomplete, force=force, console=console,
+                        resume=resume, jobs=jobs, strict=strict)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _connect(address: str):
+    """A ``distributed.Client`` of the scheduler at ``address``."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise BayesfedError("--dask needs the optional Dask extra: pip install "
+                            "'bayesfed[dask]'") from None
+    try:
+        return Client(address, timeout=30)
+    except (OSError, TimeoutError) as exc:
+        raise BayesfedError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+
+
+def _fit_job(specs, data: Path, out: Path, years, client, *, draws: int, tune: int,
+             chains: int, seed: int, sampler: str, drop_incomplete: bool, force: bool,
+             console: Console, resume: bool, jobs: int, strict: bool) -> Path:
+    """:func:`fit_command` once the specs are read (and the cluster, if any, reached)."""
     raw = read_table(data) if any(s.model.family == "two_level" for s in specs) else None
-    tables = {s.name: reduce_event_time(data, s, drop_incomplete, source=str(data))
-              if s.model.family == "event_time" else
-              validate_table(raw, s, years=years, drop_incomplete=drop_incomplete,
-                             source=str(data)) for s in specs}
+    tables = {}
+    for s in specs:
+        if s.model.family == "two_level":
+            tables[s.name] = validate_table(raw, s, years=years,
+                                            drop_incomplete=drop_incomplete, source=str(data))
+        elif client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
+            tables[s.name] = reduce_event_time_dask(client, data, s, drop_incomplete,
+                                                    source=str(data))
+        else:  # reduced to its statistics as it is read, in batches
+            tables[s.name] = reduce_event_time(data, s, drop_incomplete, source=str(data))
     del raw  # the validated tables hold what the fits need; at national size this is 1 GB
     for table in tables.values():
         if table.n_dropped:
@@ -102,7 +140,10 @@ def fit_command(
     data_hash = file_sha256(data)
     try:
         run_job(tables, specs, years, out, options, data_hash, force=force, resume=resume,
-                jobs=jobs, on_note=console.print,
+                jobs=jobs if client is None else max(1, sum(
+                    client.nthreads().values())),
+                executor=None if client is None else client.get_executor(),
+                on_note=console.print,
                 on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"))
     except KeyboardInterrupt:
         plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]

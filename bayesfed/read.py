@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from bayesfed.errors import DataError
 
@@ -59,7 +60,8 @@ def read_table(path: str | Path) -> pd.DataFrame:
 
 
 def read_batches(path: str | Path, columns: Sequence[str] | None = None,
-                 batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+                 batch_rows: int | None = None, part: str | None = None
+                 ) -> Iterator[pd.DataFrame]:
     """Read a pupil table in consecutive batches of rows, as :func:`read_table` reads it whole.
 
     Parameters
@@ -71,6 +73,9 @@ def read_batches(path: str | Path, columns: Sequence[str] | None = None,
         Parquet: read only these columns (a CSV's rows are read whole).
     batch_rows : int, optional
         Rows per batch at most; default :data:`BATCH_ROWS`.
+    part : str, optional
+        One file of a Parquet dataset (:func:`parquet_parts`): read only its rows, with the
+        dataset's partition columns.
 
     Yields
     ------
@@ -90,7 +95,9 @@ def read_batches(path: str | Path, columns: Sequence[str] | None = None,
         if kind == "CSV":
             yield from _csv_batches(path, batch_rows)
             return
-        dataset = _parquet(path)
+        dataset = _parquet(path) if part is None else ds.dataset(
+            [part], format="parquet", partitioning="hive",
+            partition_base_dir=str(path) if path.is_dir() else None)
         empty = True
         for batch in dataset.to_batches(columns=None if columns is None else list(columns),
                                         batch_size=batch_rows):
@@ -109,6 +116,17 @@ def table_columns(path: str | Path) -> list[str]:
         if kind == "CSV":
             return list(next(_csv_batches(path, 1)).columns)
         return list(_parquet(path).schema.names)
+
+
+def parquet_parts(path: str | Path) -> list[tuple[str, int]]:
+    """The files of a Parquet dataset in reading order, each with its row count (read from
+    the file's footer, not its rows)."""
+    path = Path(path)
+    if _kind(path) != "Parquet":
+        raise DataError(f"{path}: a dataset read in parts must be Parquet (a file or folder)")
+    with _reading(path, "Parquet"):
+        dataset = _parquet(path)
+        return [(f, pq.ParquetFile(f).metadata.num_rows) for f in dataset.files]
 
 
 def _parquet(path: Path) -> ds.Dataset:
@@ -197,14 +215,18 @@ def _csv_reader(path: Path, batch_rows: int | None, ignore_empty: bool, skip: in
         warnings.simplefilter(action, pd.errors.ParserWarning)
         reader = (iter([pd.read_csv(path, **_CSV_OPTIONS)]) if batch_rows is None
                   else pd.read_csv(path, chunksize=batch_rows, **_CSV_OPTIONS))
-    for k in itertools.count():
-        with warnings.catch_warnings():
-            warnings.simplefilter(action, pd.errors.ParserWarning)
-            frame = next(reader, None)
-        if frame is None:
-            return
-        if k >= skip:
-            yield frame
+    try:
+        for k in itertools.count():
+            with warnings.catch_warnings():
+                warnings.simplefilter(action, pd.errors.ParserWarning)
+                frame = next(reader, None)
+            if frame is None:
+                return
+            if k >= skip:
+                yield frame
+    finally:  # also when the caller stops early (table_columns reads one batch)
+        if batch_rows is not None:
+            reader.close()
 
 
 def _csv_columns(path: Path, frame: pd.DataFrame, header: list[str]) -> pd.DataFrame:

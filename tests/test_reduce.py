@@ -1,0 +1,166 @@
+"""Reading in batches and reducing to the event-time statistics: the same statistics and the
+same error messages as validating the whole table in memory, with memory bounded by the
+statistics, locally and on a Dask cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import MODELS, ROOT
+
+from bayesfed import read
+from bayesfed.errors import DataError
+from bayesfed.event_design import cell_stats
+from bayesfed.fit import event_design_for
+from bayesfed.read import read_table
+from bayesfed.reduce import reduce_event_time, reduce_table
+from bayesfed.spec import load_spec
+from bayesfed.validate import validate_table
+
+STUDY = ROOT / "data" / "synthetic_study.parquet"
+ARRAYS = ("n", "y_mean", "X_mean", "E", "cohort_idx", "school_idx", "federated", "post",
+          "federation_idx", "type_idx", "XX", "Xy", "yy")
+LABELS = ("coef_names", "schools", "cohorts", "cells", "event_terms", "n_leads",
+          "federations", "types", "n_dropped")
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(MODELS / "event_time.toml")
+
+
+@pytest.fixture(scope="module")
+def study() -> pd.DataFrame:
+    """Every 8th pupil of the shipped study (all cohorts and event years)."""
+    return pd.read_parquet(STUDY).iloc[::8].reset_index(drop=True)
+
+
+def write(frame: pd.DataFrame, route: str, folder) -> object:
+    """The table as a Parquet file (row groups of 500), a folder partitioned by cohort, or
+    a CSV file."""
+    if route == "parquet":
+        path = folder / "t.parquet"
+        frame.to_parquet(path, index=False, row_group_size=500)
+    elif route == "folder":
+        path = folder / "t"
+        frame.to_parquet(path, index=False, partition_cols=["cohort"])
+    else:
+        path = folder / "t.csv"
+        frame.to_csv(path, index=False)
+    return path
+
+
+def assert_same_stats(a, b) -> None:
+    for name in ARRAYS:
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-10,
+                                   atol=1e-9, err_msg=name)
+    for name in LABELS:
+        assert getattr(a, name) == getattr(b, name), name
+
+
+@pytest.mark.parametrize("route", ["parquet", "folder", "csv"])
+def test_batches_give_the_statistics_of_the_whole_table(route, spec, study, tmp_path,
+                                                        monkeypatch):
+    path = write(study, route, tmp_path)
+    expected = cell_stats(event_design_for(validate_table(study, spec), spec))
+    monkeypatch.setattr(read, "BATCH_ROWS", 1000)
+    reduced = reduce_event_time(path, spec)
+    assert reduced.n_input_rows == len(study) and reduced.n_dropped == 0
+    assert reduced.columns["outcome"] == "gcse_score"
+    assert_same_stats(reduced.stats, expected)
+    # the in-memory route of fit_event_time reduces with the same code
+    assert_same_stats(reduce_table(validate_table(read_table(path), spec), spec).stats,
+                      expected)
+
+
+def corrupt(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """One broken rule, with rows far apart (in different batches)."""
+    frame = frame.copy()
+    last = len(frame) - 1
+    if kind == "duplicated id":
+        frame.loc[[last, last - 1], "pupil_id"] = frame.loc[3, "pupil_id"]
+        frame.loc[[last, last - 1], "cohort"] = frame.loc[3, "cohort"]
+    elif kind == "school-level value varies":
+        school = frame.loc[last, "school_id"]
+        frame.loc[frame.index[frame["school_id"] == school][:2], "founding_year"] += 1
+    elif kind == "text and missing values":
+        frame["gcse_score"] = frame["gcse_score"].astype(str).astype(object)
+        frame.loc[[2, last], "gcse_score"] = ["absent", None]
+        frame.loc[last - 3, "ks2"] = None
+    elif kind == "years since founding":
+        frame.loc[[5, last - 7], "years_since"] += 1
+    elif kind == "no federated pupil in year 5":
+        frame = frame.loc[~((frame["federated"] == 1) & (frame["years_since"] == 5))]
+    return frame.reset_index(drop=True)
+
+
+KINDS = ["duplicated id", "school-level value varies", "text and missing values",
+         "years since founding", "no federated pupil in year 5"]
+
+
+@pytest.mark.parametrize("route", ["parquet", "folder", "csv"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_batches_give_the_message_of_the_whole_table(kind, route, spec, study, tmp_path,
+                                                     monkeypatch):
+    path = write(corrupt(study.iloc[::4].reset_index(drop=True), kind), route, tmp_path)
+    with pytest.raises(DataError) as whole:
+        reduce_table(validate_table(read_table(path), spec, source=str(path)), spec)
+    monkeypatch.setattr(read, "BATCH_ROWS", 97)
+    with pytest.raises(DataError) as batched:
+        reduce_event_time(path, spec)
+    assert str(batched.value) == str(whole.value)
+    assert kind.split()[0] in str(batched.value) or kind == "school-level value varies"
+
+
+def test_a_missing_column_is_reported_with_the_row_count(spec, study, tmp_path):
+    path = write(study.drop(columns=["ks2"]), "parquet", tmp_path)
+    with pytest.raises(DataError) as info:
+        reduce_event_time(path, spec)
+    assert info.value.args[0].startswith(f"{path}: 1 problem in {len(study)} rows")
+    assert "column 'ks2': missing column" in str(info.value)
+
+
+MEMORY = """
+import json, resource, sys
+from bayesfed.reduce import reduce_event_time
+from bayesfed.spec import load_spec
+from bayesfed import read
+read.BATCH_ROWS = 20_000
+spec = load_spec(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+reduced = reduce_event_time(sys.argv[1], spec)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"rows": reduced.n_input_rows, "grew_mb": (after - before) / 1024}))
+"""
+
+
+def test_memory_is_bounded_by_the_statistics_not_the_rows(tmp_path):
+    """Peak memory of the reduction grows by little more than one batch: reducing eight
+    copies of the study (under new school and pupil ids) costs about what one copy does,
+    and far less than the table held in memory."""
+    study = pd.read_parquet(STUDY)
+    grew = {}
+    for copies in (1, 8):
+        frames = []
+        for k in range(copies):
+            copy = study.copy()
+            for column in ("school_id", "pupil_id", "federation_id"):
+                copy[column] = copy[column] + f"-{k}"
+            frames.append(copy)
+        table = pd.concat(frames, ignore_index=True)
+        path = tmp_path / f"x{copies}.parquet"
+        table.to_parquet(path, index=False, row_group_size=20_000)
+        in_memory = table.memory_usage(deep=True).sum() / 2**20
+        run = subprocess.run([sys.executable, "-c", MEMORY, str(path),
+                              str(MODELS / "event_time.toml")],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        grew[copies] = json.loads(run.stdout)
+        assert grew[copies]["rows"] == len(table)
+    # eight times the rows: the statistics grow (cells, 8 bytes a pupil), not the batches
+    assert grew[8]["grew_mb"] < grew[1]["grew_mb"] + 40, grew
+    assert grew[8]["grew_mb"] < 0.5 * in_memory, (grew, in_memory)
