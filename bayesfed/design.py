@@ -96,9 +96,10 @@ def term_columns(
     """
     if term in categorical:
         levels, reference = categorical[term]
-        values = frame[term].astype(str).to_numpy()
         kept = [lev for lev in levels if lev != reference]
-        cols = np.column_stack([(values == lev).astype(float) for lev in kept])
+        # each row's level among the kept ones (-1: the reference, or missing)
+        idx = pd.Index(kept).get_indexer(frame[term].astype(str))
+        cols = (idx[:, None] == np.arange(len(kept))[None, :]).astype(float)
         return cols, [f"{term}[{lev}]" for lev in kept]
     return frame[term].to_numpy(dtype=float)[:, None], [term]
 

@@ -137,7 +137,8 @@ class Scales:
 
     Attributes
     ----------
-    n_pupils : int
+    pupils : int
+        How many pupils.
     y_mean, sd_y : float
         Mean and standard deviation (ddof 1) of the outcome over the pupils (outcome units).
     sd_x : ndarray, shape (n_coef,)
@@ -145,7 +146,7 @@ class Scales:
     coef_names : tuple of str
     """
 
-    n_pupils: int
+    pupils: int
     y_mean: float
     sd_y: float
     sd_x: np.ndarray
@@ -179,7 +180,7 @@ def default_priors(data: Design | Scales) -> PriorSet:
         The outcome or a predictor column is constant (its scale would be zero).
     """
     scales = data if isinstance(data, Scales) else scales_of(data)
-    if scales.n_pupils < 2:
+    if scales.pupils < 2:
         raise SpecError("default priors need at least two pupils")
     sd_y, sd_x = scales.sd_y, scales.sd_x
     constant = [n for n, s in zip(scales.coef_names, sd_x, strict=True) if not s > 0]
