@@ -1,0 +1,76 @@
+"""Where the wall time of a national-size event-time fit goes, phase by phase.
+
+The steps of ``bayesfed fit models/event_time.toml --data DATA --out DIR`` run one after
+another in this process, each timed: imports, reading + validation + reduction to the cell
+statistics (:func:`bayesfed.reduce.reduce_event_time`, batch by batch), building the PyMC
+model, compiling it with nutpie, sampling (4 chains x 1,000 draws after 1,000 warm-up, BLAS
+one thread), drawing the effects and saving the fit (the summary's cost shows end to end in
+``bench/event_time_scale.py``). Peak memory is
+the process's maximum resident set size. A profile of bayesfed alone: the comparison with
+peers on the same data is ``bench/event_time_scale.py``.
+
+Run: ``.venv/bin/python bench/national_phases.py [DATA]`` (default
+``out/bench/event_time/national.parquet``, made by ``bench/event_time_scale.py``, or
+``bayesfed simulate --scale national --seed 7 --out ...``).
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+START = time.perf_counter()
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    import json
+
+    from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
+    from bayesfed.fit import FitOptions, fit_seed
+    from bayesfed.reduce import reduce_event_time
+    from bayesfed.sampling import _compile, sample
+    from bayesfed.spec import load_spec
+    from bayesfed.store import save_fit
+
+    phases: dict[str, float] = {"imports": time.perf_counter() - START}
+    data = Path(sys.argv[1]) if len(sys.argv) > 1 else (
+        ROOT / "out" / "bench" / "event_time" / "national.parquet")
+    spec = load_spec(ROOT / "models" / "event_time.toml")
+    event = spec.event_options
+    options = FitOptions()
+
+    def phase(name: str, step):
+        start = time.perf_counter()
+        out = step()
+        phases[name] = time.perf_counter() - start
+        return out
+
+    reduced = phase("read + validate + reduce", lambda: reduce_event_time(data, spec))
+    stats = reduced.stats
+    parts = phase("build model", lambda: build_event_time_parts(
+        stats, resolve_event_priors(stats, spec.priors), event.effect_prior,
+        event.federation_deviations, event.type_effects))
+    compiled = phase("compile", lambda: _compile(parts.model))
+    seed = fit_seed(options.seed, spec.name, None)
+    tree = phase("sample", lambda: sample(parts.model, draws=options.draws, tune=options.tune,
+                                          chains=options.chains, seed=seed,
+                                          compiled=compiled))
+    tree = phase("effect draws", lambda: add_effect_draws(parts, tree, seed=seed))
+    with tempfile.TemporaryDirectory() as folder:
+        tree.attrs.update({"bayesfed_model": spec.name, "bayesfed_family": "event_time"})
+        phase("save", lambda: save_fit(tree, Path(folder) / "event_time.nc"))
+    total = time.perf_counter() - START
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"{data}: {reduced.n_input_rows:,} rows, {len(stats.cells):,} cells")
+    for name, seconds in phases.items():
+        print(f"  {name:<26} {seconds:6.1f} s")
+    print(f"  {'total':<26} {total:6.1f} s, peak memory {peak:.2f} GB")
+    print(json.dumps({"phases": phases, "total": total, "peak_gb": peak}))
+
+
+if __name__ == "__main__":
+    main()
