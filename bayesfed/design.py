@@ -97,8 +97,11 @@ def term_columns(
     if term in categorical:
         levels, reference = categorical[term]
         kept = [lev for lev in levels if lev != reference]
-        # each row's level among the kept ones (-1: the reference, or missing)
-        idx = pd.Index(kept).get_indexer(frame[term].astype(str))
+        # each row's level among the kept ones (-1: the reference, or missing), looked up
+        # once per distinct label
+        codes, labels = pd.factorize(frame[term])
+        lookup = np.r_[pd.Index(kept).get_indexer(labels.astype(str)), -1]
+        idx = lookup[codes]  # code -1 (missing) takes the last entry
         cols = (idx[:, None] == np.arange(len(kept))[None, :]).astype(float)
         return cols, [f"{term}[{lev}]" for lev in kept]
     return frame[term].to_numpy(dtype=float)[:, None], [term]

@@ -102,6 +102,10 @@ def fit_command(
             client.close()
 
 
+#: Seconds to wait for a Dask scheduler to answer (``fit --dask``).
+CONNECT_TIMEOUT = 30
+
+
 def _connect(address: str):
     """A ``distributed.Client`` of the scheduler at ``address``."""
     try:
@@ -110,7 +114,7 @@ def _connect(address: str):
         raise BayesfedError("--dask needs the optional Dask extra: pip install "
                             "'bayesfed[dask]'") from None
     try:
-        return Client(address, timeout=30)
+        return Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise BayesfedError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 

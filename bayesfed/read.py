@@ -26,7 +26,7 @@ OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
 
 
 #: Rows per batch of :func:`read_batches` (Parquet batches also end at row-group boundaries).
-BATCH_ROWS = 1_000_000
+BATCH_ROWS = 250_000
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

@@ -408,7 +408,7 @@ def check_batch(raw: pd.DataFrame, rules: Rules, first_row: int = 0) -> Batch:
             # object column of ids is a few hundred megabytes
             text = _text(series).str.strip()
             missing = (text == "").fillna(True).to_numpy(dtype=bool)  # as _blank, once
-            out[name] = text.where(~missing)
+            out[name] = text.where(~missing) if missing.any() else text
             if kind == "label":
                 continue
         elif kind == "category":
@@ -720,10 +720,15 @@ def _scan_one(batch: Batch, rules: Rules, reduce: Reducer | None) -> Scan:
     if not batch.clean:
         return out
     frame = batch.frame
+    school = pd.factorize(frame["school"])[0]
     for name in SCHOOL_LEVEL:
         if name in frame:
-            out.pairs[name] = pd.DataFrame({"school": frame["school"], "value": frame[name]}
-                                           ).drop_duplicates(ignore_index=True)
+            # the first row of each distinct (school, value), found by integer codes
+            value, uniques = pd.factorize(frame[name], use_na_sentinel=False)
+            first = np.unique(school * (len(uniques) + 1) + value, return_index=True)[1]
+            out.pairs[name] = pd.DataFrame({"school": frame["school"].iloc[first],
+                                            "value": frame[name].iloc[first]}
+                                           ).reset_index(drop=True)
     if "pupil_id" in frame:
         out.hashes.append(_key_hash(frame)[1])
     spec = rules.spec

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import MODELS, ROOT
+from conftest import MODELS, ROOT, run_main
 from distributed import Client, LocalCluster
 
+from bayesfed import job
 from bayesfed.distributed import reduce_event_time_dask
 from bayesfed.errors import DataError
 from bayesfed.fit import FitOptions, run_job
@@ -89,3 +90,23 @@ def test_fits_farmed_out_to_the_workers_equal_local_fits(client, tmp_path):
         b = load_fit(tmp_path / "remote" / path.name).posterior.to_dataset()
         np.testing.assert_array_equal(a["sigma"].values, b["sigma"].values)
         np.testing.assert_array_equal(a["sd_school"].values, b["sd_school"].values)
+
+
+def test_fit_dask_runs_the_job_on_the_cluster(client, tmp_path, monkeypatch):
+    """`bayesfed fit --dask ADDRESS`: the fits are written by the workers, the summary by the
+    command; an address nobody answers at is one line and exit code 1."""
+    code, out, err = run_main(["fit", str(MODELS / "m0_empty.toml"), "--data", str(STUDY),
+                               "--out", str(tmp_path / "fits"), "--years", "5", "--draws",
+                               "200", "--tune", "200", "--dask", client.scheduler.address])
+    assert code == 0, err
+    assert (tmp_path / "fits" / "M0_k5.nc").exists()
+    assert (tmp_path / "fits" / "summary.json").exists()
+    monkeypatch.setattr(job, "CONNECT_TIMEOUT", 2)
+    code, out, err = run_main(["fit", str(MODELS / "m0_empty.toml"), "--data", str(STUDY),
+                               "--out", str(tmp_path / "other"), "--years", "5", "--dask",
+                               "tcp://127.0.0.1:9"])
+    assert code == 1
+    assert err.startswith("bayesfed: error: cannot reach the Dask scheduler at "
+                          "tcp://127.0.0.1:9: ")
+    assert len(err.splitlines()) == 1
+    assert "Traceback" not in err
