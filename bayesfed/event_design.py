@@ -46,8 +46,25 @@ EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
 REFERENCE_YEAR = -1
 
 
+class _EventYears:
+    """The leads and effects among ``event_terms`` (the first ``n_leads`` are leads)."""
+
+    event_terms: tuple[str, ...]
+    n_leads: int
+
+    @property
+    def lead_terms(self) -> tuple[str, ...]:
+        """Labels of the lead columns of ``E`` (years before founding)."""
+        return self.event_terms[: self.n_leads]
+
+    @property
+    def effect_terms(self) -> tuple[str, ...]:
+        """Labels of the effect columns of ``E`` (years since founding, from 0)."""
+        return self.event_terms[self.n_leads:]
+
+
 @dataclass(frozen=True)
-class EventDesign:
+class EventDesign(_EventYears):
     """Numeric arrays of the joint event-time model.
 
     Attributes
@@ -131,19 +148,10 @@ class EventDesign:
     def n_pupils(self) -> int:
         return int(self.y.shape[0])
 
-    @property
-    def lead_terms(self) -> tuple[str, ...]:
-        """Labels of the lead columns of ``E`` (years before founding)."""
-        return self.event_terms[: self.n_leads]
-
-    @property
-    def effect_terms(self) -> tuple[str, ...]:
-        """Labels of the effect columns of ``E`` (years since founding, from 0)."""
-        return self.event_terms[self.n_leads:]
 
 
 @dataclass(frozen=True)
-class CellStats:
+class CellStats(_EventYears):
     """Sufficient statistics of the Gaussian likelihood, per school-by-cohort cell, with the
     labels of the model's dimensions: all the event-time model needs of the pupils.
 
@@ -201,13 +209,6 @@ class CellStats:
     def n_pupils(self) -> int:
         return int(self.n.sum())
 
-    @property
-    def lead_terms(self) -> tuple[str, ...]:
-        return self.event_terms[: self.n_leads]
-
-    @property
-    def effect_terms(self) -> tuple[str, ...]:
-        return self.event_terms[self.n_leads:]
 
     @property
     def x_mean(self) -> np.ndarray:
