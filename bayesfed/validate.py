@@ -25,6 +25,15 @@ The rules, in the order they are reported:
    school, an outcome or predictor with no variation among the selected pupils (or variation
    too small to scale the default priors by), and predictors that are exact linear
    combinations of each other (their coefficients would not be identified).
+
+The rules run batch by batch, so a table larger than memory is checked with the same code and
+messages as one held whole (:func:`validate_table` itself works in batches of
+:data:`BATCH_ROWS`): :func:`check_batch` applies the rules of single rows (2-4, 6, 7);
+:func:`scan` gathers, from the clean rows, what the rules across rows need, as a
+:class:`Scan` that merges over consecutive row ranges (distinct school-level values per
+school, a hash per pupil id, and per fit a :class:`Sample`: moments, labels seen and the QR
+factor of the design); :func:`conclude` applies rules 5, 8 and 9 to the merged scan and
+raises, reading the table a second time only to name the rows of a broken cross-row rule.
 """
 
 from __future__ import annotations
