@@ -54,6 +54,17 @@ FITS = ["M0_k0.nc", "M0_k1.nc", "M0_k2.nc", "M1_k0.nc", "M1_k1.nc", "M1_k2.nc"]
 DEAD_TEMP = ".M0_k2.nc.9999999999.abcd1234.tmp"
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Ctrl-C reaches Python, as in a terminal's foreground job. A shell starts a background
+    job (``make test &``) with SIGINT ignored, and that would pass on to this process and to
+    every ``bayesfed`` it starts, which would then rightly go on through a Ctrl-C; a Python
+    handler here is reset to the default in the children."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def three_years() -> pd.DataFrame:
     """conftest's small table plus a third cohort (2 years after founding)."""
     table = small_table()
