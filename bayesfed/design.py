@@ -107,6 +107,28 @@ def term_columns(
     return frame[term].to_numpy(dtype=float)[:, None], [term]
 
 
+def predictor_columns(
+    frame: pd.DataFrame,
+    terms: Sequence[str],
+    categorical: Mapping[str, tuple[Sequence[str], str]] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """The columns of several terms side by side (:func:`term_columns` of each).
+
+    Returns
+    -------
+    X : ndarray, shape (n_rows, n_cols)
+    names : list of str, length n_cols
+    """
+    categorical = dict(categorical or {})
+    blocks: list[np.ndarray] = [np.zeros((len(frame), 0))]
+    names: list[str] = []
+    for term in terms:
+        cols, cnames = term_columns(frame, term, categorical)
+        blocks.append(cols)
+        names.extend(cnames)
+    return np.hstack(blocks), names
+
+
 def build_design(
     frame: pd.DataFrame,
     pupil_terms: Sequence[str] = (),
@@ -128,18 +150,11 @@ def build_design(
     -------
     Design
     """
-    categorical = dict(categorical or {})
-    blocks: list[np.ndarray] = []
-    names: list[str] = []
-    level: list[bool] = []
-    for terms, is_school in ((pupil_terms, False), (school_terms, True)):
-        for term in terms:
-            cols, cnames = term_columns(frame, term, categorical)
-            blocks.append(cols)
-            names.extend(cnames)
-            level.extend([is_school] * len(cnames))
-    n = len(frame)
-    X = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    pupil_X, pupil_names = predictor_columns(frame, pupil_terms, categorical)
+    school_X, school_names = predictor_columns(frame, school_terms, categorical)
+    X = np.hstack([pupil_X, school_X])
+    names = pupil_names + school_names
+    level = [False] * len(pupil_names) + [True] * len(school_names)
     school_codes, schools = pd.factorize(frame["school"].astype(str), sort=True)
     return Design(
         # a copy: numpy's sums round differently at another memory alignment, and a frame

@@ -26,7 +26,7 @@ from functools import reduce as fold
 from pathlib import Path
 
 from bayesfed.read import parquet_parts, read_batches
-from bayesfed.reduce import EventReducer, Reduced, event_rules, finish
+from bayesfed.reduce import EventReducer, Reduced, event_rules, reduced_from
 from bayesfed.spec import ModelSpec
 from bayesfed.validate import Rules, Scan, scan
 
@@ -75,4 +75,4 @@ def reduce_event_time_dask(client, path: str | Path, spec: ModelSpec,
     scans = client.gather(futures)
     reducer = EventReducer(spec)
     result = fold(lambda a, b: a.merge(b, reducer), scans, Scan())
-    return finish(result, rules, batches, reducer)
+    return reduced_from(result, rules, batches, reducer)

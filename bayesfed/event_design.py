@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import group_sums, term_columns
+from bayesfed.design import group_sums, predictor_columns
 
 #: Columns of the canonical table the event design reads besides the predictors.
 EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
@@ -426,13 +426,7 @@ def build_event_design(
     keep = (since >= low) & (since <= effects[-1])
     kept = frame.loc[keep].reset_index(drop=True)
     since = since[keep]
-    categorical = dict(categorical or {})
-    blocks, names = [], []
-    for term in pupil_terms:
-        cols, cnames = term_columns(kept, term, categorical)
-        blocks.append(cols)
-        names.extend(cnames)
-    X = np.hstack(blocks) if blocks else np.zeros((len(kept), 0))
+    X, names = predictor_columns(kept, pupil_terms, categorical)
     years = [*leads, *effects]
     federated = kept["federated"].to_numpy(dtype=float)
     E = federated[:, None] * (since[:, None] == np.array(years)[None, :])

@@ -438,7 +438,7 @@ def _fixed_effects(design: EventDesign | CellStats, priors: EventPriors, effect_
 def _stack(values: list) -> np.ndarray | pt.TensorVariable:
     """Numbers as an array, tensors as a tensor."""
     if any(isinstance(v, pt.TensorVariable) for v in values):
-        return pt.stack(values) if values else pt.zeros(0)
+        return pt.stack(values)
     return np.array(values, dtype=float)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -89,72 +90,29 @@ def fit_command(
     if len(set(names)) != len(names):
         raise OutputError(f"two specs share a model name ({', '.join(names)}); their fit files "
                           "would overwrite each other")
-    # an event-time spec's table is reduced to its statistics as it is read, in batches; the
-    # per-year models keep their validated pupils in memory
-    client = None if dask is None else _connect(dask)
-    try:
-        return _fit_job(specs, data, out, years, client, draws=draws, tune=tune,
-                        chains=chains, seed=seed, sampler=sampler,
-                        drop_incomplete=drop_incomplete, force=force, console=console,
-                        resume=resume, jobs=jobs, strict=strict)
-    finally:
-        if client is not None:
-            client.close()
-
-
-#: Seconds to wait for a Dask scheduler to answer (``fit --dask``).
-CONNECT_TIMEOUT = 30
-
-
-def _connect(address: str):
-    """A ``distributed.Client`` of the scheduler at ``address``."""
-    try:
-        from distributed import Client
-    except ImportError:
-        raise BayesfedError("--dask needs the optional Dask extra: pip install "
-                            "'bayesfed[dask]'") from None
-    try:
-        return Client(address, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as exc:
-        raise BayesfedError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
-
-
-def _fit_job(specs, data: Path, out: Path, years, client, *, draws: int, tune: int,
-             chains: int, seed: int, sampler: str, drop_incomplete: bool, force: bool,
-             console: Console, resume: bool, jobs: int, strict: bool) -> Path:
-    """:func:`fit_command` once the specs are read (and the cluster, if any, reached)."""
-    raw = read_table(data) if any(s.model.family == "two_level" for s in specs) else None
-    tables = {}
-    for s in specs:
-        if s.model.family == "two_level":
-            tables[s.name] = validate_table(raw, s, years=years,
-                                            drop_incomplete=drop_incomplete, source=str(data))
-        elif client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
-            tables[s.name] = reduce_event_time_dask(client, data, s, drop_incomplete,
-                                                    source=str(data))
-        else:  # reduced to its statistics as it is read, in batches
-            tables[s.name] = reduce_event_time(data, s, drop_incomplete, source=str(data))
-    del raw  # the validated tables hold what the fits need; at national size this is 1 GB
-    for table in tables.values():
-        if table.n_dropped:
-            console.print(f"dropped {table.n_dropped:,} incomplete rows of {table.n_input_rows:,}")
-            break
-    options = FitOptions(draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                         progress=console.is_terminal)
-    data_hash = file_sha256(data)
-    try:
-        run_job(tables, specs, years, out, options, data_hash, force=force, resume=resume,
-                jobs=jobs if client is None else max(1, sum(
-                    client.nthreads().values())),
-                executor=None if client is None else client.get_executor(),
-                on_note=console.print,
-                on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"))
-    except KeyboardInterrupt:
-        plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]
-        done = sum(p.exists() for p in plan)
-        console.print(f"interrupted: {done} of {len(plan)} fits are complete in {out}; the "
-                      "same command with --resume fits the rest")
-        raise
+    # the cluster, if any, reduces an event-time spec's table and runs the fits
+    with _connect(dask) if dask is not None else nullcontext() as client:
+        tables = _tables(specs, data, years, drop_incomplete, client)
+        for table in tables.values():
+            if table.n_dropped:
+                console.print(f"dropped {table.n_dropped:,} incomplete rows of "
+                              f"{table.n_input_rows:,}")
+                break
+        options = FitOptions(draws=draws, tune=tune, chains=chains, seed=seed,
+                             sampler=sampler, progress=console.is_terminal)
+        data_hash = file_sha256(data)
+        try:
+            run_job(tables, specs, years, out, options, data_hash, force=force, resume=resume,
+                    jobs=jobs if client is None else max(1, sum(client.nthreads().values())),
+                    executor=None if client is None else client.get_executor(),
+                    on_note=console.print,
+                    on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"))
+        except KeyboardInterrupt:
+            plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]
+            done = sum(p.exists() for p in plan)
+            console.print(f"interrupted: {done} of {len(plan)} fits are complete in {out}; the "
+                          "same command with --resume fits the rest")
+            raise
     path = write_summary(out)
     summary = json.loads(path.read_text())
     failed = [f for f in summary["fits"] if not f["diagnostics"]["ok"]]
@@ -169,6 +127,43 @@ def _fit_job(specs, data: Path, out: Path, years, client, *, draws: int, tune: i
             f"gates (everything is written, {path} marks them):\n" + "\n".join(
                 f"  {f['file']}: {'; '.join(f['diagnostics']['problems'])}" for f in failed))
     return path
+
+
+#: Seconds to wait for a Dask scheduler to answer (``fit --dask``).
+CONNECT_TIMEOUT = 30
+
+
+def _connect(address: str):
+    """A ``distributed.Client`` of the scheduler at ``address`` (closed on leaving ``with``)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise BayesfedError("--dask needs the optional Dask extra: pip install "
+                            "'bayesfed[dask]'") from None
+    try:
+        return Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as exc:
+        raise BayesfedError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+
+
+def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
+    """Model name -> the table each spec's fits need, every spec validated before any fit.
+
+    A per-year spec's validated pupils (in memory); an event-time spec's statistics, reduced
+    as the table is read in batches (on the cluster's workers for Parquet when ``client``).
+    """
+    raw = read_table(data) if any(s.model.family == "two_level" for s in specs) else None
+    tables = {}
+    for s in specs:
+        if s.model.family == "two_level":
+            tables[s.name] = validate_table(raw, s, years=years,
+                                            drop_incomplete=drop_incomplete, source=str(data))
+        elif client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
+            tables[s.name] = reduce_event_time_dask(client, data, s, drop_incomplete,
+                                                    source=str(data))
+        else:
+            tables[s.name] = reduce_event_time(data, s, drop_incomplete, source=str(data))
+    return tables
 
 
 def report_command(folder: Path, out: Path | None = None, title: str | None = None,

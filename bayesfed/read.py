@@ -9,6 +9,7 @@ import csv
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -147,25 +148,19 @@ def _kind(path: Path) -> str:
     return kind
 
 
-class _reading:
-    """Context of reading ``path``: the readers' exceptions become one-line DataErrors."""
-
-    def __init__(self, path: Path, kind: str) -> None:
-        self.path, self.kind = path, kind
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, traceback) -> bool:
-        if isinstance(exc, UnicodeDecodeError):
-            raise DataError(
-                f"cannot read CSV file {self.path}: it is not UTF-8 text ({exc.reason} at byte "
-                f"{exc.start}); save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
-        if isinstance(exc, (OSError, ValueError, pd.errors.ParserError, pa.ArrowException)) \
-                and not isinstance(exc, DataError):
-            raise DataError(f"cannot read {self.kind} file {self.path}: "
-                            f"{str(exc).strip()}") from None
-        return False
+@contextmanager
+def _reading(path: Path, kind: str) -> Iterator[None]:
+    """Reading ``path``: the readers' exceptions become one-line DataErrors."""
+    try:
+        yield
+    except DataError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"cannot read CSV file {path}: it is not UTF-8 text ({exc.reason} at byte "
+            f"{exc.start}); save it as UTF-8 (in Excel: 'CSV UTF-8')") from None
+    except (OSError, ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
+        raise DataError(f"cannot read {kind} file {path}: {str(exc).strip()}") from None
 
 
 #: pandas' options for a pupil CSV. index_col=False: a data row with one field more than the

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import term_columns
+from bayesfed.design import predictor_columns
 from bayesfed.errors import DataError
 from bayesfed.event_design import (
     REFERENCE_YEAR,
@@ -68,6 +68,7 @@ class EventReducer:
     """
 
     def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
         event = spec.event_options
         self.terms = tuple(spec.predictors.pupil)
         self.coding = spec.categorical_coding()
@@ -80,12 +81,7 @@ class EventReducer:
         keep = (since >= min(self.leads, default=REFERENCE_YEAR)) & (since <= self.effects[-1])
         kept = frame if keep.all() else frame.loc[keep].reset_index(drop=True)
         since = since[keep]
-        blocks, names = [], []
-        for term in self.terms:
-            cols, cnames = term_columns(kept, term, self.coding)
-            blocks.append(cols)
-            names.extend(cnames)
-        X = np.hstack(blocks) if blocks else np.zeros((len(kept), 0))
+        X, names = predictor_columns(kept, self.terms, self.coding)
         federated = kept["federated"].to_numpy(dtype=np.int64)
         # the event-year column of a federated pupil's row (-1: none, the reference year)
         position = np.searchsorted(self.years, since).clip(0, len(self.years) - 1)
@@ -99,12 +95,12 @@ class EventReducer:
     def merge(self, a: CellPart, b: CellPart) -> CellPart:
         return merge_cell_parts(a, b)
 
-    def finish(self, part: CellPart, spec: ModelSpec) -> CellStats:
+    def stats(self, part: CellPart) -> CellStats:
         """The statistics of every pupil; DataError where the data cannot identify a term."""
         try:
             return finish_cells(part, self.leads, self.effects)
         except ValueError as exc:
-            raise DataError(f"{spec.source}: {exc}") from None
+            raise DataError(f"{self.spec.source}: {exc}") from None
 
 
 def _labels(frame: pd.DataFrame, column: str) -> pd.Series | str:
@@ -162,20 +158,20 @@ def reduce_event_time(path: str | Path, spec: ModelSpec, drop_incomplete: bool =
     """
     rules, batches = event_rules(path, spec, drop_incomplete, source)
     reducer = EventReducer(spec)
-    return finish(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
+    return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
 
 
-def finish(result: Scan, rules: Rules, batches: Callable[[], Iterable[pd.DataFrame]],
+def reduced_from(result: Scan, rules: Rules, batches: Callable[[], Iterable[pd.DataFrame]],
            reducer: EventReducer) -> Reduced:
     """The :class:`Reduced` of a scan of every row (:func:`bayesfed.validate.conclude` first:
     DataError for a table that breaks a rule)."""
     conclude(result, rules, batches)
-    return Reduced(reducer.finish(result.reduced, rules.spec), result.n_rows,
+    return Reduced(reducer.stats(result.reduced), result.n_rows,
                    result.n_dropped, dict(rules.present))
 
 
 def reduce_table(table: PupilTable, spec: ModelSpec) -> Reduced:
     """The :class:`Reduced` of a table already validated in memory."""
     reducer = EventReducer(spec)
-    return Reduced(reducer.finish(reducer.of(table.frame), spec), table.n_input_rows,
+    return Reduced(reducer.stats(reducer.of(table.frame)), table.n_input_rows,
                    table.n_dropped, dict(table.columns))

@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from bayesfed.design import build_design
+from bayesfed.design import predictor_columns
 from bayesfed.errors import DataError
 from bayesfed.schema import ROLES
 from bayesfed.spec import ModelSpec
@@ -572,14 +572,16 @@ def sample_of(frame: pd.DataFrame, spec: ModelSpec) -> Sample:
         with np.errstate(under="ignore"):
             squares = float(((values - mean) ** 2).sum())
         out.moments[name] = np.array([len(values), mean, squares, values.min(), values.max()])
-    design = build_design(frame, spec.predictors.pupil, spec.predictors.school, coding)
-    out.coef_names = design.coef_names
-    out.scale = np.r_[1.0, np.abs(design.X).max(axis=0, initial=0.0)]
+    # the design's columns (build_design's, without its school index)
+    X, names = predictor_columns(frame, [*spec.predictors.pupil, *spec.predictors.school],
+                                 coding)
+    out.coef_names = tuple(names)
+    out.scale = np.r_[1.0, np.abs(X).max(axis=0, initial=0.0)]
     # R is accumulated over blocks of pupils (the R of [R_so_far; block]), so memory holds one
     # block, not a copy of every pupil's row
     R = np.zeros((0, len(out.scale)))
-    for start in range(0, design.n_pupils, QR_BLOCK):
-        block = design.X[start: start + QR_BLOCK]
+    for start in range(0, len(X), QR_BLOCK):
+        block = X[start: start + QR_BLOCK]
         R = np.linalg.qr(np.vstack([R, np.column_stack([np.ones(len(block)), block])]),
                          mode="r")
     out.R = R
@@ -675,7 +677,7 @@ def text_hash(values: pd.Series) -> np.ndarray:
     -------
     ndarray of uint64, shape (len(values),)
     """
-    array = pa.array(values.array if hasattr(values, "array") else values)
+    array = pa.array(values.array)
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     array = array.cast(pa.large_string())
@@ -1018,8 +1020,8 @@ def _collinearity_problems(sample: Sample, rules: Rules, where: str) -> list[Pro
     # |R_jj| is the norm of column j's residual on the columns before it, whose span is that
     # of the columns kept so far: no least-squares fit per column
     R = sample.R / scale
-    residual_norm = np.abs(np.diag(R)) if R.shape[0] == R.shape[1] else np.abs(
-        np.r_[np.diag(R), np.zeros(R.shape[1] - R.shape[0])])
+    residual_norm = np.zeros(R.shape[1])  # R has fewer rows than columns for few pupils
+    residual_norm[: min(R.shape)] = np.abs(np.diag(R))
     problems = []
     kept: list[int] = [0]
     for j in range(1, len(names)):
