@@ -53,6 +53,8 @@ import pytensor
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
+from bayesfed.compiled import compile_model
+
 Sampler = Literal["nutpie", "pymc"]
 
 #: Groups kept in the returned tree.
@@ -82,9 +84,10 @@ def observed_data(model: pm.Model) -> xr.Dataset:
 
 
 def _compile(model: pm.Model):
-    """nutpie's compiled model, with numba's fast-math off (module docstring)."""
+    """nutpie's compiled model, with numba's fast-math off (module docstring) and its machine
+    code cached (:mod:`bayesfed.compiled`)."""
     with pytensor.config.change_flags(numba__fastmath=False):
-        return nutpie.compile_pymc_model(model)
+        return compile_model(model)
 
 
 def _nutpie(model: pm.Model, draws: int, tune: int, chains: int, seed: int,

@@ -45,6 +45,7 @@ from bayesfed.models import (
 )
 from bayesfed.priors import PriorSet, resolve_priors
 from bayesfed.read import read_table
+from bayesfed.sampling import _compile
 from bayesfed.spec import load_spec
 from bayesfed.suffstats import school_stats
 from bayesfed.validate import validate_table
@@ -72,7 +73,7 @@ def run(model: pm.Model, draws: int, tune: int) -> tuple[object, float, float]:
     two apart: (tree, compile seconds, sampling seconds)."""
     with threadpool_limits(limits=1):
         start = time.perf_counter()
-        compiled = nutpie.compile_pymc_model(model)
+        compiled = _compile(model)
         compiled_at = time.perf_counter()
         tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=4, seed=SEED,
                              save_warmup=False, progress_bar=False)

@@ -9,11 +9,13 @@ the first stored ("warm"). Prints per process the compile and sampling seconds a
 identical bits.
 
 Options: ``fastmath`` (nutpie, numba with fast-math: PyTensor's default), ``ieee`` (nutpie,
-numba with fast-math off: bayesfed's), ``nocache`` (``ieee`` with numba's cache disabled),
-``pymc_c`` (PyMC's NUTS on PyTensor's C backend, ``mode="CVM"``), ``pymc_ieee`` (PyMC's NUTS
-on numba with fast-math off: ``bayesfed fit --sampler pymc``). PyMC's lines report compile
-and sampling together. Run: ``.venv/bin/python bench/compile_cache.py [OPTION ...] [--m2-only]``
-(all options, both models, by default: about 10 minutes on 2 cores).
+numba with fast-math off), ``bayesfed`` (``ieee`` with nutpie's C wrappers cached,
+:mod:`bayesfed.compiled`: what ``bayesfed fit`` runs), ``nocache`` (``ieee`` with numba's
+cache disabled), ``pymc_c`` (PyMC's NUTS on PyTensor's C backend, ``mode="CVM"``),
+``pymc_ieee`` (PyMC's NUTS on numba with fast-math off: ``bayesfed fit --sampler pymc``).
+PyMC's lines report compile and sampling together. Run:
+``.venv/bin/python bench/compile_cache.py [OPTION ...] [--m2-only]`` (all options, both
+models, by default: about 10 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONS = ("fastmath", "ieee", "nocache", "pymc_c", "pymc_ieee")
+OPTIONS = ("fastmath", "ieee", "bayesfed", "nocache", "pymc_c", "pymc_ieee")
 
 
 def build_models(m2_only: bool) -> dict:
@@ -70,6 +72,8 @@ def child(option: str, m2_only: bool) -> None:
     import pytensor
     from threadpoolctl import threadpool_limits
 
+    from bayesfed.compiled import compile_model
+
     flags = {"numba__fastmath": option == "fastmath"}
     if option == "nocache":
         flags["numba__cache"] = False
@@ -83,7 +87,8 @@ def child(option: str, m2_only: bool) -> None:
                                  model=model, compile_kwargs={"mode": mode} if mode else None)
                 compiled = sampled = time.perf_counter()
             else:
-                fn = nutpie.compile_pymc_model(model)
+                fn = (compile_model(model) if option == "bayesfed"
+                      else nutpie.compile_pymc_model(model))
                 compiled = time.perf_counter()
                 tree = nutpie.sample(fn, draws=1000, tune=1000, chains=2, seed=7,
                                      progress_bar=False)

@@ -351,9 +351,9 @@ def test_a_reused_compiled_model_gives_the_draws_of_a_fresh_one(monkeypatch):
                               {"collapsed_data": collapsed_data(design, priors)}, **kw)
 
     compiles = []
-    compile_pymc_model = sampling.nutpie.compile_pymc_model
-    monkeypatch.setattr(sampling.nutpie, "compile_pymc_model",
-                        lambda model: compiles.append(1) or compile_pymc_model(model))
+    compile_model = sampling.compile_model
+    monkeypatch.setattr(sampling, "compile_model",
+                        lambda model: compiles.append(1) or compile_model(model))
     fit(1, "reused")
     reused = fit(4, "reused")
     assert len(compiles) == 1
