@@ -34,6 +34,7 @@ OPTIONS = ("fastmath", "ieee", "bayesfed", "nocache", "pymc_c", "pymc_ieee")
 
 def build_models(m2_only: bool) -> dict:
     """The two models, built as ``bayesfed fit`` builds them."""
+    from bayesfed.event_design import cell_stats
     from bayesfed.event_time import build_event_time_parts, resolve_event_priors
     from bayesfed.fit import design_for, event_design_for
     from bayesfed.models import build_two_level_collapsed
@@ -49,9 +50,9 @@ def build_models(m2_only: bool) -> dict:
     if not m2_only:
         spec = load_spec(ROOT / "models" / "event_time.toml")
         event = spec.event_options
-        ed = event_design_for(validate_table(raw, spec), spec)
+        cells = cell_stats(event_design_for(validate_table(raw, spec), spec))
         models["event_time"] = build_event_time_parts(
-            ed, resolve_event_priors(ed, spec.priors), event.effect_prior,
+            cells, resolve_event_priors(cells, spec.priors), event.effect_prior,
             event.federation_deviations, event.type_effects).model
     return models
 
