@@ -6,7 +6,8 @@ study (year 5 by default: 14,710 pupils, 77 schools), the same pupils for every 
 run:
 
 - ``bayesfed``: the collapsed likelihood (``build_two_level_collapsed``: school intercepts
-  integrated out), nutpie as :mod:`bayesfed.sampling` runs it (numba fast-math off), the school
+  integrated out), nutpie as :mod:`bayesfed.sampling` runs it (numba fast-math off, nutpie's
+  C wrappers cached by :mod:`bayesfed.compiled`), the school
   intercepts drawn afterwards by ``add_school_draws`` (timed with the sampling). Its set-up
   time includes validating the table and building the design.
 - ``pymc_rows``: bayesfed's pupil-row PyMC model (``build_two_level``, one likelihood term per
@@ -65,6 +66,7 @@ import pymc as pm
 import pytensor
 from threadpoolctl import threadpool_limits
 
+from bayesfed.compiled import compile_model
 from bayesfed.fit import design_for
 from bayesfed.models import add_school_draws, build_two_level, build_two_level_collapsed
 from bayesfed.priors import resolve_priors
@@ -166,7 +168,7 @@ def fit_bayesfed(raw: pd.DataFrame, spec: ModelSpec, year: int) -> Result:
         design = design_for(table, spec, year)
         model = build_two_level_collapsed(design, resolve_priors(design, spec.priors))
         built = time.perf_counter()
-        compiled = nutpie.compile_pymc_model(model)
+        compiled = compile_model(model)
         set_up = time.perf_counter()
         tree = nutpie.sample(compiled, draws=DRAWS, tune=TUNE, chains=CHAINS, seed=SEED,
                              cores=CORES, save_warmup=False, progress_bar=False)
