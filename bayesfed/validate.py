@@ -224,7 +224,21 @@ def _one_float(value: object) -> float:
 
 
 def _as_float(series: pd.Series) -> pd.Series:
-    """Numbers as float, NaN where a value is not a number (text, dates, complex numbers)."""
+    """Numbers as float, NaN where a value is not a number (text, dates, complex numbers).
+
+    Arrow-backed text (every CSV column) is first parsed by Arrow in bulk, which succeeds only
+    when every value is a number as Arrow writes numbers: then the values are those pandas
+    would give (both round correctly; ``tests/test_validate.py`` compares them), ten times
+    faster. Anything else, a single value Arrow cannot parse included, goes through pandas.
+    """
+    if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow":
+        try:
+            parsed = pa.array(series.array).cast(pa.float64())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # a value Arrow does not read as a number: pandas decides, below
+        else:
+            return pd.Series(parsed.to_numpy(zero_copy_only=False), index=series.index,
+                             dtype=float)
     if (pd.api.types.is_datetime64_any_dtype(series.dtype)
             or pd.api.types.is_timedelta64_dtype(series.dtype)
             or isinstance(series.dtype, pd.PeriodDtype)):

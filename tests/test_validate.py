@@ -234,3 +234,21 @@ def test_collinear_predictors_are_reported(table, m2, block, monkeypatch):
         "sen[school_action] in the table. Fix: drop one of these predictors from the spec: "
         "their effects cannot be told apart"
     ]
+
+
+def test_arrow_text_parses_to_the_numbers_pandas_gives():
+    """CSV columns are Arrow-backed text; Arrow's bulk parse must give pandas' numbers, bit for
+    bit, and a column with a value Arrow cannot parse must come out as pandas gives it."""
+    rng = np.random.default_rng(0)
+    values = ([repr(float(v)) for v in rng.normal(0, 1, 2000)]
+              + ["%.17g" % v for v in rng.normal(0, 1e300, 300)]
+              + ["%.25e" % v for v in rng.normal(0, 1e-300, 300)]
+              + ["%.3f" % v for v in rng.uniform(0, 1, 300)]
+              + ["1e5", "1E5", "+5", "-0", "0.", ".5", "5.", "inf", "-inf", "nan", "Infinity",
+                 "1e400", "-1e400", "4.9e-324", "2.5e-324", None])
+    for extra in ([], [" 7", "7 ", "1_000", "0x10", "1,5", "text"]):
+        arrow = pd.Series(values + extra, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
+        objects = pd.Series(values + extra, dtype=object)
+        got, expected = validate._as_float(arrow).to_numpy(), validate._as_float(objects).to_numpy()
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
