@@ -67,6 +67,7 @@ browser:
 bench: $(VENV)/.installed-bench
 	@$(VPY) bench/peers.py
 	@$(VPY) bench/event_time_scale.py --tools bayesfed,statsmodels
+	@$(VPY) bench/csv_reading.py
 
 # R from Debian's packages (root or sudo, as `browser`): r-base-dev for the compiler brms's
 # Stan models need, posterior for brms's ESS, data.table to read the national-size CSV.
