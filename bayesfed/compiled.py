@@ -23,8 +23,8 @@ function, so the draws are the same bits (tested in ``tests/test_compiled.py``).
 It builds on nutpie's internals (``_make_functions``, ``make_user_data``,
 ``_prepare_dims_and_coords``, ``CompiledPyMCModel``), hence the pin ``nutpie<0.17`` in
 ``pyproject.toml``. Where the PyTensor function has no cache key (a graph with an operation
-PyTensor cannot cache) or nutpie's table has another layout, it compiles with
-``nutpie.compile_pymc_model``: slower, same draws.
+PyTensor cannot cache), PyTensor's numba cache is off or nutpie's table has another layout, it
+compiles with ``nutpie.compile_pymc_model``: slower, same draws.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import numpy as np
 import nutpie
 import nutpie.compile_pymc as nutpie_pymc
 import pymc as pm
+import pytensor
 from numba.core import cgutils, types
 from pymc.initial_point import make_initial_point_fn
 from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
@@ -121,8 +122,10 @@ def _table_layout(user_data: np.ndarray, keys: list[str]) -> dict[str, tuple[int
             base = dtype.base if dtype.shape else dtype
             if base.kind != "u" or base.itemsize != 8:
                 return {}
-            where.append((offset + fields.fields[part][1] + start) // 8)
-        layout[key] = tuple(where)
+            where.append(offset + fields.fields[part][1] + start)
+        if any(byte % 8 for byte in where):
+            return {}
+        layout[key] = tuple(byte // 8 for byte in where)
     n = len(keys)
     if user_data.dtype.itemsize % 8 or any(
             layout[key][:2] != (i, n + i) for i, key in enumerate(keys)):
@@ -130,14 +133,14 @@ def _table_layout(user_data: np.ndarray, keys: list[str]) -> dict[str, tuple[int
     return layout
 
 
-def _wrapper(template: str, function, shared: list, keys: dict, layout: dict,
+def _wrapper(name: str, template: str, function, shared: list, keys: dict, layout: dict,
              n_table: int, signature, **sizes):
-    """A C function made with numba from ``template`` around the PyTensor function
+    """The C function ``name`` made with numba from ``template`` around the PyTensor function
     ``function`` (the jitted function of a compiled ``pytensor.function``) whose shared
     variables are ``shared``; cached by PyTensor's numba cache, or None where ``function``
-    has no cache key."""
+    has no cache key or that cache is off (``pytensor.config.numba__cache``)."""
     function_key = CACHED_SRC_FUNCTIONS.get(function.py_func)
-    if function_key is None:
+    if function_key is None or not pytensor.config.numba__cache:
         return None
     unpack, args = [], ""
     for i, var in enumerate(shared):
@@ -153,7 +156,6 @@ def _wrapper(template: str, function, shared: list, keys: dict, layout: dict,
         args += f", shared_{i}"
     source = template.format(unpack="\n".join(unpack), args=args, n_table=n_table, **sizes)
     key = hashlib.sha256(f"{WRAPPER_VERSION}\n{function_key}\n{source}".encode()).hexdigest()
-    name = source.split("(", 1)[0].removeprefix("def ")
     python_function = compile_numba_function_src(
         source, name, {"__name__": __name__, "np": np, "carray": numba.carray,
                        "_as_pointer": _as_pointer, "FUNCTION": function},
@@ -208,11 +210,12 @@ def compile_model(model: pm.Model):
     n_table = user_data.dtype.itemsize // 8
     logp = expand = None
     if layout:
-        logp = _wrapper(_LOGP, logp_function.vm.jit_fn, logp_function.get_shared(), keys,
-                        layout, n_table, _LOGP_SIGNATURE, n_dim=n_dim)
-        expand = _wrapper(_EXPAND, expand_function.vm.jit_fn, expand_function.get_shared(),
-                          keys, layout, n_table, _EXPAND_SIGNATURE, n_dim=n_dim,
-                          n_expanded=n_expanded)
+        logp = _wrapper("nutpie_logp", _LOGP, logp_function.vm.jit_fn,
+                        logp_function.get_shared(), keys, layout, n_table, _LOGP_SIGNATURE,
+                        n_dim=n_dim)
+        expand = _wrapper("nutpie_expand", _EXPAND, expand_function.vm.jit_fn,
+                          expand_function.get_shared(), keys, layout, n_table,
+                          _EXPAND_SIGNATURE, n_dim=n_dim, n_expanded=n_expanded)
     if logp is None or expand is None:
         return nutpie.compile_pymc_model(model)
     dims, coords = nutpie_pymc._prepare_dims_and_coords(model, shape_info, reparameterized)
