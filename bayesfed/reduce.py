@@ -6,8 +6,9 @@ file, only the columns the spec maps), checks each batch with the rules of
 :func:`bayesfed.validate.validate_table` (:func:`bayesfed.validate.scan`: the same messages,
 row numbers counted over the whole table) and reduces its clean rows to per-cell statistics
 (:class:`EventReducer`, :func:`bayesfed.event_design.cell_part`), merged exactly batch after
-batch. Memory holds one batch, the statistics (a few numbers per school-by-cohort cell) and
-an 8-byte hash per pupil for the duplicated-id rule, never the table.
+batch. Memory holds a few batches (two checked at once, one read ahead), the statistics (a
+few numbers per school-by-cohort cell) and an 8-byte hash per pupil for the duplicated-id
+rule, never the table.
 
 The same reduction runs on a Dask cluster over a partitioned dataset
 (:mod:`bayesfed.distributed`): each worker scans its files, and the scans merge in row order.

