@@ -146,3 +146,14 @@ def test_a_graph_without_a_cache_key_compiles_with_nutpies_wrappers(monkeypatch)
     np.testing.assert_array_equal(
         sample(model, compiled=fallback, **kw).posterior["beta"].to_numpy(),
         sample(model, **kw).posterior["beta"].to_numpy())
+
+
+def test_with_pytensors_numba_cache_off_nutpies_wrappers_are_used():
+    """``numba__cache=False`` (PyTensor's flag): nothing may be written to the cache, so the
+    model compiles with nutpie's own wrappers."""
+    with pm.Model() as model:
+        pm.Normal("x")
+    with pytensor.config.change_flags(numba__fastmath=False, numba__cache=False):
+        fn = compile_model(model)
+    assert "logp_numba" in fn.compiled_logp_func.native_name
+    assert call_logp(fn, np.array([0.5]))[:2] == (0, -0.5 * np.log(2 * np.pi) - 0.125)
