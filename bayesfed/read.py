@@ -9,8 +9,9 @@ the file exactly as pandas would: the header has at least two distinct, non-empt
 value starts with a space or a tab, every row has the header's number of fields, the file is
 UTF-8 and has data rows. Whether it does is found by a first pass of Arrow's reader over the
 file (batches) or by the one whole read; any other file, and any file Arrow refuses, is read
-by pandas, whose messages name the problem. Arrow parses a national extract (4.5 million rows)
-in 1.6 s where pandas took 9 s; ``tests/test_read.py`` checks that both give the same frames.
+by pandas, whose messages name the problem. A national extract (4.5 million rows) is read in
+batches in 3.1 s, both Arrow passes included, where pandas' chunks took 6.6 s
+(``bench/csv_reading.py``); ``tests/test_read.py`` checks that both give the same frames.
 """
 
 from __future__ import annotations
@@ -190,7 +191,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
             table = pa_csv.read_csv(path, **_arrow_options(header))
         except pa.ArrowInvalid:
             table = None  # pandas reads it, and names what is wrong
-        if table is not None and _arrow_as_pandas(table, header):
+        if table is not None and table.num_rows and _arrow_as_pandas(table, header):
             return _csv_columns(path, table.to_pandas(), header)
     frames = list(_csv_batches(path, None, header))
     return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
