@@ -21,7 +21,8 @@ compilation; the wrappers return nutpie's codes (0 ok, 1 an exception, 3 a non-f
 function, so the draws are the same bits (tested in ``tests/test_compiled.py``).
 
 It builds on nutpie's internals (``_make_functions``, ``make_user_data``,
-``_prepare_dims_and_coords``, ``CompiledPyMCModel``), hence the pin ``nutpie<0.17`` in
+``_prepare_dims_and_coords``, ``CompiledPyMCModel``, ``address_as_void_pointer``,
+``_wrap_with_lock``), hence the pin ``nutpie<0.17`` in
 ``pyproject.toml``. Where the PyTensor function has no cache key (a graph with an operation
 PyTensor cannot cache), PyTensor's numba cache is off or nutpie's table has another layout, it
 compiles with ``nutpie.compile_pymc_model``: slower, same draws.
@@ -30,8 +31,6 @@ compiles with ``nutpie.compile_pymc_model``: slower, same draws.
 from __future__ import annotations
 
 import hashlib
-import threading
-from functools import wraps
 
 import numba
 import numpy as np
@@ -39,12 +38,12 @@ import nutpie
 import nutpie.compile_pymc as nutpie_pymc
 import pymc as pm
 import pytensor
-from numba.core import cgutils, types
+from numba.core import types
 from pymc.initial_point import make_initial_point_fn
 from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS, compile_numba_function_src
 
 #: Changes whenever the generated source's meaning changes without its text changing.
-WRAPPER_VERSION = 1
+WRAPPER_VERSION = 2
 
 _LOGP = """\
 def nutpie_logp(dim, x_, out_, logp_, user_data_):
@@ -91,15 +90,6 @@ _LOGP_SIGNATURE = types.int64(types.uint64, types.CPointer(types.double),
                               types.voidptr)
 _EXPAND_SIGNATURE = types.int64(types.uint64, types.uint64, types.CPointer(types.double),
                                 types.CPointer(types.double), types.voidptr)
-
-
-@numba.extending.intrinsic
-def _as_pointer(typingctx, address):
-    """The memory address ``address`` (an integer) as a void pointer."""
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-    return types.voidptr(address), codegen
 
 
 def _table_layout(user_data: np.ndarray, keys: list[str]) -> dict[str, tuple[int, int, int]]:
@@ -158,22 +148,9 @@ def _wrapper(name: str, template: str, function, shared: list, keys: dict, layou
     key = hashlib.sha256(f"{WRAPPER_VERSION}\n{function_key}\n{source}".encode()).hexdigest()
     python_function = compile_numba_function_src(
         source, name, {"__name__": __name__, "np": np, "carray": numba.carray,
-                       "_as_pointer": _as_pointer, "FUNCTION": function},
+                       "_as_pointer": nutpie_pymc.address_as_void_pointer, "FUNCTION": function},
         cache_key=key)
     return numba.cfunc(signature, cache=True)(python_function)
-
-
-def _with_lock(function):
-    """``function`` called by one thread at a time (nutpie calls the initial point function
-    from each chain's thread)."""
-    lock = threading.Lock()
-
-    @wraps(function)
-    def locked(*args, **kwargs):
-        with lock:
-            return function(*args, **kwargs)
-
-    return locked
 
 
 def compile_model(model: pm.Model):
@@ -192,7 +169,8 @@ def compile_model(model: pm.Model):
         What ``nutpie.compile_pymc_model(model)`` returns: same initial points (support
         points, jittered), same log density, same draws.
     """
-    initial_point = _with_lock(make_initial_point_fn(
+    # one thread at a time: nutpie calls it from each chain's thread
+    initial_point = nutpie_pymc._wrap_with_lock(make_initial_point_fn(
         model=model, overrides=None, default_strategy="support_point",
         jitter_rvs=set(model.free_RVs), return_transformed=True))
     (n_dim, n_expanded, logp_function, expand_function, initial_point_function, shape_info,

@@ -149,7 +149,6 @@ class EventDesign(_EventYears):
         return int(self.y.shape[0])
 
 
-
 @dataclass(frozen=True)
 class CellStats(_EventYears):
     """Sufficient statistics of the Gaussian likelihood, per school-by-cohort cell, with the
@@ -208,7 +207,6 @@ class CellStats(_EventYears):
     @property
     def n_pupils(self) -> int:
         return int(self.n.sum())
-
 
     @property
     def x_mean(self) -> np.ndarray:

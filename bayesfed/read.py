@@ -222,13 +222,12 @@ def _arrow_options(header: list[str]) -> dict:
 
 
 def _arrow_as_pandas(data: pa.Table | pa.RecordBatch, header: list[str]) -> bool:
-    """Whether Arrow read this part as pandas would: the header's names, text columns, no
-    value starting with a space or a tab (pandas skips spaces after a comma)."""
+    """Whether Arrow read this part as pandas would: the header's names (every column then
+    text, :func:`_arrow_options`), no value starting with a space or a tab (pandas skips
+    spaces after a comma)."""
     if data.schema.names != header:
         return False
     for column in data.columns:
-        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-            return False
         for blank in (" ", "\t"):
             if pc.any(pc.starts_with(column, blank)).as_py():
                 return False
