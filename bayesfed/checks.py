@@ -71,7 +71,7 @@ import numpy as np
 import xarray as xr
 
 from bayesfed.design import Design
-from bayesfed.suffstats import school_stats
+from bayesfed.suffstats import SchoolSummary, summary_of
 
 #: Variables of a fit's ``constant_data`` that the checks need (:func:`school_data`).
 SCHOOL_DATA = ("school_n", "school_y_mean", "school_x_mean", "school_yy", "school_xy",
@@ -81,40 +81,36 @@ SCHOOL_DATA = ("school_n", "school_y_mean", "school_x_mean", "school_yy", "schoo
 PROB = 0.94
 
 
-def school_data(design: Design) -> xr.Dataset:
-    """Per-school sufficient statistics of a design, for a fit's ``constant_data``.
+def school_data(data: Design | SchoolSummary) -> xr.Dataset:
+    """Per-school sufficient statistics of a design (or of its summary), for a fit's
+    ``constant_data``.
 
     Parameters
     ----------
-    design : Design
+    data : Design or SchoolSummary
 
     Returns
     -------
     xarray.Dataset
-        Coords ``school`` (``design.schools``), ``predictor`` and ``predictor_``
-        (``design.coef_names``); ``school_n`` (school; pupils), ``school_y_mean`` (school;
+        Coords ``school`` (the schools' labels), ``predictor`` and ``predictor_`` (the
+        coefficient names); ``school_n`` (school; pupils), ``school_y_mean`` (school;
         outcome units), ``school_x_mean`` (school, predictor), ``school_yy`` (school; within-
         school sum of squares of the outcome), ``school_xy`` (school, predictor) and
         ``school_xx`` (``school, predictor, predictor_``): the centred cross products, zero for
         school-level columns. Summed over schools they are the pooled
         :class:`~bayesfed.suffstats.SchoolStats` cross products.
     """
-    stats = school_stats(design)  # means, and the check that school-level columns are constant
-    columns = np.column_stack([design.y, design.X])
-    centred = columns - np.column_stack([stats.y_mean, stats.X_mean])[design.school_idx]
-    centred[:, 1 + np.flatnonzero(np.array(design.school_level, dtype=bool))] = 0.0
-    order = np.argsort(design.school_idx, kind="stable")
-    blocks = np.split(centred[order], np.cumsum(stats.n)[:-1])
-    gram = np.stack([b.T @ b for b in blocks])  # (school, 1 + p, 1 + p)
-    names = list(design.coef_names)
+    summary = summary_of(data)
+    gram = summary.within  # (school, 1 + p, 1 + p)
+    names = list(summary.coef_names)
     return xr.Dataset(
-        {"school_n": ("school", stats.n.astype(np.int64)),
-         "school_y_mean": ("school", stats.y_mean),
-         "school_x_mean": (("school", "predictor"), stats.X_mean),
+        {"school_n": ("school", summary.n.astype(np.int64)),
+         "school_y_mean": ("school", summary.y_mean),
+         "school_x_mean": (("school", "predictor"), summary.X_mean),
          "school_yy": ("school", gram[:, 0, 0]),
          "school_xy": (("school", "predictor"), gram[:, 1:, 0]),
          "school_xx": (("school", "predictor", "predictor_"), gram[:, 1:, 1:])},
-        coords={"school": list(design.schools), "predictor": names, "predictor_": names})
+        coords={"school": list(summary.schools), "predictor": names, "predictor_": names})
 
 
 def has_school_data(tree: xr.DataTree) -> bool:

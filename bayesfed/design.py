@@ -73,6 +73,30 @@ def group_sums(idx: np.ndarray, n_groups: int, values: np.ndarray) -> np.ndarray
     return out
 
 
+def group_codes(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's group of equal keys (numbered by first appearance) and each group's first row.
+
+    Parameters
+    ----------
+    keys : DataFrame
+        One row per pupil (or per part of a merge); every column is part of the key.
+
+    Returns
+    -------
+    codes : ndarray of int64, shape (n_rows,)
+    first : ndarray of int64, shape (n_groups,)
+    """
+    code = np.zeros(len(keys), dtype=np.int64)
+    for name in keys.columns:  # one integer per distinct key
+        values, uniques = pd.factorize(keys[name])
+        code = code * (len(uniques) + 1) + values
+    codes, uniques = pd.factorize(code)
+    first = np.empty(len(uniques), dtype=np.int64)
+    order = np.arange(len(codes))[::-1]  # the last write of a group is its first row
+    first[codes[order]] = order
+    return codes.astype(np.int64), first
+
+
 def term_columns(
     frame: pd.DataFrame,
     term: str,

@@ -4,12 +4,13 @@ For a user who has outgrown one machine: a partitioned Parquet dataset (a folder
 e.g. one per cohort or local authority) is reduced file by file on the cluster's workers, and
 the fits of a job run on its workers.
 
-* :func:`reduce_event_time_dask`: each worker scans one file
+* :func:`reduce_dask`: each worker scans one file
   (:func:`bayesfed.validate.scan`, with the row numbers of the whole dataset: each file's
-  first row is known from the row counts in the files' footers) and reduces it to per-cell
-  statistics; the scans come back (a few numbers per cell, 8 bytes per pupil for the
-  duplicated-id rule) and merge in file order, so the result and every error message are
-  those of :func:`bayesfed.reduce.reduce_event_time` on one machine.
+  first row is known from the row counts in the files' footers) and reduces it to the spec's
+  statistics (per cell, or per year and school); the scans come back (the statistics, 8 bytes
+  per pupil for the duplicated-id rule) and merge in file order, so the result and every
+  error message are those of :func:`bayesfed.reduce.reduce_event_time` or
+  :func:`bayesfed.reduce.reduce_years` on one machine.
 * :func:`bayesfed.fit.run_job` with ``executor=client.get_executor()`` sends each fit (its
   spec, its year's pupils or the reduced statistics) to a worker, which writes the fit file
   atomically. The workers must see the output folder (a shared file system). Fits already
@@ -22,11 +23,12 @@ scheduler, and a script passes a ``distributed.Client`` (for a laptop,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import reduce as fold
 from pathlib import Path
 
 from bayesfed.read import parquet_parts, read_batches
-from bayesfed.reduce import EventReducer, Reduced, event_rules, reduced_from
+from bayesfed.reduce import Reduced, ReducedYears, file_rules, reduced_from, reducer_for
 from bayesfed.spec import ModelSpec
 from bayesfed.validate import Rules, Scan, scan
 
@@ -35,12 +37,15 @@ def _scan_part(path: str, part: str, rules: Rules, first_row: int) -> Scan:
     """One worker's task: the scan of one file of the dataset."""
     columns = list(dict.fromkeys(rules.present.values()))
     return scan(read_batches(path, columns=columns, part=part), rules, first_row,
-                reduce=EventReducer(rules.spec))
+                reduce=reducer_for(rules.spec, rules.years))
 
 
-def reduce_event_time_dask(client, path: str | Path, spec: ModelSpec,
-                           drop_incomplete: bool = False, source: str | None = None) -> Reduced:
-    """:func:`bayesfed.reduce.reduce_event_time`, one file of a Parquet dataset per task.
+def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
+                drop_incomplete: bool = False, source: str | None = None
+                ) -> Reduced | ReducedYears:
+    """:func:`bayesfed.reduce.reduce_event_time` (an ``event_time`` spec) or
+    :func:`bayesfed.reduce.reduce_years` (a ``two_level`` one, with ``years``), one file of a
+    Parquet dataset per task.
 
     Parameters
     ----------
@@ -49,30 +54,34 @@ def reduce_event_time_dask(client, path: str | Path, spec: ModelSpec,
     path : str or Path
         A Parquet file or a folder of Parquet files.
     spec : ModelSpec
-        An ``event_time`` spec.
+    years : sequence of int, optional
+        A ``two_level`` spec's years since founding (None: the whole table).
     drop_incomplete : bool
     source : str, optional
         Name of the table in messages (default: the path).
 
     Returns
     -------
-    Reduced
-        Equal to what :func:`bayesfed.reduce.reduce_event_time` returns for the same data.
+    Reduced or ReducedYears
+        Equal to what :func:`bayesfed.reduce.reduce_event_time` or
+        :func:`bayesfed.reduce.reduce_years` returns for the same data.
 
     Raises
     ------
     DataError
-        As :func:`bayesfed.reduce.reduce_event_time`, with the same message. A rule broken
+        As the one-machine reduction, with the same message. A rule broken
         across rows (a school-level value that varies, a duplicated pupil id) is named with
         its rows by a second pass, run here.
     """
     path = str(path)
-    rules, batches = event_rules(path, spec, drop_incomplete, source)
+    if spec.model.family == "event_time":
+        years = None
+    rules, batches = file_rules(path, spec, years, drop_incomplete, source)
     parts = parquet_parts(path)
     first_rows = [sum(n for _, n in parts[:i]) for i in range(len(parts))]
     futures = [client.submit(_scan_part, path, part, rules, first_row, pure=False)
                for (part, _), first_row in zip(parts, first_rows, strict=True)]
     scans = client.gather(futures)
-    reducer = EventReducer(spec)
+    reducer = reducer_for(spec, years)
     result = fold(lambda a, b: a.merge(b, reducer), scans, Scan())
     return reduced_from(result, rules, batches, reducer)

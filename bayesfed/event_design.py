@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import group_sums, predictor_columns
+from bayesfed.design import group_codes, group_sums, predictor_columns
 
 #: Columns of the canonical table the event design reads besides the predictors.
 EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
@@ -227,10 +227,6 @@ class CellStats(_EventYears):
                 np.sqrt((np.diag(self.XX) + X_between) / (self.n_pupils - 1)))
 
 
-#: Columns identifying a cell part's rows: school, cohort and what is constant in a cell.
-_KEY = ("school", "cohort", "event", "federated", "federation", "federation_type")
-
-
 @dataclass(frozen=True)
 class CellPart:
     """Per-cell sufficient statistics of some consecutive pupils; parts merge exactly
@@ -273,7 +269,7 @@ def cell_part(keys: pd.DataFrame, y: np.ndarray, X: np.ndarray, coef_names: tupl
     coef_names : tuple of str
     n_dropped : int
     """
-    codes, first = _groups(keys)
+    codes, first = group_codes(keys)
     n = np.bincount(codes, minlength=first.size)
     columns = np.column_stack([y, X])
     mean = group_sums(codes, first.size, columns) / n[:, None]
@@ -282,27 +278,13 @@ def cell_part(keys: pd.DataFrame, y: np.ndarray, X: np.ndarray, coef_names: tupl
                     coef_names, n_dropped)
 
 
-def _groups(keys: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's group of equal keys (numbered by first appearance) and each group's first
-    row."""
-    code = np.zeros(len(keys), dtype=np.int64)
-    for name in _KEY:  # one integer per distinct key
-        values, uniques = pd.factorize(keys[name])
-        code = code * (len(uniques) + 1) + values
-    codes, uniques = pd.factorize(code)
-    first = np.empty(len(uniques), dtype=np.int64)
-    order = np.arange(len(codes))[::-1]  # the last write of a group is its first row
-    first[codes[order]] = order
-    return codes.astype(np.int64), first
-
-
 def merge_cell_parts(a: CellPart, b: CellPart) -> CellPart:
     """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and the
     within cross products combined exactly (Chan, Golub and LeVeque's update)."""
     keys = pd.concat([a.keys, b.keys], ignore_index=True)
     n_all = np.r_[a.n, b.n]
     mean_all = np.vstack([a.mean, b.mean])
-    codes, first = _groups(keys)
+    codes, first = group_codes(keys)
     n = np.bincount(codes, weights=n_all, minlength=first.size).astype(np.int64)
     mean = group_sums(codes, first.size, mean_all * n_all[:, None]) / n[:, None]
     deviation = mean_all - mean[codes]  # zero for a key of one part only

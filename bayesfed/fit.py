@@ -65,12 +65,17 @@ from bayesfed.models import (
 )
 from bayesfed.partition import predictor_cov
 from bayesfed.priors import resolve_priors
-from bayesfed.reduce import Reduced, reduce_table
-from bayesfed.reml import fit_reml
+from bayesfed.reduce import Reduced, ReducedYears, reduce_table
+from bayesfed.reml import fit_reml, fit_reml_stats
 from bayesfed.sampling import Sampler, sample, sample_reusing
 from bayesfed.spec import ModelSpec
 from bayesfed.store import load_fit, remove_stale_temporaries, save_fit
+from bayesfed.suffstats import summary_of
 from bayesfed.validate import PupilTable
+
+#: What a fit is given of the pupils: validated rows in memory, or their statistics reduced as
+#: the file was read (per cell for an event-time spec, per year and school for a per-year one).
+Table = PupilTable | Reduced | ReducedYears
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,7 @@ def versions() -> dict[str, str]:
 
 
 def fit_one(
-    table: PupilTable | Reduced,
+    table: Table,
     spec: ModelSpec,
     year: int | None,
     options: FitOptions,
@@ -159,9 +164,10 @@ def fit_one(
 
     Parameters
     ----------
-    table : PupilTable or Reduced
-        Validated for ``spec`` (and for ``year``); an ``event_time`` spec's may be reduced
-        already (:func:`bayesfed.reduce.reduce_event_time`).
+    table : PupilTable, Reduced or ReducedYears
+        Validated for ``spec`` (and for ``year``), in memory or reduced already as the file
+        was read (:func:`bayesfed.reduce.reduce_event_time` for an ``event_time`` spec,
+        :func:`bayesfed.reduce.reduce_years` for a collapsed ``two_level`` one).
     spec : ModelSpec
     year : int or None
         Years since founding to select, or None for the whole table.
@@ -181,39 +187,51 @@ def fit_one(
         return _fit_two_level(table, spec, year, options, data_hash, threads)
 
 
-def _fit_two_level(table: PupilTable, spec: ModelSpec, year: int | None,
+def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int | None,
                    options: FitOptions, data_hash: str, threads: int | None) -> xr.DataTree:
-    """:func:`fit_one` of a ``two_level`` spec."""
-    design = design_for(table, spec, year)
-    priors = resolve_priors(design, spec.priors)
+    """:func:`fit_one` of a ``two_level`` spec.
+
+    Everything but the pupil-row model and statsmodels' REML uses the year's per-school
+    summary (:class:`bayesfed.suffstats.SchoolSummary`); from a reduced table (no rows) the
+    REML cross-check is the exact REML of the statistics (:func:`bayesfed.reml.fit_reml_stats`).
+    """
+    if isinstance(table, ReducedYears):
+        design, summary = None, table.summaries[year]
+        if spec.model.likelihood == "pupil_rows":
+            raise ValueError("the pupil-row likelihood needs the pupils, not their statistics")
+    else:
+        design = design_for(table, spec, year)
+        summary = summary_of(design)
+    priors = resolve_priors(summary, spec.priors)
     seed = fit_seed(options.seed, spec.name, year)
     settings = dict(draws=options.draws, tune=options.tune, chains=options.chains, seed=seed,
                     sampler=options.sampler, progress=options.progress, threads=threads)
     if spec.model.likelihood == "collapsed":
         # one compiled model per specification serves every year: the years differ in the
         # values of the model's data containers, not in its graph
-        tree = sample_reusing((spec.model_dump_json(), design.coef_names),
-                              lambda: build_two_level_collapsed(design, priors),
-                              {"collapsed_data": collapsed_data(design, priors)}, **settings)
+        tree = sample_reusing((spec.model_dump_json(), summary.coef_names),
+                              lambda: build_two_level_collapsed(summary, priors),
+                              {"collapsed_data": collapsed_data(summary, priors)}, **settings)
         # the school intercepts, drawn from their exact conditional posterior
-        tree = add_school_draws(tree, design, seed=seed)
+        tree = add_school_draws(tree, summary, seed=seed)
     else:
         tree = sample(build_two_level(design, priors), **settings)
     try:
-        reml = asdict(fit_reml(design))
+        reml = asdict(fit_reml(design) if design is not None
+                      else fit_reml_stats(summary.pooled(), summary.coef_names))
     except BayesfedError as exc:  # the cross-check failed; the Bayesian fit still stands
         reml = {"error": str(exc)}
-    cov = predictor_cov(design)
+    cov = predictor_cov(summary)
     constant = xr.Dataset({"x_cov": (("predictor", "predictor_"), cov)},
-                          coords={"predictor": list(design.coef_names),
-                                  "predictor_": list(design.coef_names)})
+                          coords={"predictor": list(summary.coef_names),
+                                  "predictor_": list(summary.coef_names)})
     # per-school aggregates (not pupil rows) for the predictive checks and leave-one-school-out
-    tree["constant_data"] = xr.DataTree(constant.merge(school_data(design)))
+    tree["constant_data"] = xr.DataTree(constant.merge(school_data(summary)))
     tree.attrs.update(_provenance(table, spec, year, options, seed, data_hash) | {
         "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
         "bayesfed_reml": json.dumps(reml, sort_keys=True),
-        "bayesfed_n_pupils": design.n_pupils,
-        "bayesfed_n_schools": design.n_schools,
+        "bayesfed_n_pupils": summary.n_pupils,
+        "bayesfed_n_schools": summary.n_schools,
     })
     return tree
 
@@ -258,7 +276,7 @@ def fit_event_time(table: PupilTable | Reduced, spec: ModelSpec, options: FitOpt
     return tree
 
 
-def _provenance(table: PupilTable | Reduced, spec: ModelSpec, year: int | None, options: FitOptions,
+def _provenance(table: Table, spec: ModelSpec, year: int | None, options: FitOptions,
                 seed: int, data_hash: str) -> dict[str, str]:
     """Root attributes every fit carries: what was fitted, how, to which data, with what."""
     return {
@@ -349,15 +367,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _table_for(table: PupilTable | Reduced, spec: ModelSpec, year: int | None
-               ) -> PupilTable | Reduced:
-    """Only the pupils one fit needs (what a worker process is sent)."""
+def _table_for(table: Table, spec: ModelSpec, year: int | None) -> Table:
+    """Only the pupils (or statistics) one fit needs (what a worker process is sent)."""
+    if isinstance(table, ReducedYears):
+        return table.select_year(year)
     if year is None or spec.model.family == "event_time":
         return table
     return replace(table, frame=table.select_year(year))
 
 
-def _fit_and_save(table: PupilTable | Reduced, spec: ModelSpec, year: int | None,
+def _fit_and_save(table: Table, spec: ModelSpec, year: int | None,
                   options: FitOptions, data_hash: str, path: Path, threads: int | None
                   ) -> Path:
     """One fit, saved atomically: what a job does per fit, in this process or a worker."""
@@ -392,7 +411,7 @@ def _stop_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def run_job(
-    tables: Mapping[str, PupilTable | Reduced],
+    tables: Mapping[str, Table],
     specs: Sequence[ModelSpec],
     years: Sequence[int] | None,
     out: Path,
@@ -410,7 +429,7 @@ def run_job(
 
     Parameters
     ----------
-    tables : mapping of str to PupilTable or Reduced
+    tables : mapping of str to PupilTable, Reduced or ReducedYears
         Model name -> the table validated for that spec and every year (an ``event_time``
         spec's reduced to its statistics as it was read).
     specs : sequence of ModelSpec
@@ -502,7 +521,7 @@ def run_job(
                          executor)
 
 
-def _run_parallel(tables: Mapping[str, PupilTable | Reduced],
+def _run_parallel(tables: Mapping[str, Table],
                   plan: list[tuple[ModelSpec, int | None]], paths: list[Path],
                   todo: list[int], options: FitOptions, data_hash: str, jobs: int,
                   on_fit: Callable[[str, int, int], None] | None, out: Path,

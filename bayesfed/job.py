@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bayesfed.distributed import reduce_event_time_dask
+from bayesfed.distributed import reduce_dask
 from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
 from bayesfed.fit import FitOptions, fit_name, planned_fits, run_job
 from bayesfed.plots import (
@@ -22,7 +22,7 @@ from bayesfed.plots import (
 )
 from bayesfed.published import load_published
 from bayesfed.read import read_table
-from bayesfed.reduce import reduce_event_time
+from bayesfed.reduce import reduce_event_time, reduce_years
 from bayesfed.report import Flavour, render_markdown
 from bayesfed.spec import load_spec
 from bayesfed.store import load_fit, write_text
@@ -66,7 +66,7 @@ def fit_command(
     so a data or spec problem never costs sampling time. ``resume`` keeps the complete fits of
     an interrupted job and fits the rest, ``jobs`` fits in that many worker processes
     (:func:`bayesfed.fit.run_job`). ``dask``, the address of a Dask scheduler, reduces a
-    Parquet dataset for an event-time spec on the cluster's workers and runs the fits there
+    Parquet dataset for each spec on the cluster's workers and runs the fits there
     (:mod:`bayesfed.distributed`; ``jobs`` is then the cluster's worker threads).
 
     Returns
@@ -149,20 +149,30 @@ def _connect(address: str):
 def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
     """Model name -> the table each spec's fits need, every spec validated before any fit.
 
-    A per-year spec's validated pupils (in memory); an event-time spec's statistics, reduced
-    as the table is read in batches (on the cluster's workers for Parquet when ``client``).
+    A spec with the collapsed likelihood (the default) gets its statistics, reduced as the
+    table is read in batches (:func:`bayesfed.reduce.reduce_years` per year and school,
+    :func:`bayesfed.reduce.reduce_event_time` per cell; on the cluster's workers for Parquet
+    when ``client``), so memory holds the statistics, not the rows. A per-year spec with the
+    pupil-row likelihood gets its validated pupils, in memory.
     """
-    raw = read_table(data) if any(s.model.family == "two_level" for s in specs) else None
+    def needs_rows(spec) -> bool:
+        return spec.model.family == "two_level" and spec.model.likelihood == "pupil_rows"
+
+    raw = read_table(data) if any(needs_rows(s) for s in specs) else None
     tables = {}
     for s in specs:
-        if s.model.family == "two_level":
+        if needs_rows(s):
             tables[s.name] = validate_table(raw, s, years=years,
                                             drop_incomplete=drop_incomplete, source=str(data))
-        elif client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
-            tables[s.name] = reduce_event_time_dask(client, data, s, drop_incomplete,
-                                                    source=str(data))
-        else:
+            continue
+        spec_years = None if s.model.family == "event_time" else years
+        if client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
+            tables[s.name] = reduce_dask(client, data, s, spec_years, drop_incomplete,
+                                         source=str(data))
+        elif s.model.family == "event_time":
             tables[s.name] = reduce_event_time(data, s, drop_incomplete, source=str(data))
+        else:
+            tables[s.name] = reduce_years(data, s, years, drop_incomplete, source=str(data))
     return tables
 
 

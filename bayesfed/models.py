@@ -115,7 +115,7 @@ import xarray as xr
 
 from bayesfed.design import Design, group_sums
 from bayesfed.priors import PriorSet
-from bayesfed.suffstats import SchoolStats, school_stats
+from bayesfed.suffstats import SchoolStats, SchoolSummary, school_stats
 
 
 def school_values(design: Design, columns: np.ndarray) -> np.ndarray:
@@ -272,7 +272,7 @@ PACKED_SCALARS = ("n_pupils", "yy", "prior_intercept_mu", "prior_intercept_sigma
 PACKED_VECTORS = ("Xy", "X_centre", "prior_slope_mu", "prior_slope_sigma")
 
 
-def collapsed_data(design: Design, priors: PriorSet) -> np.ndarray:
+def collapsed_data(design: Design | SchoolSummary, priors: PriorSet) -> np.ndarray:
     """The value of the one data container of :func:`build_two_level_collapsed`.
 
     The collapsed model's graph depends on the data and priors only through this array, so a
@@ -283,7 +283,8 @@ def collapsed_data(design: Design, priors: PriorSet) -> np.ndarray:
 
     Parameters
     ----------
-    design : Design
+    design : Design or SchoolSummary
+        The pupils, or their per-school summary (:func:`bayesfed.suffstats.summary_of`).
     priors : PriorSet
         Resolved priors; its ``coef_names`` must equal ``design.coef_names``.
 
@@ -338,7 +339,7 @@ def unpack_collapsed(packed, n_coef: int) -> dict:
     return out | {"n": schools[:, 0], "y_mean": schools[:, 1], "X_mean": schools[:, 2:]}
 
 
-def build_two_level_collapsed(design: Design, priors: PriorSet) -> pm.Model:
+def build_two_level_collapsed(design: Design | SchoolSummary, priors: PriorSet) -> pm.Model:
     """Build the two-level model with the school intercepts integrated out (module docstring).
 
     The same model and priors as :func:`build_two_level`, sampled without school-level
@@ -349,7 +350,8 @@ def build_two_level_collapsed(design: Design, priors: PriorSet) -> pm.Model:
 
     Parameters
     ----------
-    design : Design
+    design : Design or SchoolSummary
+        The pupils, or their per-school summary (:func:`bayesfed.suffstats.summary_of`).
     priors : PriorSet
         Resolved priors; its ``coef_names`` must equal ``design.coef_names``.
 
@@ -414,7 +416,7 @@ def school_effect_conditional(
     return mean, np.sqrt(s2 * t2 / total)
 
 
-def add_school_draws(tree: xr.DataTree, design: Design, seed: int) -> xr.DataTree:
+def add_school_draws(tree: xr.DataTree, design: Design | SchoolSummary, seed: int) -> xr.DataTree:
     """Add exact posterior draws of the school intercepts to a collapsed model's fit.
 
     For every posterior draw of ``intercept``, ``beta``, ``sd_school`` and ``sigma`` one
@@ -427,8 +429,8 @@ def add_school_draws(tree: xr.DataTree, design: Design, seed: int) -> xr.DataTre
     tree : xarray.DataTree
         A fit of :func:`build_two_level_collapsed` to ``design`` (group ``posterior`` with dims
         ``chain`` and ``draw``).
-    design : Design
-        The design the model was built from.
+    design : Design or SchoolSummary
+        The design (or its summary) the model was built from.
     seed : int
         Seed of the NumPy generator that draws the school effects; the same tree, design and
         seed give the same draws.

@@ -25,6 +25,7 @@ import xarray as xr
 from arviz import hdi
 
 from bayesfed.design import Design
+from bayesfed.suffstats import SchoolSummary, summary_of
 
 #: Dims of one posterior draw.
 SAMPLE_DIMS = ("chain", "draw")
@@ -111,16 +112,15 @@ def decomposition(posterior: xr.Dataset, design: Design) -> xr.Dataset:
     return decomposition_from_cov(posterior, predictor_cov(design))
 
 
-def predictor_cov(design: Design) -> np.ndarray:
-    """Sample covariance matrix (denominator ``n - 1``) of the design's predictors over pupils.
+def predictor_cov(data: Design | SchoolSummary) -> np.ndarray:
+    """Sample covariance matrix (denominator ``n - 1``) of the predictors over pupils, from a
+    design or its summary (:meth:`bayesfed.suffstats.SchoolSummary.total_cov`).
 
     Returns
     -------
     ndarray, shape (n_coef, n_coef)
     """
-    if not design.coef_names:
-        return np.zeros((0, 0))
-    return np.atleast_2d(np.cov(design.X, rowvar=False, ddof=1))
+    return summary_of(data).total_cov()[1:, 1:]
 
 
 def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray) -> xr.Dataset:

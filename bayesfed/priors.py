@@ -59,6 +59,7 @@ import numpy as np
 from bayesfed.design import Design
 from bayesfed.errors import SpecError
 from bayesfed.spec import NormalPrior, Priors
+from bayesfed.suffstats import SchoolSummary, summary_of
 
 #: Multiplier of the outcome's standard deviation in the Normal priors' scales.
 SCALE = 2.5
@@ -153,22 +154,26 @@ class Scales:
     coef_names: tuple[str, ...]
 
 
-def scales_of(design: Design) -> Scales:
-    """The :class:`Scales` of a design's pupils."""
-    if design.n_pupils < 2:
-        return Scales(design.n_pupils, math.nan, math.nan, np.full(len(design.coef_names),
-                                                                   math.nan), design.coef_names)
-    return Scales(design.n_pupils, float(np.mean(design.y)), float(np.std(design.y, ddof=1)),
-                  np.std(design.X, axis=0, ddof=1), design.coef_names)
+def scales_of(data: Design | SchoolSummary) -> Scales:
+    """The :class:`Scales` of a design's pupils, or of a summary of them (the same numbers up
+    to rounding: :meth:`bayesfed.suffstats.SchoolSummary.total_cov`)."""
+    summary = summary_of(data)
+    names = summary.coef_names
+    if summary.n_pupils < 2:
+        return Scales(summary.n_pupils, math.nan, math.nan, np.full(len(names), math.nan), names)
+    sd = np.sqrt(np.diagonal(summary.total_cov()))
+    return Scales(summary.n_pupils, float(summary.n @ summary.y_mean / summary.n_pupils),
+                  float(sd[0]), sd[1:], names)
 
 
-def default_priors(data: Design | Scales) -> PriorSet:
+def default_priors(data: Design | SchoolSummary | Scales) -> PriorSet:
     """The data-scaled default priors (see the module docstring).
 
     Parameters
     ----------
-    data : Design or Scales
-        A design (``y`` (n_pupils,) and ``X`` (n_pupils, n_coef)) or the scales of its pupils.
+    data : Design, SchoolSummary or Scales
+        A design (``y`` (n_pupils,) and ``X`` (n_pupils, n_coef)), its summary or the scales
+        of its pupils.
 
     Returns
     -------
@@ -212,7 +217,8 @@ def _pick(values: list[float | None], default: float) -> float:
     return float(next((v for v in values if v is not None), default))
 
 
-def _check_slope_names(priors: Priors, design: Design | Scales, source: str) -> None:
+def _check_slope_names(priors: Priors, design: Design | SchoolSummary | Scales,
+                       source: str) -> None:
     known = {*design.coef_names, *map(_term, design.coef_names)}
     unknown = sorted(set(priors.slope) - known)
     if unknown:
@@ -221,15 +227,16 @@ def _check_slope_names(priors: Priors, design: Design | Scales, source: str) -> 
 
 
 def resolve_priors(
-    design: Design | Scales, spec_priors: Priors, overrides: Priors | None = None
+    design: Design | SchoolSummary | Scales, spec_priors: Priors,
+    overrides: Priors | None = None
 ) -> PriorSet:
     """Resolve every prior: ``overrides`` > ``spec_priors`` > data-scaled default.
 
     Parameters
     ----------
-    design : Design or Scales
-        The model's arrays, or their scales (:class:`Scales`); set the defaults' scales and
-        the coefficient names.
+    design : Design, SchoolSummary or Scales
+        The model's arrays, their per-school summary or their scales (:class:`Scales`); set
+        the defaults' scales and the coefficient names.
     spec_priors : Priors
         The spec's ``[priors]`` section.
     overrides : Priors, optional

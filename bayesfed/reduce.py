@@ -1,13 +1,16 @@
-"""Pupil rows -> the event-time model's sufficient statistics, batch by batch.
+"""Pupil rows -> a model's sufficient statistics, batch by batch.
 
-A national extract (millions of pupils) need not fit in memory: :func:`reduce_event_time` reads
-the table in batches (:func:`bayesfed.read.read_batches`; a folder of Parquet files file by
+A national extract (millions of pupils) need not fit in memory: :func:`reduce_event_time` (the
+event-time model) and :func:`reduce_years` (the per-year two-level models) read the table in
+batches (:func:`bayesfed.read.read_batches`; a folder of Parquet files file by
 file, only the columns the spec maps), checks each batch with the rules of
 :func:`bayesfed.validate.validate_table` (:func:`bayesfed.validate.scan`: the same messages,
 row numbers counted over the whole table) and reduces its clean rows to per-cell statistics
-(:class:`EventReducer`, :func:`bayesfed.event_design.cell_part`), merged exactly batch after
-batch. Memory holds a few batches (two checked at once, one read ahead), the statistics (a
-few numbers per school-by-cohort cell) and an 8-byte hash per pupil for the duplicated-id
+(:class:`EventReducer`, :func:`bayesfed.event_design.cell_part`) or to per-school statistics of
+each year since founding (:class:`YearReducer`, :func:`bayesfed.suffstats.group_part`), merged
+exactly batch after batch. Memory holds a few batches (two checked at once, one read ahead),
+the statistics (a few numbers per school-by-cohort cell; per school and year, its counts,
+means and a small cross-product matrix) and an 8-byte hash per pupil for the duplicated-id
 rule, never the table.
 
 The same reduction runs on a Dask cluster over a partitioned dataset
@@ -16,14 +19,14 @@ The same reduction runs on a Dask cluster over a partitioned dataset
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import predictor_columns
+from bayesfed.design import build_design, predictor_columns
 from bayesfed.errors import DataError
 from bayesfed.event_design import (
     REFERENCE_YEAR,
@@ -36,6 +39,7 @@ from bayesfed.event_design import (
 )
 from bayesfed.read import read_batches, table_columns
 from bayesfed.spec import ModelSpec
+from bayesfed.suffstats import GroupPart, SchoolSummary, group_part, merge_group_parts, summary_from
 from bayesfed.validate import PupilTable, Rules, Scan, column_error, conclude, rules_for, scan
 
 
@@ -109,17 +113,91 @@ def _labels(frame: pd.DataFrame, column: str) -> pd.Series | str:
     return frame[column].fillna("").reset_index(drop=True) if column in frame else ""
 
 
-def event_rules(path: str | Path, spec: ModelSpec, drop_incomplete: bool = False,
-                source: str | None = None) -> tuple[Rules, Callable[[], Iterable[pd.DataFrame]]]:
-    """The validation rules of an ``event_time`` spec on a file, and its batches (only the
-    mapped columns).
+@dataclass(frozen=True)
+class ReducedYears:
+    """A pupil table reduced for one ``two_level`` spec: per year since founding (None: the
+    whole table), the per-school statistics of that year's pupils.
+
+    Attributes
+    ----------
+    summaries : dict of (int or None) to SchoolSummary
+        Everything the collapsed model, its REML cross-check and its checks need of a year's
+        pupils (:class:`bayesfed.suffstats.SchoolSummary`).
+    n_input_rows, n_dropped : int
+        Rows read, and rows dropped for a missing value (``drop_incomplete``).
+    columns : dict of str to str
+        Canonical name -> the user's column it came from.
+    """
+
+    summaries: dict[int | None, SchoolSummary]
+    n_input_rows: int
+    n_dropped: int
+    columns: dict[str, str]
+
+    def select_year(self, year: int | None) -> ReducedYears:
+        """Only the statistics of one year (what a fit needs)."""
+        return ReducedYears({year: self.summaries[year]}, self.n_input_rows, self.n_dropped,
+                            self.columns)
+
+
+class YearReducer:
+    """The :class:`bayesfed.validate.Reducer` of a ``two_level`` spec: a batch of clean rows
+    -> per (year since founding, school) counts, means and cross products of the outcome and
+    the design's columns (:func:`bayesfed.design.build_design`'s), a
+    :class:`~bayesfed.suffstats.GroupPart`.
+
+    Rows of years not selected are left out; without a year selection every row is kept
+    under the year None.
+    """
+
+    def __init__(self, spec: ModelSpec, years: Sequence[int] | None) -> None:
+        self.spec = spec
+        self.years = None if years is None else tuple(sorted(set(int(y) for y in years)))
+        self.coding = spec.categorical_coding()
+
+    def of(self, frame: pd.DataFrame) -> tuple[GroupPart, tuple[str, ...], tuple[bool, ...]]:
+        if self.years is None:
+            kept, year = frame, np.full(len(frame), -1, dtype=np.int64)
+        else:
+            since = frame["years_since"].to_numpy(dtype=np.int64)
+            keep = np.isin(since, self.years)
+            kept = frame if keep.all() else frame.loc[keep].reset_index(drop=True)
+            year = since[keep]
+        design = build_design(kept, self.spec.predictors.pupil, self.spec.predictors.school,
+                              self.coding)
+        keys = pd.DataFrame({"year": year, "school": np.asarray(design.schools, dtype=object)[
+            design.school_idx]})
+        return (group_part(keys, np.column_stack([design.y, design.X])), design.coef_names,
+                design.school_level)
+
+    def merge(self, a, b):
+        return merge_group_parts(a[0], b[0]), a[1], a[2]
+
+    def summaries(self, reduced) -> dict[int | None, SchoolSummary]:
+        """Each selected year's :class:`~bayesfed.suffstats.SchoolSummary`."""
+        part, names, level = reduced
+        year = part.keys["year"].to_numpy(dtype=np.int64)
+        out = {}
+        for key in (None,) if self.years is None else self.years:
+            rows = np.flatnonzero(year == (-1 if key is None else key))
+            one = GroupPart(part.keys.iloc[rows].reset_index(drop=True), part.n[rows],
+                            part.mean[rows], part.within[rows])
+            out[key] = summary_from(one, "school", names, level)
+        return out
+
+
+def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
+               drop_incomplete: bool = False, source: str | None = None
+               ) -> tuple[Rules, Callable[[], Iterable[pd.DataFrame]]]:
+    """The validation rules of a spec (and its years) on a file, and the file's batches (only
+    the mapped columns).
 
     Raises
     ------
     DataError
         The file cannot be read, or a column the spec needs is missing or ambiguous.
     """
-    rules, problems = rules_for(table_columns(path), spec, None, drop_incomplete,
+    rules, problems = rules_for(table_columns(path), spec, years, drop_incomplete,
                                 str(path) if source is None else source)
     columns = list(dict.fromkeys(rules.present.values()))
 
@@ -157,18 +235,62 @@ def reduce_event_time(path: str | Path, spec: ModelSpec, drop_incomplete: bool =
         Every problem :func:`bayesfed.validate.validate_table` would report for the whole
         table, with the same message; or an event year without federated pupils.
     """
-    rules, batches = event_rules(path, spec, drop_incomplete, source)
+    rules, batches = file_rules(path, spec, None, drop_incomplete, source)
     reducer = EventReducer(spec)
     return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
 
 
+def reduce_years(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
+                 drop_incomplete: bool = False, source: str | None = None) -> ReducedYears:
+    """Validate a pupil table for a ``two_level`` spec and reduce each year's pupils to their
+    per-school statistics, one batch of rows at a time.
+
+    Parameters
+    ----------
+    path : str or Path
+        CSV or Parquet file, or a folder of Parquet files (a partitioned dataset).
+    spec : ModelSpec
+        A ``two_level`` spec.
+    years : sequence of int, optional
+        Years since founding fitted separately; None reduces the whole table as one.
+    drop_incomplete : bool
+        Drop rows with a missing value in a needed column instead of raising.
+    source : str, optional
+        Name of the table in messages (default: the path).
+
+    Returns
+    -------
+    ReducedYears
+        Whose summaries equal :func:`bayesfed.suffstats.summary_of` of each year's design
+        built in memory, up to rounding (the sums are taken in another order).
+
+    Raises
+    ------
+    DataError
+        Every problem :func:`bayesfed.validate.validate_table` would report for the whole
+        table with the same years, with the same message.
+    """
+    rules, batches = file_rules(path, spec, years, drop_incomplete, source)
+    reducer = YearReducer(spec, years)
+    return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
+
+
 def reduced_from(result: Scan, rules: Rules, batches: Callable[[], Iterable[pd.DataFrame]],
-           reducer: EventReducer) -> Reduced:
-    """The :class:`Reduced` of a scan of every row (:func:`bayesfed.validate.conclude` first:
-    DataError for a table that breaks a rule)."""
+                 reducer: EventReducer | YearReducer) -> Reduced | ReducedYears:
+    """The :class:`Reduced` (or :class:`ReducedYears`) of a scan of every row
+    (:func:`bayesfed.validate.conclude` first: DataError for a table that breaks a rule)."""
     conclude(result, rules, batches)
+    if isinstance(reducer, YearReducer):
+        return ReducedYears(reducer.summaries(result.reduced), result.n_rows,
+                            result.n_dropped, dict(rules.present))
     return Reduced(reducer.stats(result.reduced), result.n_rows,
                    result.n_dropped, dict(rules.present))
+
+
+def reducer_for(spec: ModelSpec, years: Sequence[int] | None) -> EventReducer | YearReducer:
+    """The reducer of a spec: per cell for an ``event_time`` spec, per year and school for a
+    ``two_level`` one."""
+    return EventReducer(spec) if spec.model.family == "event_time" else YearReducer(spec, years)
 
 
 def reduce_table(table: PupilTable, spec: ModelSpec) -> Reduced:

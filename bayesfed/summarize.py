@@ -179,7 +179,8 @@ def reml_point(reml: dict) -> xr.Dataset:
 
 
 def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, object]:
-    """The fit's REML results plus its variance partition (and reduction vs the reference)."""
+    """The fit's REML results plus its variance partition (and reduction vs the reference;
+    None at a level where the reference's REML variance is 0)."""
     reml = _attr_json(tree, "bayesfed_reml")
     if "error" in reml:
         return reml
@@ -187,9 +188,12 @@ def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, 
     reml["variance_partition"] = {k: float(v.squeeze()) for k, v in vpc(point).items()}
     ref_reml = None if reference is None else _attr_json(reference, "bayesfed_reml")
     if ref_reml is not None and "error" not in ref_reml:
-        ref = reml_point(ref_reml)
-        reml["variance_explained"] = {k: float(v.squeeze())
-                                      for k, v in variance_explained(ref, point).items()}
+        # a reference variance of 0 (REML on the boundary) leaves that level's reduction
+        # undefined: None, not an infinity
+        with np.errstate(divide="ignore", invalid="ignore"):
+            explained = variance_explained(reml_point(ref_reml), point)
+        reml["variance_explained"] = {k: float(v.squeeze()) if np.isfinite(v).all() else None
+                                      for k, v in explained.items()}
     return reml
 
 

@@ -10,7 +10,7 @@ from conftest import MODELS, ROOT, run_main
 from distributed import Client, LocalCluster
 
 from bayesfed import job
-from bayesfed.distributed import reduce_event_time_dask
+from bayesfed.distributed import reduce_dask
 from bayesfed.errors import DataError
 from bayesfed.fit import FitOptions, run_job
 from bayesfed.read import read_table
@@ -44,7 +44,7 @@ def folder(tmp_path_factory):
 
 def test_the_cluster_reduces_a_partitioned_dataset_as_one_machine_does(client, spec, folder):
     local = reduce_event_time(folder, spec)
-    remote = reduce_event_time_dask(client, folder, spec)
+    remote = reduce_dask(client, folder, spec)
     assert remote.n_input_rows == local.n_input_rows
     for name in ("n", "y_mean", "X_mean", "E", "school_idx", "cohort_idx", "XX", "Xy"):
         np.testing.assert_allclose(getattr(remote.stats, name), getattr(local.stats, name),
@@ -66,13 +66,13 @@ def test_the_cluster_reports_what_one_machine_reports(client, spec, tmp_path):
     with pytest.raises(DataError) as local:
         validate_table(read_table(path), spec, source=str(path))
     with pytest.raises(DataError) as remote:
-        reduce_event_time_dask(client, path, spec)
+        reduce_dask(client, path, spec)
     assert str(remote.value) == str(local.value)
     assert "not numeric" in str(remote.value)
     frame.loc[frame.index[frame["cohort"] == 2008][3], "ks2"] = "0.1"
     frame.to_parquet(tmp_path / "dup", index=False, partition_cols=["cohort"])
     with pytest.raises(DataError) as remote:
-        reduce_event_time_dask(client, tmp_path / "dup", spec)
+        reduce_dask(client, tmp_path / "dup", spec)
     assert "duplicated pupil id within a cohort in 2 rows" in str(remote.value)
 
 

@@ -1,6 +1,7 @@
-"""Reading in batches and reducing to the event-time statistics: the same statistics and the
-same error messages as validating the whole table in memory, with memory bounded by the
-statistics, locally and on a Dask cluster."""
+"""Reading in batches and reducing to the event-time statistics (per cell) or the per-year
+statistics (per year and school): the same statistics and the same error messages as
+validating the whole table in memory, with memory bounded by the statistics, locally and on a
+Dask cluster."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from conftest import MODELS, ROOT
 from bayesfed import read
 from bayesfed.errors import DataError
 from bayesfed.event_design import cell_stats
-from bayesfed.fit import event_design_for
+from bayesfed.fit import FitOptions, design_for, event_design_for, fit_one
 from bayesfed.read import read_table
-from bayesfed.reduce import reduce_event_time, reduce_table
+from bayesfed.reduce import reduce_event_time, reduce_table, reduce_years
 from bayesfed.spec import load_spec
+from bayesfed.suffstats import summary_of
 from bayesfed.validate import validate_table
 
 STUDY = ROOT / "data" / "synthetic_study.parquet"
@@ -127,22 +129,27 @@ def test_a_missing_column_is_reported_with_the_row_count(spec, study, tmp_path):
 
 MEMORY = """
 import json, resource, sys
-from bayesfed.reduce import reduce_event_time
+from bayesfed.reduce import reduce_event_time, reduce_years
 from bayesfed.spec import load_spec
 from bayesfed import read
 read.BATCH_ROWS = 20_000
 spec = load_spec(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-reduced = reduce_event_time(sys.argv[1], spec)
+if spec.model.family == "event_time":
+    reduced = reduce_event_time(sys.argv[1], spec)
+else:
+    reduced = reduce_years(sys.argv[1], spec, range(6))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"rows": reduced.n_input_rows, "grew_mb": (after - before) / 1024}))
 """
 
 
-def test_memory_is_bounded_by_the_statistics_not_the_rows(tmp_path):
+@pytest.mark.parametrize("model", ["event_time", "m2_federation"])
+def test_memory_is_bounded_by_the_statistics_not_the_rows(model, tmp_path):
     """Peak memory of the reduction grows by little more than one batch: reducing eight
     copies of the study (under new school and pupil ids) costs about what one copy does,
-    and far less than the table held in memory."""
+    and far less than the table held in memory; for the event-time statistics and for the
+    per-year ones."""
     study = pd.read_parquet(STUDY)
     grew = {}
     for copies in (1, 8):
@@ -157,10 +164,88 @@ def test_memory_is_bounded_by_the_statistics_not_the_rows(tmp_path):
         table.to_parquet(path, index=False, row_group_size=20_000)
         in_memory = table.memory_usage(deep=True).sum() / 2**20
         run = subprocess.run([sys.executable, "-c", MEMORY, str(path),
-                              str(MODELS / "event_time.toml")],
+                              str(MODELS / f"{model}.toml")],
                              capture_output=True, text=True, check=True, cwd=ROOT)
         grew[copies] = json.loads(run.stdout)
         assert grew[copies]["rows"] == len(table)
     # eight times the rows: the statistics grow (cells, 8 bytes a pupil), not the batches
     assert grew[8]["grew_mb"] < grew[1]["grew_mb"] + 40, grew
     assert grew[8]["grew_mb"] < 0.5 * in_memory, (grew, in_memory)
+
+
+@pytest.fixture(scope="module")
+def m2():
+    return load_spec(MODELS / "m2_federation.toml")
+
+
+def assert_same_summary(a, b, rtol=1e-10) -> None:
+    assert (a.schools, a.coef_names, a.school_level) == (b.schools, b.coef_names,
+                                                          b.school_level)
+    for name in ("n", "y_mean", "X_mean", "within"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=rtol, atol=1e-9,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("route", ["parquet", "folder", "csv"])
+@pytest.mark.parametrize("years", [range(6), [2, 5], None])
+def test_batches_give_each_years_summary_of_the_whole_table(route, years, m2, study, tmp_path,
+                                                            monkeypatch):
+    """Per year (or for the whole table) the per-school counts, means and cross products of
+    the reduction in batches of 1,000 rows equal those of the design built in memory."""
+    path = write(study, route, tmp_path)
+    table = validate_table(study, m2, years=years)
+    monkeypatch.setattr(read, "BATCH_ROWS", 1000)
+    reduced = reduce_years(path, m2, years)
+    assert reduced.n_input_rows == len(study) and reduced.n_dropped == 0
+    assert sorted(reduced.summaries, key=str) == sorted(
+        [None] if years is None else list(years), key=str)
+    for year, summary in reduced.summaries.items():
+        assert_same_summary(summary, summary_of(design_for(table, m2, year)))
+    # the federation dummy is school-level: no within-school spread at all
+    level = 1 + np.flatnonzero(summary.school_level)
+    assert level.size and not summary.within[:, level].any()
+
+
+@pytest.mark.parametrize("kind", ["duplicated id", "school-level value varies",
+                                  "text and missing values", "years since founding",
+                                  "a year without pupils"])
+def test_per_year_batches_give_the_message_of_the_whole_table(kind, m2, study, tmp_path,
+                                                             monkeypatch):
+    years = [0, 5]
+    if kind == "a year without pupils":
+        frame, years = study, [0, 9]
+    else:
+        frame = corrupt(study.iloc[::4].reset_index(drop=True), kind)
+    path = write(frame, "parquet", tmp_path)
+    with pytest.raises(DataError) as whole:
+        validate_table(read_table(path), m2, years=years, source=str(path))
+    monkeypatch.setattr(read, "BATCH_ROWS", 97)
+    with pytest.raises(DataError) as batched:
+        reduce_years(path, m2, years)
+    assert str(batched.value) == str(whole.value)
+
+
+def test_a_fit_from_the_statistics_equals_the_fit_from_the_rows(m2, tmp_path):
+    """Reduced in one batch, a year's statistics are the in-memory ones bit for bit, so the
+    fit's draws are too; the REML cross-check from the statistics agrees with statsmodels'
+    on the rows."""
+    frame = pd.read_parquet(STUDY)
+    path = tmp_path / "study.parquet"
+    frame.to_parquet(path, index=False)  # one row group: one batch
+    options = FitOptions(draws=200, tune=200, chains=2, seed=3)
+    rows = fit_one(validate_table(frame, m2, years=[4]), m2, 4, options, "x")
+    stats = fit_one(reduce_years(path, m2, [4]), m2, 4, options, "x")
+    for name in ("beta", "sd_school", "sigma", "u"):
+        np.testing.assert_array_equal(stats.posterior[name], rows.posterior[name], name)
+    xr_equal = stats["constant_data"].to_dataset().equals(rows["constant_data"].to_dataset())
+    assert xr_equal
+    a, b = (json.loads(t.attrs["bayesfed_reml"]) for t in (stats, rows))
+    assert (a["method"], b["method"]) == ("exact", b["method"]) and b["method"] != "exact"
+    # statsmodels stops within its tolerance of the maximum (here 3e-5 relative in the school
+    # variance); the exact maximum of the statistics is at least as high
+    assert a["loglik"] >= b["loglik"] - 1e-9 * abs(b["loglik"])
+    for key in ("var_school", "var_pupil"):
+        assert a[key] == pytest.approx(b[key], rel=1e-3)
+    for name, (estimate, se) in b["coef"].items():
+        assert a["coef"][name][0] == pytest.approx(estimate, abs=1e-3 * se)
+        assert a["coef"][name][1] == pytest.approx(se, rel=1e-3)
