@@ -324,7 +324,9 @@ def finish_cells(part: CellPart, leads: Sequence[int], effects: Sequence[int]) -
     type_idx, types = _cell_labels(keys["federation_type"], federated)
     k = len(part.coef_names)
     return CellStats(
-        n=n, y_mean=mean[:, 0], X_mean=mean[:, 1: 1 + k], E=E,
+        # contiguous, not views of ``mean``: see bayesfed.suffstats.summary_from
+        n=n, y_mean=np.ascontiguousarray(mean[:, 0]),
+        X_mean=np.ascontiguousarray(mean[:, 1: 1 + k]), E=E,
         cohort_idx=cohort_idx.astype(np.int64), school_idx=school_idx.astype(np.int64),
         federated=federated, post=E[:, len(leads):].sum(axis=1),
         federation_idx=federation_idx, type_idx=type_idx,

@@ -236,8 +236,12 @@ def summary_from(part: GroupPart, school: str, coef_names: tuple[str, ...],
             raise ValueError("a school-level column varies within a school")
         within[:, cols, :] = 0.0
         within[:, :, cols] = 0.0
-    return SchoolSummary(n=part.n[order].astype(np.int64), y_mean=mean[:, 0],
-                         X_mean=mean[:, 1:], within=within,
+    # contiguous copies, not strided views of ``mean``: a pickled summary (sent to a worker
+    # process) arrives contiguous, and NumPy's products take another summation order on
+    # strided arrays, so a view would give other bits in the worker than in this process
+    return SchoolSummary(n=part.n[order].astype(np.int64),
+                         y_mean=np.ascontiguousarray(mean[:, 0]),
+                         X_mean=np.ascontiguousarray(mean[:, 1:]), within=within,
                          schools=tuple(labels[order]), coef_names=coef_names,
                          school_level=school_level)
 

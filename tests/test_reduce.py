@@ -6,6 +6,7 @@ Dask cluster."""
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 
@@ -17,7 +18,10 @@ from conftest import MODELS, ROOT
 from bayesfed import read
 from bayesfed.errors import DataError
 from bayesfed.event_design import cell_stats
+from bayesfed.event_time import event_constants, resolve_event_priors
 from bayesfed.fit import FitOptions, design_for, event_design_for, fit_one
+from bayesfed.models import collapsed_data
+from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table
 from bayesfed.reduce import reduce_event_time, reduce_table, reduce_years
 from bayesfed.spec import load_spec
@@ -227,16 +231,21 @@ def test_per_year_batches_give_the_message_of_the_whole_table(kind, m2, study, t
 
 def test_a_fit_from_the_statistics_equals_the_fit_from_the_rows(m2, tmp_path):
     """Reduced in one batch, a year's statistics are the in-memory ones bit for bit, so the
-    fit's draws are too; the REML cross-check from the statistics agrees with statsmodels'
-    on the rows."""
+    fit's draws are too, also from a pickled copy (a worker process's: once, views of the
+    means arrived there as contiguous arrays and NumPy's products summed them in another
+    order); the REML cross-check from the statistics agrees with statsmodels' on the rows."""
     frame = pd.read_parquet(STUDY)
     path = tmp_path / "study.parquet"
     frame.to_parquet(path, index=False)  # one row group: one batch
     options = FitOptions(draws=200, tune=200, chains=2, seed=3)
     rows = fit_one(validate_table(frame, m2, years=[4]), m2, 4, options, "x")
-    stats = fit_one(reduce_years(path, m2, [4]), m2, 4, options, "x")
+    reduced = reduce_years(path, m2, [4])
+    stats = fit_one(reduced, m2, 4, options, "x")
+    # what a worker process is sent: the same statistics, pickled
+    sent = fit_one(pickle.loads(pickle.dumps(reduced)), m2, 4, options, "x")
     for name in ("beta", "sd_school", "sigma", "u"):
         np.testing.assert_array_equal(stats.posterior[name], rows.posterior[name], name)
+        np.testing.assert_array_equal(sent.posterior[name], rows.posterior[name], name)
     xr_equal = stats["constant_data"].to_dataset().equals(rows["constant_data"].to_dataset())
     assert xr_equal
     a, b = (json.loads(t.attrs["bayesfed_reml"]) for t in (stats, rows))
@@ -249,3 +258,29 @@ def test_a_fit_from_the_statistics_equals_the_fit_from_the_rows(m2, tmp_path):
     for name, (estimate, se) in b["coef"].items():
         assert a["coef"][name][0] == pytest.approx(estimate, abs=1e-3 * se)
         assert a["coef"][name][1] == pytest.approx(se, rel=1e-3)
+
+
+def test_event_statistics_give_the_same_constants_in_a_worker(spec):
+    """A pickled CellStats (what a worker process is sent) gives the model's constants and
+    priors bit for bit, so an event-time fit in a worker draws what it draws here."""
+    stats = reduce_event_time(STUDY, spec).stats
+    sent = pickle.loads(pickle.dumps(stats))
+    priors, sent_priors = resolve_event_priors(stats), resolve_event_priors(sent)
+    assert priors == sent_priors
+    np.testing.assert_array_equal(event_constants(sent, sent_priors),
+                                  event_constants(stats, priors))
+
+
+@pytest.mark.parametrize("model", ["m1_pupil", "m2_federation"])
+def test_year_statistics_give_the_same_priors_and_data_in_a_worker(model):
+    """A pickled SchoolSummary (what a worker process is sent) gives the default priors and
+    the collapsed model's data container bit for bit (before the means were stored
+    contiguously, years 1 and 2 of both models gave other bits)."""
+    spec = load_spec(MODELS / f"{model}.toml")
+    for summary in reduce_years(STUDY, spec, [0, 1, 2]).summaries.values():
+        sent = pickle.loads(pickle.dumps(summary))
+        priors, sent_priors = resolve_priors(summary, spec.priors), resolve_priors(
+            sent, spec.priors)
+        assert sent_priors == priors
+        np.testing.assert_array_equal(collapsed_data(sent, sent_priors),
+                                      collapsed_data(summary, priors))
