@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import group_codes, group_sums, predictor_columns
+from bayesfed.design import group_codes, group_sums, pool_groups, predictor_columns
 
 #: Columns of the canonical table the event design reads besides the predictors.
 EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
@@ -281,15 +281,10 @@ def cell_part(keys: pd.DataFrame, y: np.ndarray, X: np.ndarray, coef_names: tupl
 def merge_cell_parts(a: CellPart, b: CellPart) -> CellPart:
     """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and the
     within cross products combined exactly (Chan, Golub and LeVeque's update)."""
-    keys = pd.concat([a.keys, b.keys], ignore_index=True)
-    n_all = np.r_[a.n, b.n]
-    mean_all = np.vstack([a.mean, b.mean])
-    codes, first = group_codes(keys)
-    n = np.bincount(codes, weights=n_all, minlength=first.size).astype(np.int64)
-    mean = group_sums(codes, first.size, mean_all * n_all[:, None]) / n[:, None]
-    deviation = mean_all - mean[codes]  # zero for a key of one part only
-    within = a.within + b.within + (deviation * n_all[:, None]).T @ deviation
-    return CellPart(keys.iloc[first].reset_index(drop=True), n, mean, within, a.coef_names,
+    pooled = pool_groups(a.keys, a.n, a.mean, b.keys, b.n, b.mean)
+    dev = pooled.deviation
+    within = a.within + b.within + (dev * pooled.weight[:, None]).T @ dev
+    return CellPart(pooled.keys, pooled.n, pooled.mean, within, a.coef_names,
                     a.n_dropped + b.n_dropped)
 
 

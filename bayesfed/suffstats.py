@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import Design, group_codes, group_sums
+from bayesfed.design import Design, group_codes, group_sums, pool_groups
 
 #: Largest deviation from its school mean, relative to the column's scale, that a school-level
 #: column may show (rounding of the mean); a larger one means the table was not validated.
@@ -198,18 +198,12 @@ def group_part(keys: pd.DataFrame, columns: np.ndarray) -> GroupPart:
 def merge_group_parts(a: GroupPart, b: GroupPart) -> GroupPart:
     """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and each
     key's cross products combined exactly (Chan, Golub and LeVeque's update)."""
-    keys = pd.concat([a.keys, b.keys], ignore_index=True)
-    n_all = np.r_[a.n, b.n]
-    mean_all = np.vstack([a.mean, b.mean])
-    codes, first = group_codes(keys)
-    n = np.bincount(codes, weights=n_all, minlength=first.size).astype(np.int64)
-    mean = group_sums(codes, first.size, mean_all * n_all[:, None]) / n[:, None]
-    deviation = mean_all - mean[codes]  # zero for a key of one part only
-    q = mean.shape[1]
+    pooled = pool_groups(a.keys, a.n, a.mean, b.keys, b.n, b.mean)
+    dev, q = pooled.deviation, pooled.mean.shape[1]
     spread = np.vstack([a.within, b.within]) + (
-        n_all[:, None, None] * deviation[:, :, None] * deviation[:, None, :])
-    within = group_sums(codes, first.size, spread.reshape(-1, q * q)).reshape(-1, q, q)
-    return GroupPart(keys.iloc[first].reset_index(drop=True), n, mean, within)
+        pooled.weight[:, None, None] * dev[:, :, None] * dev[:, None, :])
+    within = group_sums(pooled.codes, pooled.n.size, spread.reshape(-1, q * q)).reshape(-1, q, q)
+    return GroupPart(pooled.keys, pooled.n, pooled.mean, within)
 
 
 def summary_from(part: GroupPart, school: str, coef_names: tuple[str, ...],
