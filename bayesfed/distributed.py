@@ -55,7 +55,8 @@ def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] 
         A Parquet file or a folder of Parquet files.
     spec : ModelSpec
     years : sequence of int, optional
-        A ``two_level`` spec's years since founding (None: the whole table).
+        A ``two_level`` spec's years since founding (None: the whole table); an
+        ``event_time`` spec fits every year at once and ignores them.
     drop_incomplete : bool
     source : str, optional
         Name of the table in messages (default: the path).

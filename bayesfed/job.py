@@ -165,9 +165,8 @@ def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
             tables[s.name] = validate_table(raw, s, years=years,
                                             drop_incomplete=drop_incomplete, source=str(data))
             continue
-        spec_years = None if s.model.family == "event_time" else years
         if client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
-            tables[s.name] = reduce_dask(client, data, s, spec_years, drop_incomplete,
+            tables[s.name] = reduce_dask(client, data, s, years, drop_incomplete,
                                          source=str(data))
         elif s.model.family == "event_time":
             tables[s.name] = reduce_event_time(data, s, drop_incomplete, source=str(data))

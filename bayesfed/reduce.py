@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import build_design, predictor_columns
+from bayesfed.design import Design, build_design, predictor_columns
 from bayesfed.errors import DataError
 from bayesfed.event_design import (
     REFERENCE_YEAR,
@@ -154,8 +154,15 @@ class YearReducer:
         self.spec = spec
         self.years = None if years is None else tuple(sorted(set(int(y) for y in years)))
         self.coding = spec.categorical_coding()
+        # the design's column names and levels depend on the spec only: those of no pupils
+        empty = self._design(pd.DataFrame(columns=["outcome", "school", *spec.terms]))
+        self.coef_names, self.school_level = empty.coef_names, empty.school_level
 
-    def of(self, frame: pd.DataFrame) -> tuple[GroupPart, tuple[str, ...], tuple[bool, ...]]:
+    def _design(self, frame: pd.DataFrame) -> Design:
+        return build_design(frame, self.spec.predictors.pupil, self.spec.predictors.school,
+                            self.coding)
+
+    def of(self, frame: pd.DataFrame) -> GroupPart:
         if self.years is None:
             kept, year = frame, np.full(len(frame), -1, dtype=np.int64)
         else:
@@ -163,26 +170,23 @@ class YearReducer:
             keep = np.isin(since, self.years)
             kept = frame if keep.all() else frame.loc[keep].reset_index(drop=True)
             year = since[keep]
-        design = build_design(kept, self.spec.predictors.pupil, self.spec.predictors.school,
-                              self.coding)
+        design = self._design(kept)
         keys = pd.DataFrame({"year": year, "school": np.asarray(design.schools, dtype=object)[
             design.school_idx]})
-        return (group_part(keys, np.column_stack([design.y, design.X])), design.coef_names,
-                design.school_level)
+        return group_part(keys, np.column_stack([design.y, design.X]))
 
-    def merge(self, a, b):
-        return merge_group_parts(a[0], b[0]), a[1], a[2]
+    def merge(self, a: GroupPart, b: GroupPart) -> GroupPart:
+        return merge_group_parts(a, b)
 
-    def summaries(self, reduced) -> dict[int | None, SchoolSummary]:
+    def summaries(self, part: GroupPart) -> dict[int | None, SchoolSummary]:
         """Each selected year's :class:`~bayesfed.suffstats.SchoolSummary`."""
-        part, names, level = reduced
         year = part.keys["year"].to_numpy(dtype=np.int64)
         out = {}
         for key in (None,) if self.years is None else self.years:
             rows = np.flatnonzero(year == (-1 if key is None else key))
             one = GroupPart(part.keys.iloc[rows].reset_index(drop=True), part.n[rows],
                             part.mean[rows], part.within[rows])
-            out[key] = summary_from(one, "school", names, level)
+            out[key] = summary_from(one, self.coef_names, self.school_level)
         return out
 
 

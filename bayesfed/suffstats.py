@@ -206,7 +206,7 @@ def merge_group_parts(a: GroupPart, b: GroupPart) -> GroupPart:
     return GroupPart(pooled.keys, pooled.n, pooled.mean, within)
 
 
-def summary_from(part: GroupPart, school: str, coef_names: tuple[str, ...],
+def summary_from(part: GroupPart, coef_names: tuple[str, ...],
                  school_level: tuple[bool, ...]) -> SchoolSummary:
     """The :class:`SchoolSummary` of a part whose keys are schools (column ``school``, one
     row each), sorted by label.
@@ -216,7 +216,7 @@ def summary_from(part: GroupPart, school: str, coef_names: tuple[str, ...],
     ValueError
         A school-level column varies within a school (the table was not validated).
     """
-    labels = part.keys[school].astype(str).to_numpy()
+    labels = part.keys["school"].astype(str).to_numpy()
     if len(set(labels)) != len(labels):
         raise ValueError("a school appears in more than one key of the part")
     order = np.argsort(labels, kind="stable")
@@ -256,7 +256,7 @@ def summary_of(data: Design | SchoolSummary) -> SchoolSummary:
     if (n == 0).any():
         raise ValueError("a school of the design has no pupils")
     part = GroupPart(pd.DataFrame({"school": list(data.schools)}), n, mean, within)
-    return summary_from(part, "school", data.coef_names, data.school_level)
+    return summary_from(part, data.coef_names, data.school_level)
 
 
 def school_stats(data: Design | SchoolSummary) -> SchoolStats:
