@@ -113,14 +113,13 @@ def validate(
         help="Drop rows with missing values in needed columns (and say how many).")] = False,
 ) -> None:
     """Check a pupil table against a model specification and summarise it."""
-    from bayesfed.read import read_table
+    from bayesfed.describe import describe_file
     from bayesfed.spec import load_spec
-    from bayesfed.validate import describe, validate_table
 
     model = load_spec(spec)
-    table = validate_table(read_table(data), model, years=parse_years(years),
-                           drop_incomplete=drop_incomplete, source=str(data))
-    print_summary(describe(table), title=f"{data} is valid for {model.name} ({spec.name})")
+    summary = describe_file(data, model, years=parse_years(years),
+                            drop_incomplete=drop_incomplete, source=str(data))
+    print_summary(summary, title=f"{data} is valid for {model.name} ({spec.name})")
 
 
 def print_summary(summary: dict, title: str) -> None:

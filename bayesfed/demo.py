@@ -14,10 +14,9 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bayesfed.describe import describe_file
 from bayesfed.job import fit_command, report_command
-from bayesfed.read import read_table
 from bayesfed.spec import load_spec
-from bayesfed.validate import describe, validate_table
 
 #: The paper fits its models for the founding year and each of the five years after.
 PAPER_YEARS = tuple(range(6))
@@ -48,8 +47,7 @@ def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
     Path
         The Markdown report.
     """
-    summary = describe(validate_table(read_table(data), load_spec(specs[-1]),
-                                      years=PAPER_YEARS, source=str(data)))
+    summary = describe_file(data, load_spec(specs[-1]), years=PAPER_YEARS, source=str(data))
     console.print(f"{data.name}: {summary['pupils']:,} pupils, {summary['schools']} schools, "
                   f"{summary['federations']} federations")
     fit_command(specs, data, out / "fits", PAPER_YEARS, seed=seed, force=True, console=console,

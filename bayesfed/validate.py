@@ -1109,34 +1109,3 @@ def _message(source: str, problems: list[Problem], n_rows: int, n_dropped: int =
         head += f" ({_plural(n_dropped, 'incomplete row')} dropped)"
     head += " (row numbers count data rows from 1, the header excluded):"
     return "\n".join([head, *(f"  - {p.line()}" for p in problems)])
-
-
-def describe(table: PupilTable) -> dict[str, object]:
-    """Counts for a one-screen summary: pupils, schools, federations, cohorts, years.
-
-    Returns
-    -------
-    dict
-        ``pupils``, ``schools``, ``federated_schools``, ``federations``, ``cohorts`` (list),
-        ``years_since`` (year -> pupils), ``dropped`` and ``input_rows``.
-    """
-    f = table.frame
-    out: dict[str, object] = {
-        "input_rows": table.n_input_rows,
-        "dropped": table.n_dropped,
-        "pupils": len(f),
-        "schools": int(f["school"].nunique()),
-    }
-    if "federated" in f:
-        federated = f["federated"].eq(1).fillna(False).to_numpy(dtype=bool)
-        out["federated_schools"] = int(f.loc[federated, "school"].nunique())
-    if "federation" in f:
-        out["federations"] = int(f["federation"].nunique())
-    if "cohort" in f:
-        out["cohorts"] = sorted(int(c) for c in f["cohort"].dropna().unique())
-    if "years_since" in f:
-        counts = f.groupby("years_since").agg(pupils=("school", "size"),
-                                              schools=("school", "nunique"))
-        out["years_since"] = {int(k): {"pupils": int(r.pupils), "schools": int(r.schools)}
-                              for k, r in counts.iterrows()}
-    return out

@@ -16,6 +16,7 @@ import pytest
 from conftest import MODELS, ROOT
 
 from bayesfed import read
+from bayesfed.describe import describe, describe_file
 from bayesfed.errors import DataError
 from bayesfed.event_design import cell_stats
 from bayesfed.event_time import event_constants, resolve_event_priors
@@ -133,27 +134,31 @@ def test_a_missing_column_is_reported_with_the_row_count(spec, study, tmp_path):
 
 MEMORY = """
 import json, resource, sys
+from bayesfed.describe import describe_file
 from bayesfed.reduce import reduce_event_time, reduce_years
 from bayesfed.spec import load_spec
 from bayesfed import read
 read.BATCH_ROWS = 20_000
 spec = load_spec(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if spec.model.family == "event_time":
-    reduced = reduce_event_time(sys.argv[1], spec)
+if sys.argv[3] == "describe":
+    rows = describe_file(sys.argv[1], spec, range(6))["input_rows"]
+elif spec.model.family == "event_time":
+    rows = reduce_event_time(sys.argv[1], spec).n_input_rows
 else:
-    reduced = reduce_years(sys.argv[1], spec, range(6))
+    rows = reduce_years(sys.argv[1], spec, range(6)).n_input_rows
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"rows": reduced.n_input_rows, "grew_mb": (after - before) / 1024}))
+print(json.dumps({"rows": rows, "grew_mb": (after - before) / 1024}))
 """
 
 
-@pytest.mark.parametrize("model", ["event_time", "m2_federation"])
-def test_memory_is_bounded_by_the_statistics_not_the_rows(model, tmp_path):
+@pytest.mark.parametrize("model,what", [("event_time", "reduce"), ("m2_federation", "reduce"),
+                                        ("m2_federation", "describe")])
+def test_memory_is_bounded_by_the_statistics_not_the_rows(model, what, tmp_path):
     """Peak memory of the reduction grows by little more than one batch: reducing eight
     copies of the study (under new school and pupil ids) costs about what one copy does,
-    and far less than the table held in memory; for the event-time statistics and for the
-    per-year ones."""
+    and far less than the table held in memory; for the event-time statistics, for the
+    per-year ones, and for ``bayesfed validate``'s description of the table."""
     study = pd.read_parquet(STUDY)
     grew = {}
     for copies in (1, 8):
@@ -168,7 +173,7 @@ def test_memory_is_bounded_by_the_statistics_not_the_rows(model, tmp_path):
         table.to_parquet(path, index=False, row_group_size=20_000)
         in_memory = table.memory_usage(deep=True).sum() / 2**20
         run = subprocess.run([sys.executable, "-c", MEMORY, str(path),
-                              str(MODELS / f"{model}.toml")],
+                              str(MODELS / f"{model}.toml"), what],
                              capture_output=True, text=True, check=True, cwd=ROOT)
         grew[copies] = json.loads(run.stdout)
         assert grew[copies]["rows"] == len(table)
@@ -284,3 +289,39 @@ def test_year_statistics_give_the_same_priors_and_data_in_a_worker(model):
         assert sent_priors == priors
         np.testing.assert_array_equal(collapsed_data(sent, sent_priors),
                                       collapsed_data(summary, priors))
+
+
+@pytest.mark.parametrize("route", ["parquet", "folder", "csv"])
+@pytest.mark.parametrize("model,years", [("m2_federation", range(6)), ("m2_federation", None),
+                                         ("event_time", None)])
+def test_a_file_described_in_batches_is_described_as_the_whole_table(route, model, years,
+                                                                     study, tmp_path,
+                                                                     monkeypatch):
+    """``bayesfed validate``'s counts (pupils, schools, federations, cohorts, pupils and
+    schools per year since founding, dropped rows) from batches of 1,000 rows equal those of
+    the table validated in memory; with incomplete rows dropped too."""
+    spec = load_spec(MODELS / f"{model}.toml")
+    frame = study.copy()
+    frame.loc[[3, len(frame) - 2], "gcse_score"] = np.nan
+    path = write(frame, route, tmp_path)
+    whole = describe(validate_table(read_table(path), spec, years=years, drop_incomplete=True))
+    assert whole["dropped"] == 2 and whole["pupils"] == len(frame) - 2
+    monkeypatch.setattr(read, "BATCH_ROWS", 1000)
+    batched = describe_file(path, spec, years, drop_incomplete=True)
+    assert batched == whole
+    assert set(batched) >= {"federated_schools", "federations", "cohorts", "years_since"}
+    assert batched["schools"] == frame["school_id"].nunique()
+    assert sum(y["pupils"] for y in batched["years_since"].values()) == len(frame) - 2
+
+
+def test_a_file_described_in_batches_gives_the_message_of_the_whole_table(m2, study,
+                                                                          tmp_path,
+                                                                          monkeypatch):
+    path = write(corrupt(study.iloc[::4].reset_index(drop=True), "duplicated id"), "csv",
+                 tmp_path)
+    with pytest.raises(DataError) as whole:
+        validate_table(read_table(path), m2, years=range(6), source=str(path))
+    monkeypatch.setattr(read, "BATCH_ROWS", 97)
+    with pytest.raises(DataError) as batched:
+        describe_file(path, m2, range(6))
+    assert str(batched.value) == str(whole.value)

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from bayesfed import validate
+from bayesfed.describe import describe
 from bayesfed.errors import DataError
 from bayesfed.spec import spec_from_dict
-from bayesfed.validate import describe, validate_table
+from bayesfed.validate import validate_table
 
 
 @pytest.fixture(autouse=True, params=["one batch", "batches of 5 rows"])
