@@ -26,6 +26,7 @@ depend on N, on the order the fits run in, or on being resumed (each fit has its
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
 import os
@@ -380,7 +381,11 @@ def _fit_and_save(table: Table, spec: ModelSpec, year: int | None,
                   options: FitOptions, data_hash: str, path: Path, threads: int | None
                   ) -> Path:
     """One fit, saved atomically: what a job does per fit, in this process or a worker."""
-    return save_fit(fit_one(table, spec, year, options, data_hash, threads=threads), path)
+    saved = save_fit(fit_one(table, spec, year, options, data_hash, threads=threads), path)
+    # a DataTree's nodes refer to their parents: only the cycle collector frees a fit (a
+    # national one is hundreds of megabytes), and it runs by object counts, not bytes
+    gc.collect()
+    return saved
 
 
 def _worker_init(parent: int) -> None:

@@ -14,6 +14,7 @@ from bayesfed.distributed import reduce_dask
 from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
 from bayesfed.fit import FitOptions, fit_name, planned_fits, run_job
 from bayesfed.plots import (
+    RANK_VARS,
     federation_trajectory,
     predictive_bands,
     rank_by_year,
@@ -245,8 +246,8 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
             summary, main, figures / "predictive_check.png"),
     }
     if main is not None:
-        trees = {f["year"]: load_fit(folder / f["file"]) for f in two_level
-                 if f["model"] == main}
+        trees = {f["year"]: load_fit(folder / f["file"], posterior=RANK_VARS)
+                 for f in two_level if f["model"] == main}
         drawn["rank_by_year"] = rank_by_year(trees, figures / "rank_by_year.png")
     joint = next((f for f in fits if f.get("family") == "event_time"), None)
     if joint is not None:

@@ -231,6 +231,10 @@ RANK_ALT = ("Each panel shows, for one parameter, each chain's fractional-rank d
             "explored the same distribution; p is the multi-chain uniformity test.")
 
 
+#: The posterior variables :func:`rank_by_year` reads of a fit.
+RANK_VARS = ("beta", "sd_school", "sigma")
+
+
 def rank_by_year(trees: Mapping[int | None, xr.DataTree], path: Path) -> tuple[Path, str]:
     """Rank plots of one two-level model's fits by year: its federation effect (when it has
     one), ``sd_school`` and ``sigma``; rows are years, columns parameters.
@@ -238,7 +242,8 @@ def rank_by_year(trees: Mapping[int | None, xr.DataTree], path: Path) -> tuple[P
     Parameters
     ----------
     trees : mapping of int or None to xarray.DataTree
-        Year -> the model's fit (:func:`bayesfed.store.load_fit`), in column order.
+        Year -> the model's fit (:func:`bayesfed.store.load_fit`, :data:`RANK_VARS` are
+        enough), in column order.
     path : Path
     """
     parts, model = [], ""

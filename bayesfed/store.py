@@ -17,7 +17,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -177,7 +177,29 @@ def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
     return write_with(path, lambda tmp: safe.to_netcdf(tmp, engine="h5netcdf"))
 
 
-def load_fit(path: str | Path) -> xr.DataTree:
-    """Read a fit saved by :func:`save_fit` fully into memory (the file is closed again)."""
-    with xr.open_datatree(path, engine="h5netcdf") as tree:
-        return tree.load().copy()
+def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.DataTree:
+    """Read a fit saved by :func:`save_fit` into memory (the file is closed again).
+
+    Parameters
+    ----------
+    path : str or Path
+    posterior : sequence of str, optional
+        Read only these posterior variables (those the fit has) and the fit's attributes: a
+        tree with the one group ``posterior``. A national fit's school draws are hundreds of
+        megabytes; a reference model's variances are a few kilobytes. Default: everything.
+    """
+    if posterior is None:
+        with xr.open_datatree(path, engine="h5netcdf") as tree:
+            return tree.load().copy()
+    with xr.open_dataset(path, group="posterior", engine="h5netcdf") as post:
+        out = xr.DataTree.from_dict(
+            {"posterior": post[[v for v in posterior if v in post]].load()})
+    out.attrs = fit_attrs(path)
+    return out
+
+
+def fit_attrs(path: str | Path) -> dict:
+    """A saved fit's attributes (provenance: model, year, reference, ...), reading only the
+    file's root group."""
+    with xr.open_dataset(path, engine="h5netcdf") as root:
+        return dict(root.attrs)

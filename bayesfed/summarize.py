@@ -36,17 +36,20 @@ this module only collects them.
 
 from __future__ import annotations
 
+import gc
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import arviz as az
+import arviz_stats as azs
 import numpy as np
 import xarray as xr
 
 from bayesfed import __version__
 from bayesfed.checks import compare_loo, has_school_data, loo_school, loo_summary, predictive_checks
 from bayesfed.partition import decomposition_from_cov, hdi_summary, variance_explained, vpc
-from bayesfed.store import load_fit, write_json
+from bayesfed.store import fit_attrs, load_fit, write_json
 
 #: Probability mass of every reported interval.
 PROB = 0.94
@@ -197,10 +200,14 @@ def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, 
     return reml
 
 
-def fit_year(tree: xr.DataTree) -> int | None:
-    """The year since founding a fit selected, or None."""
-    text = str(tree.attrs["bayesfed_year"])
+def fit_year(attrs: Mapping[str, object]) -> int | None:
+    """The year since founding a fit selected (from the fit's attributes), or None."""
+    text = str(attrs["bayesfed_year"])
     return int(text) if text else None
+
+
+#: What a fit's summary reads of its reference model's fit, besides its attributes.
+REFERENCE_VARS = ("sd_school", "sigma")
 
 
 def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
@@ -249,7 +256,7 @@ def _common(tree: xr.DataTree, file: str) -> dict[str, object]:
     return {
         "model": str(tree.attrs["bayesfed_model"]),
         "family": str(tree.attrs.get("bayesfed_family", "two_level")),
-        "year": fit_year(tree),
+        "year": fit_year(tree.attrs),
         "file": file,
         "n_pupils": int(tree.attrs["bayesfed_n_pupils"]),
         "n_schools": int(tree.attrs["bayesfed_n_schools"]),
@@ -345,36 +352,66 @@ def summarize_dir(folder: str | Path) -> dict[str, object]:
     """Summaries of every fit file (``*.nc``) in a folder, ordered by model then year.
 
     A fit's reference model (``[model] reference`` in its spec) is looked up among the fits of
-    the same year in the folder; without it the fit has no ``variance_explained``.
+    the same year in the folder; without it the fit has no ``variance_explained``. One fit is
+    held at a time (a national fit's school draws are hundreds of megabytes), and of its
+    reference only the variances (:data:`REFERENCE_VARS`).
     """
     folder = Path(folder)
-    trees = {path.name: load_fit(path) for path in sorted(folder.glob("*.nc"))}
-    by_key = {(str(t.attrs["bayesfed_model"]), fit_year(t)): t for t in trees.values()}
-    fits = []
-    for name, tree in trees.items():
+    paths = sorted(folder.glob("*.nc"))
+    by_key = {(str(attrs["bayesfed_model"]), fit_year(attrs)): path
+              for path, attrs in ((p, fit_attrs(p)) for p in paths)}
+    fits, elpds = [], {}
+    variances: dict[Path, xr.DataTree] = {}  # of the fits read so far, as references
+    for path in paths:
+        tree = load_fit(path)
+        post = tree.posterior.to_dataset()
+        variances[path] = xr.DataTree.from_dict(
+            {"posterior": post[[v for v in REFERENCE_VARS if v in post]]})
+        variances[path].attrs = dict(tree.attrs)
         ref_name = str(tree.attrs.get("bayesfed_reference", ""))
-        reference = by_key.get((ref_name, fit_year(tree))) if ref_name else None
-        fits.append(summarize_fit(tree, reference, file=name))
+        ref_path = by_key.get((ref_name, fit_year(tree.attrs))) if ref_name else None
+        reference = (None if ref_path is None else variances[ref_path] if ref_path in variances
+                     else load_fit(ref_path, posterior=REFERENCE_VARS))
+        fit = summarize_fit(tree, reference, file=path.name)
+        elpd = add_model_checks(fit, tree)
+        if elpd is not None:
+            elpds[path.name] = elpd
+        fits.append(fit)
+        # a DataTree's nodes refer to their parents: only the cycle collector frees a fit,
+        # and it runs by object counts, not bytes
+        del tree, post, reference
+        gc.collect()
     fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
     compare_with_per_year(fits)
-    loo_comparison = add_model_checks(fits, trees)
     return {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
-            "loo_comparison": loo_comparison}
+            "loo_comparison": loo_comparisons(fits, elpds)}
 
 
-def add_model_checks(fits: list[dict], trees: dict[str, xr.DataTree]) -> list[dict]:
-    """Add ``predictive`` and ``loo`` to each fit whose file stores the per-school statistics
-    (:func:`bayesfed.checks.has_school_data`), in place; return the leave-one-school-out
-    comparisons of the models fitted to the same pupils. A fit that failed its diagnostic
-    gates gets no ``loo`` and is left out of the comparisons (its draws are not a posterior
-    sample to importance-weight).
+def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
+    """Add ``predictive`` and ``loo`` to a fit's summary when its file stores the per-school
+    statistics (:func:`bayesfed.checks.has_school_data`), in place; return its
+    leave-one-school-out result. A fit that failed its diagnostic gates gets no ``loo`` (its
+    draws are not a posterior sample to importance-weight): None, as without the statistics.
+    """
+    if not has_school_data(tree):
+        return None
+    fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
+    if not fit["diagnostics"]["ok"]:
+        return None
+    elpd = loo_school(tree)
+    fit["loo"] = loo_summary(elpd)
+    return elpd
+
+
+def loo_comparisons(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[dict]:
+    """The leave-one-school-out comparisons of the models fitted to the same pupils.
 
     Parameters
     ----------
     fits : list of dict
-        The fits' summaries; ``file`` names the tree of each.
-    trees : dict of str to xarray.DataTree
-        File name -> fit.
+        The fits' summaries, in order; ``file`` names each.
+    elpds : mapping of str to ELPDData
+        File name -> the fit's leave-one-school-out result (fits without one are left out).
 
     Returns
     -------
@@ -383,23 +420,13 @@ def add_model_checks(fits: list[dict], trees: dict[str, xr.DataTree]) -> list[di
         ``year``, ``unit`` (``"school"``) and ``models``
         (:func:`bayesfed.checks.compare_loo`, best first).
     """
-    results = {}
-    for fit in fits:
-        tree = trees[fit["file"]]
-        if not has_school_data(tree):
-            continue
-        fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
-        if not fit["diagnostics"]["ok"]:  # its draws are not a posterior sample: no LOO
-            continue
-        results[fit["file"]] = loo_school(tree)
-        fit["loo"] = loo_summary(results[fit["file"]])
     groups: dict[tuple, list[dict]] = {}
     for fit in fits:
-        if fit["file"] in results:
+        if fit["file"] in elpds:
             key = (fit["year"], fit["data_sha256"], fit["n_pupils"], fit["n_schools"])
             groups.setdefault(key, []).append(fit)
     return [{"year": key[0], "unit": "school",
-             "models": compare_loo({f["model"]: results[f["file"]] for f in group})}
+             "models": compare_loo({f["model"]: elpds[f["file"]] for f in group})}
             for key, group in groups.items() if len(group) >= 2]
 
 

@@ -51,7 +51,7 @@ def add_school_data(folder: Path, data: Path) -> None:
         tree = load_fit(path)
         if has_school_data(tree) or tree.attrs.get("bayesfed_family") != "two_level":
             continue
-        spec, year = specs[str(tree.attrs["bayesfed_model"])], fit_year(tree)
+        spec, year = specs[str(tree.attrs["bayesfed_model"])], fit_year(tree.attrs)
         table = validate_table(raw, spec, years=None if year is None else [year])
         data_set = tree["constant_data"].to_dataset().merge(
             school_data(design_for(table, spec, year)))

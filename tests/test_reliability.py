@@ -190,6 +190,22 @@ def test_summary_ignores_temporaries(tmp_path, reference):
     assert [f["file"] for f in summary["fits"]] == ["M0_k0.nc"]
 
 
+def test_summary_does_not_depend_on_the_order_fits_are_read(tmp_path, reference):
+    """A fit's reference is found by model and year, not file name: read before the fit (its
+    variances kept) or after it (only its variances read from the file), the same summary."""
+    summary = summarize_dir(reference)
+    for name, renamed in (("M1_k1.nc", "a.nc"), ("M0_k1.nc", "b.nc")):  # the reference last
+        shutil.copy(reference / name, tmp_path / renamed)
+    by_file = {f["file"]: f for f in summarize_dir(tmp_path)["fits"]}
+    before = {f["file"]: f for f in summary["fits"]}
+    assert by_file["a.nc"]["variance_explained"] == before["M1_k1.nc"]["variance_explained"]
+    assert by_file["a.nc"]["reml"] == before["M1_k1.nc"]["reml"]
+    assert "variance_explained" in by_file["a.nc"]
+    assert "variance_explained" in by_file["a.nc"]["reml"]
+    assert {k: v for k, v in by_file["b.nc"].items() if k != "file"} == {
+        k: v for k, v in before["M0_k1.nc"].items() if k != "file"}
+
+
 # -- Ctrl-C while sampling -----------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler", ["nutpie", "pymc"])
