@@ -9,8 +9,7 @@ the fits of a job run on its workers.
   first row is known from the row counts in the files' footers) and reduces it to the spec's
   statistics (per cell, or per year and school); the scans come back (the statistics, 8 bytes
   per pupil for the duplicated-id rule) and merge in file order, so the result and every
-  error message are those of :func:`bayesfed.reduce.reduce_event_time` or
-  :func:`bayesfed.reduce.reduce_years` on one machine.
+  error message are those of :func:`bayesfed.reduce.reduce_file` on one machine.
 * :func:`bayesfed.fit.run_job` with ``executor=client.get_executor()`` sends each fit (its
   spec, its year's pupils or the reduced statistics) to a worker, which writes the fit file
   atomically. The workers must see the output folder (a shared file system). Fits already
@@ -43,9 +42,8 @@ def _scan_part(path: str, part: str, rules: Rules, first_row: int) -> Scan:
 def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
                 drop_incomplete: bool = False, source: str | None = None
                 ) -> Reduced | ReducedYears:
-    """:func:`bayesfed.reduce.reduce_event_time` (an ``event_time`` spec) or
-    :func:`bayesfed.reduce.reduce_years` (a ``two_level`` one, with ``years``), one file of a
-    Parquet dataset per task.
+    """:func:`bayesfed.reduce.reduce_file` on a Dask cluster, one file of a Parquet dataset
+    per task.
 
     Parameters
     ----------
@@ -64,8 +62,7 @@ def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] 
     Returns
     -------
     Reduced or ReducedYears
-        Equal to what :func:`bayesfed.reduce.reduce_event_time` or
-        :func:`bayesfed.reduce.reduce_years` returns for the same data.
+        Equal to what :func:`bayesfed.reduce.reduce_file` returns for the same data.
 
     Raises
     ------
@@ -75,14 +72,12 @@ def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] 
         its rows by a second pass, run here.
     """
     path = str(path)
-    if spec.model.family == "event_time":
-        years = None
     rules, batches = file_rules(path, spec, years, drop_incomplete, source)
     parts = parquet_parts(path)
     first_rows = [sum(n for _, n in parts[:i]) for i in range(len(parts))]
     futures = [client.submit(_scan_part, path, part, rules, first_row, pure=False)
                for (part, _), first_row in zip(parts, first_rows, strict=True)]
     scans = client.gather(futures)
-    reducer = reducer_for(spec, years)
+    reducer = reducer_for(spec, rules.years)
     result = fold(lambda a, b: a.merge(b, reducer), scans, Scan())
     return reduced_from(result, rules, batches, reducer)

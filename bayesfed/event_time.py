@@ -725,7 +725,7 @@ def build_event_time(
     ----------
     stats : CellStats
         The pupils' per-cell statistics (:func:`bayesfed.event_design.cell_stats` of a
-        design, or :func:`bayesfed.reduce.reduce_event_time` of a file read in batches).
+        design, or :func:`bayesfed.reduce.reduce_file` of a file read in batches).
     priors : EventPriors, optional
         Defaults to :func:`resolve_event_priors` of ``stats``.
     effect_prior : {"random_walk", "independent"}

@@ -167,8 +167,7 @@ def fit_one(
     ----------
     table : PupilTable, Reduced or ReducedYears
         Validated for ``spec`` (and for ``year``), in memory or reduced already as the file
-        was read (:func:`bayesfed.reduce.reduce_event_time` for an ``event_time`` spec,
-        :func:`bayesfed.reduce.reduce_years` for a collapsed ``two_level`` one).
+        was read (:func:`bayesfed.reduce.reduce_file`).
     spec : ModelSpec
     year : int or None
         Years since founding to select, or None for the whole table.
@@ -242,7 +241,7 @@ def fit_event_time(table: PupilTable | Reduced, spec: ModelSpec, options: FitOpt
     """Fit an ``event_time`` spec to every cohort of the table; returns the DataTree to save.
 
     ``table`` is the table reduced to the model's statistics as it was read
-    (:func:`bayesfed.reduce.reduce_event_time`), or a table validated in memory (reduced
+    (:func:`bayesfed.reduce.reduce_file`), or a table validated in memory (reduced
     here).
 
     The tree has no REML cross-check (``bayesfed_reml``; the frequentist comparison of the

@@ -23,7 +23,7 @@ from bayesfed.plots import (
 )
 from bayesfed.published import load_published
 from bayesfed.read import read_table
-from bayesfed.reduce import reduce_event_time, reduce_years
+from bayesfed.reduce import reduce_file
 from bayesfed.report import Flavour, render_markdown
 from bayesfed.spec import load_spec
 from bayesfed.store import load_fit, write_text
@@ -151,8 +151,8 @@ def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
     """Model name -> the table each spec's fits need, every spec validated before any fit.
 
     A spec with the collapsed likelihood (the default) gets its statistics, reduced as the
-    table is read in batches (:func:`bayesfed.reduce.reduce_years` per year and school,
-    :func:`bayesfed.reduce.reduce_event_time` per cell; on the cluster's workers for Parquet
+    table is read in batches (:func:`bayesfed.reduce.reduce_file`: per year and school, or
+    per cell for the event-time model; on the cluster's workers for Parquet
     when ``client``), so memory holds the statistics, not the rows. A per-year spec with the
     pupil-row likelihood gets its validated pupils, in memory.
     """
@@ -169,10 +169,8 @@ def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
         if client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
             tables[s.name] = reduce_dask(client, data, s, years, drop_incomplete,
                                          source=str(data))
-        elif s.model.family == "event_time":
-            tables[s.name] = reduce_event_time(data, s, drop_incomplete, source=str(data))
         else:
-            tables[s.name] = reduce_years(data, s, years, drop_incomplete, source=str(data))
+            tables[s.name] = reduce_file(data, s, years, drop_incomplete, source=str(data))
     return tables
 
 

@@ -1,9 +1,9 @@
 """Pupil rows -> a model's sufficient statistics, batch by batch.
 
-A national extract (millions of pupils) need not fit in memory: :func:`reduce_event_time` (the
-event-time model) and :func:`reduce_years` (the per-year two-level models) read the table in
-batches (:func:`bayesfed.read.read_batches`; a folder of Parquet files file by
-file, only the columns the spec maps), checks each batch with the rules of
+A national extract (millions of pupils) need not fit in memory: :func:`reduce_file` reads the
+table of the event-time model or of a per-year two-level model in batches
+(:func:`bayesfed.read.read_batches`; a folder of Parquet files file by file, only the columns
+the spec maps), checks each batch with the rules of
 :func:`bayesfed.validate.validate_table` (:func:`bayesfed.validate.scan`: the same messages,
 row numbers counted over the whole table) and reduces its clean rows to per-cell statistics
 (:class:`EventReducer`, :func:`bayesfed.event_design.cell_part`) or to per-school statistics of
@@ -194,13 +194,16 @@ def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = 
                drop_incomplete: bool = False, source: str | None = None
                ) -> tuple[Rules, Callable[[], Iterable[pd.DataFrame]]]:
     """The validation rules of a spec (and its years) on a file, and the file's batches (only
-    the mapped columns).
+    the mapped columns). An ``event_time`` spec fits every year at once: its rules have no
+    years (``rules.years`` is None), whatever ``years`` says.
 
     Raises
     ------
     DataError
         The file cannot be read, or a column the spec needs is missing or ambiguous.
     """
+    if spec.model.family == "event_time":
+        years = None
     rules, problems = rules_for(table_columns(path), spec, years, drop_incomplete,
                                 str(path) if source is None else source)
     columns = list(dict.fromkeys(rules.present.values()))
@@ -213,50 +216,22 @@ def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = 
     return rules, batches
 
 
-def reduce_event_time(path: str | Path, spec: ModelSpec, drop_incomplete: bool = False,
-                      source: str | None = None) -> Reduced:
-    """Validate a pupil table for an ``event_time`` spec and reduce it to the model's
-    statistics, one batch of rows at a time.
+def reduce_file(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
+                drop_incomplete: bool = False, source: str | None = None
+                ) -> Reduced | ReducedYears:
+    """Validate a pupil table for a collapsed spec and reduce it to the model's statistics,
+    one batch of rows at a time: per school-by-cohort cell for an ``event_time`` spec
+    (:class:`Reduced`), per year since founding and school for a ``two_level`` one
+    (:class:`ReducedYears`).
 
     Parameters
     ----------
     path : str or Path
         CSV or Parquet file, or a folder of Parquet files (a partitioned dataset).
     spec : ModelSpec
-        An ``event_time`` spec.
-    drop_incomplete : bool
-        Drop rows with a missing value in a needed column instead of raising.
-    source : str, optional
-        Name of the table in messages (default: the path).
-
-    Returns
-    -------
-    Reduced
-
-    Raises
-    ------
-    DataError
-        Every problem :func:`bayesfed.validate.validate_table` would report for the whole
-        table, with the same message; or an event year without federated pupils.
-    """
-    rules, batches = file_rules(path, spec, None, drop_incomplete, source)
-    reducer = EventReducer(spec)
-    return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
-
-
-def reduce_years(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
-                 drop_incomplete: bool = False, source: str | None = None) -> ReducedYears:
-    """Validate a pupil table for a ``two_level`` spec and reduce each year's pupils to their
-    per-school statistics, one batch of rows at a time.
-
-    Parameters
-    ----------
-    path : str or Path
-        CSV or Parquet file, or a folder of Parquet files (a partitioned dataset).
-    spec : ModelSpec
-        A ``two_level`` spec.
     years : sequence of int, optional
-        Years since founding fitted separately; None reduces the whole table as one.
+        A ``two_level`` spec's years since founding, fitted separately (None: the whole
+        table as one); an ``event_time`` spec fits every year at once and ignores them.
     drop_incomplete : bool
         Drop rows with a missing value in a needed column instead of raising.
     source : str, optional
@@ -264,18 +239,19 @@ def reduce_years(path: str | Path, spec: ModelSpec, years: Sequence[int] | None 
 
     Returns
     -------
-    ReducedYears
-        Whose summaries equal :func:`bayesfed.suffstats.summary_of` of each year's design
-        built in memory, up to rounding (the sums are taken in another order).
+    Reduced or ReducedYears
+        A per-year spec's summaries equal :func:`bayesfed.suffstats.summary_of` of each
+        year's design built in memory, up to rounding (the sums are taken in another order).
 
     Raises
     ------
     DataError
         Every problem :func:`bayesfed.validate.validate_table` would report for the whole
-        table with the same years, with the same message.
+        table with the same years, with the same message; or an event year without
+        federated pupils.
     """
     rules, batches = file_rules(path, spec, years, drop_incomplete, source)
-    reducer = YearReducer(spec, years)
+    reducer = reducer_for(spec, rules.years)
     return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
 
 

@@ -5,7 +5,7 @@ CSV beside its Parquet file; then, in one process, one after another: reading th
 batches of :data:`bayesfed.read.BATCH_ROWS` rows with bayesfed's reader (Arrow's, after its
 first pass checking that it reads the file as pandas would) and with pandas' chunked reader
 (bayesfed's fallback), and reading + validating + reducing the event-time spec's table
-(:func:`bayesfed.reduce.reduce_event_time`) from the CSV and from the Parquet file. Prints
+(:func:`bayesfed.reduce.reduce_file`) from the CSV and from the Parquet file. Prints
 seconds, ratios, and whether the CSV's cell statistics equal the Parquet's.
 
 Run: ``.venv/bin/python bench/csv_reading.py [PARQUET]`` (default
@@ -23,7 +23,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from bayesfed import read
-from bayesfed.reduce import reduce_event_time
+from bayesfed.reduce import reduce_file
 from bayesfed.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,8 +45,8 @@ def main() -> None:
     rows, arrow_s = timed(lambda: sum(len(b) for b in read.read_batches(csv)))
     _, pandas_s = timed(lambda: sum(len(b) for b in read._csv_batches(
         csv, read.BATCH_ROWS, arrow=False)))
-    from_csv, csv_s = timed(lambda: reduce_event_time(csv, spec))
-    from_parquet, parquet_s = timed(lambda: reduce_event_time(parquet, spec))
+    from_csv, csv_s = timed(lambda: reduce_file(csv, spec))
+    from_parquet, parquet_s = timed(lambda: reduce_file(parquet, spec))
     same = all(np.array_equal(getattr(from_csv.stats, f), getattr(from_parquet.stats, f))
                for f in ("n", "y_mean", "X_mean", "XX", "Xy", "yy"))
     close = all(np.allclose(getattr(from_csv.stats, f), getattr(from_parquet.stats, f),

@@ -2,7 +2,7 @@
 
 The steps of ``bayesfed fit models/event_time.toml --data DATA --out DIR`` run one after
 another in this process, each timed: imports, reading + validation + reduction to the cell
-statistics (:func:`bayesfed.reduce.reduce_event_time`, batch by batch), building the PyMC
+statistics (:func:`bayesfed.reduce.reduce_file`, batch by batch), building the PyMC
 model, compiling it with nutpie, sampling (4 chains x 1,000 draws after 1,000 warm-up, BLAS
 one thread), drawing the effects and saving the fit (the summary's cost shows end to end in
 ``bench/event_time_scale.py``). Peak memory is
@@ -31,7 +31,7 @@ def main() -> None:
 
     from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
     from bayesfed.fit import FitOptions, fit_seed
-    from bayesfed.reduce import reduce_event_time
+    from bayesfed.reduce import reduce_file
     from bayesfed.sampling import _compile, sample
     from bayesfed.spec import load_spec
     from bayesfed.store import save_fit
@@ -49,7 +49,7 @@ def main() -> None:
         phases[name] = time.perf_counter() - start
         return out
 
-    reduced = phase("read + validate + reduce", lambda: reduce_event_time(data, spec))
+    reduced = phase("read + validate + reduce", lambda: reduce_file(data, spec))
     stats = reduced.stats
     parts = phase("build model", lambda: build_event_time_parts(
         stats, resolve_event_priors(stats, spec.priors), event.effect_prior,

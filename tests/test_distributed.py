@@ -14,7 +14,7 @@ from bayesfed.distributed import reduce_dask
 from bayesfed.errors import DataError
 from bayesfed.fit import FitOptions, run_job
 from bayesfed.read import read_table
-from bayesfed.reduce import reduce_event_time
+from bayesfed.reduce import reduce_file
 from bayesfed.spec import load_spec
 from bayesfed.store import load_fit
 from bayesfed.validate import validate_table
@@ -43,7 +43,7 @@ def folder(tmp_path_factory):
 
 
 def test_the_cluster_reduces_a_partitioned_dataset_as_one_machine_does(client, spec, folder):
-    local = reduce_event_time(folder, spec)
+    local = reduce_file(folder, spec)
     remote = reduce_dask(client, folder, spec)
     assert remote.n_input_rows == local.n_input_rows
     for name in ("n", "y_mean", "X_mean", "E", "school_idx", "cohort_idx", "XX", "Xy"):

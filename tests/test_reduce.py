@@ -24,7 +24,7 @@ from bayesfed.fit import FitOptions, design_for, event_design_for, fit_one
 from bayesfed.models import collapsed_data
 from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table
-from bayesfed.reduce import reduce_event_time, reduce_table, reduce_years
+from bayesfed.reduce import reduce_file, reduce_table
 from bayesfed.spec import load_spec
 from bayesfed.suffstats import summary_of
 from bayesfed.validate import validate_table
@@ -76,7 +76,7 @@ def test_batches_give_the_statistics_of_the_whole_table(route, spec, study, tmp_
     path = write(study, route, tmp_path)
     expected = cell_stats(event_design_for(validate_table(study, spec), spec))
     monkeypatch.setattr(read, "BATCH_ROWS", 1000)
-    reduced = reduce_event_time(path, spec)
+    reduced = reduce_file(path, spec)
     assert reduced.n_input_rows == len(study) and reduced.n_dropped == 0
     assert reduced.columns["outcome"] == "gcse_score"
     assert_same_stats(reduced.stats, expected)
@@ -119,7 +119,7 @@ def test_batches_give_the_message_of_the_whole_table(kind, route, spec, study, t
         reduce_table(validate_table(read_table(path), spec, source=str(path)), spec)
     monkeypatch.setattr(read, "BATCH_ROWS", 97)
     with pytest.raises(DataError) as batched:
-        reduce_event_time(path, spec)
+        reduce_file(path, spec)
     assert str(batched.value) == str(whole.value)
     assert kind.split()[0] in str(batched.value) or kind == "school-level value varies"
 
@@ -127,7 +127,7 @@ def test_batches_give_the_message_of_the_whole_table(kind, route, spec, study, t
 def test_a_missing_column_is_reported_with_the_row_count(spec, study, tmp_path):
     path = write(study.drop(columns=["ks2"]), "parquet", tmp_path)
     with pytest.raises(DataError) as info:
-        reduce_event_time(path, spec)
+        reduce_file(path, spec)
     assert info.value.args[0].startswith(f"{path}: 1 problem in {len(study)} rows")
     assert "column 'ks2': missing column" in str(info.value)
 
@@ -135,7 +135,7 @@ def test_a_missing_column_is_reported_with_the_row_count(spec, study, tmp_path):
 MEMORY = """
 import json, resource, sys
 from bayesfed.describe import describe_file
-from bayesfed.reduce import reduce_event_time, reduce_years
+from bayesfed.reduce import reduce_file
 from bayesfed.spec import load_spec
 from bayesfed import read
 read.BATCH_ROWS = 20_000
@@ -143,10 +143,8 @@ spec = load_spec(sys.argv[2])
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if sys.argv[3] == "describe":
     rows = describe_file(sys.argv[1], spec, range(6))["input_rows"]
-elif spec.model.family == "event_time":
-    rows = reduce_event_time(sys.argv[1], spec).n_input_rows
-else:
-    rows = reduce_years(sys.argv[1], spec, range(6)).n_input_rows
+else:  # an event-time spec ignores the years
+    rows = reduce_file(sys.argv[1], spec, range(6)).n_input_rows
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"rows": rows, "grew_mb": (after - before) / 1024}))
 """
@@ -204,7 +202,7 @@ def test_batches_give_each_years_summary_of_the_whole_table(route, years, m2, st
     path = write(study, route, tmp_path)
     table = validate_table(study, m2, years=years)
     monkeypatch.setattr(read, "BATCH_ROWS", 1000)
-    reduced = reduce_years(path, m2, years)
+    reduced = reduce_file(path, m2, years)
     assert reduced.n_input_rows == len(study) and reduced.n_dropped == 0
     assert sorted(reduced.summaries, key=str) == sorted(
         [None] if years is None else list(years), key=str)
@@ -230,7 +228,7 @@ def test_per_year_batches_give_the_message_of_the_whole_table(kind, m2, study, t
         validate_table(read_table(path), m2, years=years, source=str(path))
     monkeypatch.setattr(read, "BATCH_ROWS", 97)
     with pytest.raises(DataError) as batched:
-        reduce_years(path, m2, years)
+        reduce_file(path, m2, years)
     assert str(batched.value) == str(whole.value)
 
 
@@ -244,7 +242,7 @@ def test_a_fit_from_the_statistics_equals_the_fit_from_the_rows(m2, tmp_path):
     frame.to_parquet(path, index=False)  # one row group: one batch
     options = FitOptions(draws=200, tune=200, chains=2, seed=3)
     rows = fit_one(validate_table(frame, m2, years=[4]), m2, 4, options, "x")
-    reduced = reduce_years(path, m2, [4])
+    reduced = reduce_file(path, m2, [4])
     stats = fit_one(reduced, m2, 4, options, "x")
     # what a worker process is sent: the same statistics, pickled
     sent = fit_one(pickle.loads(pickle.dumps(reduced)), m2, 4, options, "x")
@@ -268,7 +266,7 @@ def test_a_fit_from_the_statistics_equals_the_fit_from_the_rows(m2, tmp_path):
 def test_event_statistics_give_the_same_constants_in_a_worker(spec):
     """A pickled CellStats (what a worker process is sent) gives the model's constants and
     priors bit for bit, so an event-time fit in a worker draws what it draws here."""
-    stats = reduce_event_time(STUDY, spec).stats
+    stats = reduce_file(STUDY, spec).stats
     sent = pickle.loads(pickle.dumps(stats))
     priors, sent_priors = resolve_event_priors(stats), resolve_event_priors(sent)
     assert priors == sent_priors
@@ -282,7 +280,7 @@ def test_year_statistics_give_the_same_priors_and_data_in_a_worker(model):
     the collapsed model's data container bit for bit (before the means were stored
     contiguously, years 1 and 2 of both models gave other bits)."""
     spec = load_spec(MODELS / f"{model}.toml")
-    for summary in reduce_years(STUDY, spec, [0, 1, 2]).summaries.values():
+    for summary in reduce_file(STUDY, spec, [0, 1, 2]).summaries.values():
         sent = pickle.loads(pickle.dumps(summary))
         priors, sent_priors = resolve_priors(summary, spec.priors), resolve_priors(
             sent, spec.priors)
