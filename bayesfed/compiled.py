@@ -18,7 +18,10 @@ graph, in any process, loads both from the cache. The result is nutpie's own
 ``CompiledPyMCModel``, so ``with_data`` and ``nutpie.sample`` work as with nutpie's
 compilation; the wrappers return nutpie's codes (0 ok, 1 an exception, 3 a non-finite gradient,
 4 a non-finite density; expand: -2 an exception), and the log density is the same PyTensor
-function, so the draws are the same bits (tested in ``tests/test_compiled.py``).
+function, so the draws are the same bits (tested in ``tests/test_compiled.py``). Before
+returning, :func:`compile_model` calls both once: numba compiles the object-mode block of
+PyTensor's matrix products (its look-up of scipy's BLAS) on first use, and that belongs to
+compiling, not to the first sampling of the process.
 
 It builds on nutpie's internals (``_make_functions``, ``make_user_data``,
 ``_prepare_dims_and_coords``, ``CompiledPyMCModel``, ``address_as_void_pointer``,
@@ -30,6 +33,7 @@ compiles with ``nutpie.compile_pymc_model``: slower, same draws.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 
 import numba
@@ -195,9 +199,9 @@ def compile_model(model: pm.Model):
                           expand_function.get_shared(), keys, layout, n_table,
                           _EXPAND_SIGNATURE, n_dim=n_dim, n_expanded=n_expanded)
     if logp is None or expand is None:
-        return nutpie.compile_pymc_model(model)
+        return _call_once(nutpie.compile_pymc_model(model))
     dims, coords = nutpie_pymc._prepare_dims_and_coords(model, shape_info, reparameterized)
-    return nutpie_pymc.CompiledPyMCModel(
+    return _call_once(nutpie_pymc.CompiledPyMCModel(
         _n_dim=n_dim,
         dims=dims,
         _coords=coords,
@@ -213,4 +217,26 @@ def compile_model(model: pm.Model):
         logp_func=logp_function,
         expand_func=expand_function,
         reparameterized_names=reparameterized,
-    )
+    ))
+
+
+def _call_once(compiled):
+    """``compiled``, after one call of each C entry point at its initial point (seed 0).
+
+    numba compiles an object-mode block (PyTensor's look-up of scipy's BLAS functions, used by
+    every matrix product) on its first call, so without this call the first sampling of a
+    process paid that compilation, about 0.1 s, inside the sampler (``docs/benchmarks.md``):
+    compiling is done here. The values are not used.
+    """
+    double = ctypes.POINTER(ctypes.c_double)
+    x = np.ascontiguousarray(compiled.initial_point_func(0), dtype=np.float64)
+    grad, logp = np.empty(compiled.n_dim), np.empty(())
+    expanded = np.empty(compiled.n_expanded)
+    table = ctypes.c_void_p(compiled.user_data.ctypes.data)
+    compiled.compiled_logp_func.ctypes(compiled.n_dim, x.ctypes.data_as(double),
+                                       grad.ctypes.data_as(double), logp.ctypes.data_as(double),
+                                       table)
+    compiled.compiled_expand_func.ctypes(compiled.n_dim, compiled.n_expanded,
+                                         x.ctypes.data_as(double),
+                                         expanded.ctypes.data_as(double), table)
+    return compiled

@@ -39,6 +39,12 @@ federation effect, the school sd and sigma, the largest R-hat over coefficients,
 intercepts, divergences, the federation effect's posterior mean, and bayesfed's bulk ESS per
 second over each peer's, per sampling second and per wall second.
 
+Last, nutpie's floor (:func:`sampler_floor`): the same sampling of as many independent standard
+normals as bayesfed's model has free scalars, whose log density costs nothing, three times.
+It is the least any model of that size can sample in with nutpie, so bayesfed's ESS over the
+least of the three, over each peer's ESS per sampling second, bounds the ratio that any faster
+log density could reach in this run (printed as "at the floor").
+
 Compile times depend on caches: PyTensor's on-disk cache holds the Python peers' graphs after
 their first run (the figures of a repeated run are the warm ones); brms compiles its C++ every
 run. Run: ``.venv/bin/python bench/peers.py [--year 5] [--r] [--only bayesfed,bambi,...]``;
@@ -102,6 +108,7 @@ class Result:
     max_rhat: float = float("nan")
     divergences: int = -1
     note: str = ""
+    n_dim: int = 0  # free scalars NUTS samples (bayesfed only: the floor's dimension)
 
     @property
     def wall_s(self) -> float:
@@ -176,7 +183,7 @@ def fit_bayesfed(raw: pd.DataFrame, spec: ModelSpec, year: int) -> Result:
         done = time.perf_counter()
     stats = posterior_stats(tree, ("beta", {"predictor": "federated"}), "sd_school", "sigma",
                             ["intercept", "beta", "sd_school", "sigma", "u"])
-    return Result("bayesfed", set_up - start, done - set_up, **stats,
+    return Result("bayesfed", set_up - start, done - set_up, **stats, n_dim=int(compiled.n_dim),
                   note=f"collapsed likelihood, nutpie; set-up: validation {validated - start:.1f}"
                        f" s, design and model {built - validated:.1f} s, compilation "
                        f"{set_up - built:.1f} s")
@@ -257,6 +264,48 @@ def fit_r_peers(frame: pd.DataFrame, peers: list[str]) -> list[Result]:
     return results
 
 
+def sampler_floor(n_dim: int, repeats: int = 3) -> list[float]:
+    """Seconds nutpie takes for this benchmark's draws when the log density costs nothing.
+
+    A model of ``n_dim`` independent standard normals, compiled and sampled as bayesfed is
+    (``compile_model``, fast-math off, BLAS one thread, the same draws, warm-up, chains, cores
+    and seed), timed ``repeats`` times around ``nutpie.sample``: nutpie's own work per run (its
+    NUTS loop, adaptation, storing the draws and turning them into an ArviZ DataTree), the
+    least time any model of that dimension can sample in. Seconds of wall-clock time.
+    """
+    with pm.Model() as model:
+        pm.Normal("x", shape=n_dim)
+    times = []
+    with threadpool_limits(limits=1), pytensor.config.change_flags(numba__fastmath=False):
+        compiled = compile_model(model)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            nutpie.sample(compiled, draws=DRAWS, tune=TUNE, chains=CHAINS, seed=SEED,
+                          cores=CORES, save_warmup=False, progress_bar=False)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def print_floor(results: list[Result], floor: list[float]) -> dict:
+    """The floor's seconds and, per peer with ESS, the most bayesfed's bulk ESS per sampling
+    second could be over the peer's were its sampling as fast as the floor (its own ESS over
+    the least floor time); returns them for the JSON."""
+    ours = next(r for r in results if r.peer == "bayesfed")
+    least = min(floor)
+    print(f"nutpie's floor ({ours.n_dim} independent standard normals, sampled as bayesfed is):"
+          f" {', '.join(f'{t:.3f}' for t in floor)} s; bayesfed sampled in "
+          f"{ours.sampling_s:.3f} s")
+    ceiling = {}
+    for peer in results:
+        if peer is ours or not peer.ess:
+            continue
+        ceiling[peer.peer] = {q: (ours.ess[q] / least) / (peer.ess[q] / peer.sampling_s)
+                              for q in QUANTITIES}
+        text = ", ".join(f"{ceiling[peer.peer][q]:,.1f}" for q in QUANTITIES)
+        print(f"  at the floor, over {peer.peer:<10} per sampling second: {text}")
+    return {"seconds": floor, "n_dim": ours.n_dim, "ceiling": ceiling}
+
+
 def print_table(results: list[Result]) -> None:
     """Seconds, ESS, R-hat, divergences and posterior mean of each peer."""
     print(f"{'peer':<10} {'set-up s':>8} {'sample s':>8} {'wall s':>7} {'ESS fed':>7} "
@@ -334,11 +383,13 @@ def main(argv: list[str] | None = None) -> None:
         print("R peers (lme4, brms) not run: pass --r (`make bench-r` installs R and runs them)")
     print_table(results)
     found = print_ratios(results)
+    floor = (print_floor(results, sampler_floor(results[0].n_dim))
+             if results[0].peer == "bayesfed" else None)
     path = args.json or ROOT / "out" / "bench" / f"peers_k{args.year}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"year": args.year, "n_pupils": len(frame),
                                 "results": [asdict(r) | {"wall_s": r.wall_s} for r in results],
-                                "ratios": found}, indent=2))
+                                "ratios": found, "floor": floor}, indent=2))
     print(f"results written to {path}")
 
 

@@ -10,6 +10,8 @@ must still compile (with nutpie's wrappers).
 from __future__ import annotations
 
 import ctypes
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,41 @@ def test_draws_equal_nutpies_and_new_data_reuses_the_code():
     fresh = nutpie.sample(both(year4)[1], **kw)
     np.testing.assert_array_equal(refilled.posterior["beta"].to_numpy(),
                                   fresh.posterior["beta"].to_numpy())
+
+
+#: A fresh process: compile a model with a matrix product, then count numba's compilations
+#: during its first sampling.
+FIRST_SAMPLING = """
+import numpy as np, nutpie, pymc as pm, pytensor
+from numba.core import event
+from bayesfed.compiled import compile_model
+rng = np.random.default_rng(0)
+X = rng.normal(size=(50, 3))
+with pm.Model() as model:
+    b = pm.Normal("b", shape=3)
+    pm.Normal("y", mu=pm.math.dot(X, b), sigma=1.0, observed=X @ [1.0, 2.0, 3.0])
+with pytensor.config.change_flags(numba__fastmath=False):
+    compiled = compile_model(model)
+started = []
+class Count(event.Listener):
+    def on_start(self, ev):
+        started.append(ev.data)
+    def on_end(self, ev):
+        pass
+with event.install_listener("numba:compile", Count()):
+    nutpie.sample(compiled, draws=10, tune=10, chains=2, seed=1, progress_bar=False)
+print(len(started))
+"""
+
+
+def test_the_first_sampling_of_a_process_compiles_nothing():
+    """numba compiles an object-mode block of the matrix products on its first call;
+    ``compile_model`` makes that call, so none is left for the sampler (without it: two
+    compilations, 0.1 s of the per-year model's first sampling)."""
+    run = subprocess.run([sys.executable, "-c", FIRST_SAMPLING], capture_output=True,
+                         text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-1] == "0"
 
 
 def test_a_second_compilation_loads_both_wrappers_from_the_cache():
