@@ -41,9 +41,10 @@ second over each peer's, per sampling second and per wall second.
 
 Last, nutpie's floor (:func:`sampler_floor`): the same sampling of as many independent standard
 normals as bayesfed's model has free scalars, whose log density costs nothing, three times.
-It is the least any model of that size can sample in with nutpie, so bayesfed's ESS over the
-least of the three, over each peer's ESS per sampling second, bounds the ratio that any faster
-log density could reach in this run (printed as "at the floor").
+It is what no faster log density can remove, so bayesfed's ESS over the least of the three,
+over each peer's ESS per sampling second, bounds the ratio that any faster log density could
+reach in this run (printed as "at the floor"; the standard normals take about as many
+leapfrog steps a draw as bayesfed's model, 6.8 against 5.8 on year 5).
 
 Compile times depend on caches: PyTensor's on-disk cache holds the Python peers' graphs after
 their first run (the figures of a repeated run are the warm ones); brms compiles its C++ every
@@ -270,8 +271,8 @@ def sampler_floor(n_dim: int, repeats: int = 3) -> list[float]:
     A model of ``n_dim`` independent standard normals, compiled and sampled as bayesfed is
     (``compile_model``, fast-math off, BLAS one thread, the same draws, warm-up, chains, cores
     and seed), timed ``repeats`` times around ``nutpie.sample``: nutpie's own work per run (its
-    NUTS loop, adaptation, storing the draws and turning them into an ArviZ DataTree), the
-    least time any model of that dimension can sample in. Seconds of wall-clock time.
+    NUTS loop, adaptation, storing the draws and turning them into an ArviZ DataTree), which
+    no faster log density can remove. Seconds of wall-clock time.
     """
     with pm.Model() as model:
         pm.Normal("x", shape=n_dim)
