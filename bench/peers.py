@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     print_table(results)
     found = print_ratios(results)
     floor = (print_floor(results, sampler_floor(results[0].n_dim))
-             if results[0].peer == "bayesfed" else None)
+             if results and results[0].peer == "bayesfed" else None)
     path = args.json or ROOT / "out" / "bench" / f"peers_k{args.year}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"year": args.year, "n_pupils": len(frame),
