@@ -284,16 +284,23 @@ def school_loglik(tree: xr.DataTree) -> xr.DataArray:
 
 def loo_school(tree: xr.DataTree) -> azs.ELPDData:
     """PSIS leave-one-school-out cross-validation of a two-level fit: pointwise elpd and Pareto
-    k per school, without the smoothed log weights (draws x schools: 96 MB at national size,
-    and neither the summary nor the comparison reads them)."""
+    k per school."""
     ll = school_loglik(tree)
     dt = xr.DataTree.from_dict({
         "posterior": tree.posterior.to_dataset()[["intercept", "sd_school", "sigma"]],
         "log_likelihood": xr.Dataset({"y": ll})})
+    return psis_loo(dt, "y")
+
+
+def psis_loo(tree: xr.DataTree, var_name: str) -> azs.ELPDData:
+    """PSIS-LOO of the ``log_likelihood`` variable ``var_name``, pointwise, without the
+    smoothed log weights (draws x units: 96 MB at national size, and neither the summary nor
+    the comparison reads them)."""
     # a Pareto k above good_k warns; the count is reported instead (loo_summary)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return dataclasses.replace(azs.loo(dt, pointwise=True, var_name="y"), log_weights=None)
+        return dataclasses.replace(azs.loo(tree, pointwise=True, var_name=var_name),
+                                   log_weights=None)
 
 
 def loo_summary(elpd: azs.ELPDData) -> dict[str, float | int | str]:

@@ -82,6 +82,19 @@ def simulate(
              "~4.5 million pupil rows, for benchmarks).")] = "paper",
     pre_trend: Annotated[float, typer.Option(
         help="Effect per year before founding, for a pre-trend scenario (outcome units).")] = 0.0,
+    cohort_slope: Annotated[float, typer.Option(
+        help="Effect heterogeneity by founding cohort: a federation founded e years after the "
+             "middle founding year has its effect k years after founding raised by "
+             "slope * e * k (outcome units per year since founding per founding year).")] = 0.0,
+    calendar_trend: Annotated[float, typer.Option(
+        help="National trend added to every pupil's outcome per calendar year since the "
+             "study's first year (outcome units per year).")] = 0.0,
+    shock_ar: Annotated[float, typer.Option(
+        help="AR(1) correlation of a school's school-by-cohort shocks over consecutive years, "
+             "in (-1, 1); their sd is unchanged (no unit).")] = 0.0,
+    sd_federation_effect: Annotated[float, typer.Option(
+        help="Sd of federation-level deviations of the effect from founding on "
+             "(outcome units).")] = 0.0,
 ) -> None:
     """Write a synthetic federation study calibrated to the paper, with its true parameters."""
     from dataclasses import replace
@@ -95,7 +108,9 @@ def simulate(
     changes = {k: v for k, v in (("n_federations", federations),
                                  ("matched_per_federation", matched),
                                  ("pupils_per_school", pupils)) if v is not None}
-    config = replace(config, pre_trend=pre_trend, **changes)
+    config = replace(config, pre_trend=pre_trend, cohort_slope=cohort_slope,
+                     calendar_trend=calendar_trend, shock_ar=shock_ar,
+                     sd_federation_effect=sd_federation_effect, **changes)
     frame, truth = run(config, seed=seed)
     json_path = write_study(frame, truth, out)
     console.print(f"wrote {len(frame):,} pupils in {frame['school_id'].nunique():,} schools to "

@@ -33,17 +33,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from bayesfed.design import group_codes, group_sums, pool_groups, predictor_columns
+from bayesfed.design import predictor_columns
+from bayesfed.suffstats import GroupPart, group_part, merge_group_parts
 
 #: Columns of the canonical table the event design reads besides the predictors.
 EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
 
 #: Years since founding of the reference year (no term).
 REFERENCE_YEAR = -1
+
+#: ``leads``: every year before the reference year that has federated pupils.
+Leads = Sequence[int] | Literal["all"]
 
 
 class _EventYears:
@@ -90,6 +95,8 @@ class EventDesign(_EventYears):
         Cell labels ``"school|cohort"``, sorted by school then cohort.
     E : ndarray, shape (n_pupils, n_event_terms)
         Event-year indicators, federated flag times ``1[years_since == k]`` (0/1).
+    since : ndarray of int, shape (n_pupils,)
+        Years since founding of each pupil's cohort.
     event_terms : tuple of str, length n_event_terms
         The ``k`` of each column of ``E`` as a string: the leads, then the effects
         (``"-2", "0", ..., "5"`` by default).
@@ -120,6 +127,7 @@ class EventDesign(_EventYears):
     cell_idx: np.ndarray
     cells: tuple[str, ...]
     E: np.ndarray
+    since: np.ndarray
     event_terms: tuple[str, ...]
     n_leads: int
     n_dropped: int
@@ -152,7 +160,7 @@ class EventDesign(_EventYears):
 @dataclass(frozen=True)
 class CellStats(_EventYears):
     """Sufficient statistics of the Gaussian likelihood, per school-by-cohort cell, with the
-    labels of the model's dimensions: all the event-time model needs of the pupils.
+    labels of the model's dimensions: all the event-time models need of the pupils.
 
     Attributes
     ----------
@@ -166,6 +174,9 @@ class CellStats(_EventYears):
         The cell's event-year row (constant within a cell).
     cohort_idx, school_idx : ndarray of int, shape (n_cells,)
         The cell's cohort and school.
+    since : ndarray of int, shape (n_cells,)
+        The cell's years since founding (``cohort - founding_year``; for a matched school, of
+        the federation it was matched to).
     federated, post : ndarray, shape (n_cells,)
         The school's federated flag; 1 for a federated school's cell in a year since founding
         >= 0 (0/1).
@@ -175,6 +186,9 @@ class CellStats(_EventYears):
         Pooled within-cell cross products of the predictors and outcome centred at their
         cell means: :math:`\\sum_i \\tilde x_i \\tilde x_i^\\top`,
         :math:`\\sum_i \\tilde x_i \\tilde y_i`, :math:`\\sum_i \\tilde y_i^2`.
+    school_within : ndarray, shape (n_schools, 1 + n_coef, 1 + n_coef)
+        The same cross products of ``[y, X]`` (outcome first) summed over each school's cells
+        only: what one school adds to them (leave-one-school-out).
     coef_names, schools, cohorts, cells, event_terms, n_leads, federations, types
         As in :class:`EventDesign`.
     n_dropped : int
@@ -187,6 +201,7 @@ class CellStats(_EventYears):
     E: np.ndarray
     cohort_idx: np.ndarray
     school_idx: np.ndarray
+    since: np.ndarray
     federated: np.ndarray
     post: np.ndarray
     federation_idx: np.ndarray
@@ -194,6 +209,7 @@ class CellStats(_EventYears):
     XX: np.ndarray
     Xy: np.ndarray
     yy: np.ndarray
+    school_within: np.ndarray
     coef_names: tuple[str, ...] = ()
     schools: tuple[str, ...] = ()
     cohorts: tuple[str, ...] = ()
@@ -235,23 +251,16 @@ class CellPart:
 
     Attributes
     ----------
-    keys : DataFrame
-        One row per distinct (school, cohort, event column (-1 for none), federated flag,
-        federation, federation type) of the pupils (labels "" where absent).
-    n : ndarray of int, shape (n_keys,)
-    mean : ndarray, shape (n_keys, 1 + n_coef)
-        Means of the outcome (first) and the predictors.
-    within : ndarray, shape (1 + n_coef, 1 + n_coef)
-        Cross products of the outcome and predictors centred at their key's means, summed.
+    groups : GroupPart
+        Keys: one row per distinct (school, cohort, years since founding, federated flag,
+        federation, federation type) of the pupils (labels "" where absent); per key the count,
+        the means of the outcome (first) and the predictors and their centred cross products.
     coef_names : tuple of str
     n_dropped : int
         Pupils outside the modelled years.
     """
 
-    keys: pd.DataFrame
-    n: np.ndarray
-    mean: np.ndarray
-    within: np.ndarray
+    groups: GroupPart
     coef_names: tuple[str, ...]
     n_dropped: int = 0
 
@@ -263,75 +272,90 @@ def cell_part(keys: pd.DataFrame, y: np.ndarray, X: np.ndarray, coef_names: tupl
     Parameters
     ----------
     keys : DataFrame
-        The pupils' key columns (:class:`CellPart`), one row each.
+        The pupils' key columns (:func:`event_keys`), one row each.
     y : ndarray, shape (n_pupils,)
     X : ndarray, shape (n_pupils, n_coef)
     coef_names : tuple of str
     n_dropped : int
     """
-    codes, first = group_codes(keys)
-    n = np.bincount(codes, minlength=first.size)
-    columns = np.column_stack([y, X])
-    mean = group_sums(codes, first.size, columns) / n[:, None]
-    columns -= mean[codes]  # a new array: centred at the key's means, in place
-    return CellPart(keys.iloc[first].reset_index(drop=True), n, mean, columns.T @ columns,
-                    coef_names, n_dropped)
+    return CellPart(group_part(keys, np.column_stack([y, X])), coef_names, n_dropped)
 
 
 def merge_cell_parts(a: CellPart, b: CellPart) -> CellPart:
-    """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and the
-    within cross products combined exactly (Chan, Golub and LeVeque's update)."""
-    pooled = pool_groups(a.keys, a.n, a.mean, b.keys, b.n, b.mean)
-    dev = pooled.deviation
-    within = a.within + b.within + (dev * pooled.weight[:, None]).T @ dev
-    return CellPart(pooled.keys, pooled.n, pooled.mean, within, a.coef_names,
+    """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and each
+    cell's cross products combined exactly (Chan, Golub and LeVeque's update,
+    :func:`bayesfed.suffstats.merge_group_parts`)."""
+    return CellPart(merge_group_parts(a.groups, b.groups), a.coef_names,
                     a.n_dropped + b.n_dropped)
 
 
-def finish_cells(part: CellPart, leads: Sequence[int], effects: Sequence[int]) -> CellStats:
+def data_leads(since: np.ndarray, federated: np.ndarray, leads: Leads) -> list[int]:
+    """The lead years of a model: ``leads`` sorted, or with ``"all"`` every year before the
+    reference year in which some federated pupil (cell) is observed."""
+    if leads != "all":
+        return sorted(leads)
+    before = since[(np.asarray(federated) == 1) & (since < REFERENCE_YEAR)]
+    return sorted(int(k) for k in np.unique(before))
+
+
+def finish_cells(part: CellPart, leads: Leads, years_after: int) -> CellStats:
     """The :class:`CellStats` of a part holding every pupil.
+
+    Cells outside the modelled years (before the first lead, after ``years_after``) are
+    dropped and their pupils counted in ``n_dropped``.
 
     Raises
     ------
     ValueError
-        The event-year row, the federation, its type or the federated flag varies within a
-        school-by-cohort cell (a table not validated), or an event term has no federated
+        The years since founding, the federation, its type or the federated flag varies within
+        a school-by-cohort cell (a table not validated), or an event term has no federated
         pupil (its coefficient would not be identified).
     """
-    years = [*sorted(leads), *effects]
-    keys = part.keys
+    groups = part.groups
+    keys = groups.keys
     if keys.duplicated(["school", "cohort"]).any():
-        raise ValueError("event-year indicators, federation or cohort vary within a "
+        raise ValueError("years since founding, federation or cohort vary within a "
                          "school-by-cohort cell")
+    since = keys["since"].to_numpy(dtype=np.int64)
+    federated = keys["federated"].to_numpy(dtype=float)
+    leads = data_leads(since, federated, leads)
+    years = [*leads, *range(years_after + 1)]
+    keep = (since >= min(leads, default=REFERENCE_YEAR)) & (since <= years_after)
+    n_dropped = part.n_dropped + int(groups.n[~keep].sum())
+    keys, since, federated = keys.loc[keep].reset_index(drop=True), since[keep], federated[keep]
     school_idx, schools = pd.factorize(keys["school"], sort=True)
     cohort_idx, cohorts = pd.factorize(keys["cohort"].to_numpy(dtype=np.int64), sort=True)
     order = np.lexsort((cohort_idx, school_idx))  # cells sorted by school, then cohort
-    keys, n, mean = keys.iloc[order].reset_index(drop=True), part.n[order], part.mean[order]
+    rows = np.flatnonzero(keep)[order]
+    keys, since, federated = keys.iloc[order].reset_index(drop=True), since[order], federated[order]
+    n, mean, within = groups.n[rows], groups.mean[rows], groups.within[rows]
     school_idx, cohort_idx = school_idx[order], cohort_idx[order]
-    event = keys["event"].to_numpy(dtype=np.int64)
-    E = (event[:, None] == np.arange(len(years))[None, :]).astype(float)
+    E = federated[:, None] * (since[:, None] == np.array(years)[None, :])
     empty = [str(k) for k, count in zip(years, n @ E, strict=True) if count == 0]
     if empty:
         raise ValueError(f"no federated pupil in event year(s) {empty}: their terms are not "
                          "identified; leave them out of leads/effects")
-    federated = keys["federated"].to_numpy(dtype=float)
     federation_idx, federations = _cell_labels(keys["federation"], federated)
     type_idx, types = _cell_labels(keys["federation_type"], federated)
     k = len(part.coef_names)
+    school_within = np.zeros((len(schools), 1 + k, 1 + k))
+    np.add.at(school_within, school_idx, within)
+    gram = school_within.sum(axis=0)
     return CellStats(
         # contiguous, not views of ``mean``: see bayesfed.suffstats.summary_from
-        n=n, y_mean=np.ascontiguousarray(mean[:, 0]),
+        n=n.astype(np.int64), y_mean=np.ascontiguousarray(mean[:, 0]),
         X_mean=np.ascontiguousarray(mean[:, 1: 1 + k]), E=E,
         cohort_idx=cohort_idx.astype(np.int64), school_idx=school_idx.astype(np.int64),
-        federated=federated, post=E[:, len(leads):].sum(axis=1),
+        since=since, federated=federated, post=E[:, len(leads):].sum(axis=1),
         federation_idx=federation_idx, type_idx=type_idx,
-        XX=part.within[1:, 1:], Xy=part.within[1:, 0], yy=part.within[0, 0],
+        XX=np.ascontiguousarray(gram[1:, 1:]), Xy=np.ascontiguousarray(gram[1:, 0]),
+        yy=gram[0, 0], school_within=school_within,
         coef_names=part.coef_names, schools=tuple(str(s) for s in schools),
         cohorts=tuple(str(c) for c in cohorts),
         cells=tuple(f"{schools[s]}|{cohorts[c]}" for s, c in zip(school_idx, cohort_idx,
                                                                   strict=True)),
         event_terms=tuple(str(k) for k in years), n_leads=len(leads),
-        federations=federations, types=types, n_dropped=part.n_dropped)
+        federations=federations, types=types, n_dropped=n_dropped)
 
 
 def _cell_labels(labels: pd.Series, federated: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -341,17 +365,18 @@ def _cell_labels(labels: pd.Series, federated: np.ndarray) -> tuple[np.ndarray, 
     return idx.astype(np.int64), tuple(str(u) for u in uniques)
 
 
-def event_keys(school: np.ndarray, cohort: np.ndarray, event: np.ndarray,
+def event_keys(school: np.ndarray, cohort: np.ndarray, since: np.ndarray,
                federated: np.ndarray, federation: np.ndarray, federation_type: np.ndarray
                ) -> pd.DataFrame:
     """The key columns of :class:`CellPart` (labels "" where absent), one row a pupil."""
-    return pd.DataFrame({"school": school, "cohort": cohort, "event": event,
+    return pd.DataFrame({"school": school, "cohort": cohort, "since": since,
                          "federated": federated, "federation": federation,
                          "federation_type": federation_type})
 
 
-def _check_years(leads: Sequence[int], effects: Sequence[int]) -> None:
-    if any(k > REFERENCE_YEAR - 1 for k in leads) or len(set(leads)) != len(leads):
+def _check_years(leads: Leads, effects: Sequence[int]) -> None:
+    if leads != "all" and (any(k > REFERENCE_YEAR - 1 for k in leads)
+                           or len(set(leads)) != len(leads)):
         raise ValueError(f"leads must be distinct years <= -2, got {list(leads)}")
     if list(effects) != list(range(len(effects))) or not effects:
         raise ValueError(f"effects must be the consecutive years 0, 1, ..., got {list(effects)}")
@@ -361,7 +386,7 @@ def build_event_design(
     frame: pd.DataFrame,
     pupil_terms: Sequence[str],
     categorical: Mapping[str, tuple[Sequence[str], str]] | None = None,
-    leads: Sequence[int] = (-2,),
+    leads: Leads = (-2,),
     effects: Sequence[int] = range(6),
 ) -> EventDesign:
     """Build the joint event-time model's arrays from a canonical pupil table.
@@ -376,8 +401,9 @@ def build_event_design(
         Pupil-level terms, in the order their coefficients are reported.
     categorical : mapping, optional
         ``term -> (levels, reference)`` for categorical terms.
-    leads : sequence of int
-        Years before founding with a term, each <= -2 (sorted in the output).
+    leads : sequence of int, or "all"
+        Years before founding with a term, each <= -2 (sorted in the output); ``"all"``: every
+        such year with federated pupils.
     effects : sequence of int
         Years since founding with a term: 0, 1, ..., K.
 
@@ -393,12 +419,13 @@ def build_event_design(
         A needed column is missing, the years are not as described, or an event term has no
         federated pupil (its coefficient would not be identified by the data).
     """
-    leads, effects = sorted(leads), list(effects)
+    effects = list(effects)
     _check_years(leads, effects)
     missing = [c for c in (*EVENT_COLUMNS, *pupil_terms) if c not in frame.columns]
     if missing:
         raise ValueError(f"the table has no column(s) {missing}")
     since = frame["years_since"].to_numpy(dtype=np.int64)
+    leads = data_leads(since, frame["federated"].to_numpy(), leads)
     low = min(leads, default=REFERENCE_YEAR)
     keep = (since >= low) & (since <= effects[-1])
     kept = frame.loc[keep].reset_index(drop=True)
@@ -429,6 +456,7 @@ def build_event_design(
         cells=tuple(f"{schools[k // len(cohorts)]}|{cohorts[k % len(cohorts)]}"
                     for k in cell_keys),
         E=E,
+        since=since,
         event_terms=tuple(str(k) for k in years),
         n_leads=len(leads),
         n_dropped=int((~keep).sum()),
@@ -452,7 +480,7 @@ def _labels(frame: pd.DataFrame, column: str, federated: np.ndarray
 
 
 def cell_stats(design: EventDesign) -> CellStats:
-    """Per-cell counts and means and the pooled within-cell cross products of a design.
+    """Per-cell counts and means and the within-cell cross products of a design.
 
     Computed as the reduction of a table read in batches computes them
     (:func:`cell_part`, :func:`finish_cells`), in one part.
@@ -460,19 +488,17 @@ def cell_stats(design: EventDesign) -> CellStats:
     Raises
     ------
     ValueError
-        The event-year row, the federation, its type or the cohort varies within a cell (the
-        table was not validated: a school-level column not constant within school).
+        The years since founding, the federation, its type or the cohort varies within a cell
+        (the table was not validated: a school-level column not constant within school).
     """
-    has_event = design.E.any(axis=1)
-    event = np.where(has_event, design.E.argmax(axis=1), -1)
     keys = event_keys(np.asarray(design.schools, dtype=object)[design.school_idx],
-                      np.asarray(design.cohorts).astype(np.int64)[design.cohort_idx], event,
-                      design.federated.astype(np.int64),
+                      np.asarray(design.cohorts).astype(np.int64)[design.cohort_idx],
+                      design.since, design.federated.astype(np.int64),
                       _label_values(design.federations, design.federation_idx),
                       _label_values(design.types, design.type_idx))
     part = cell_part(keys, design.y, design.X, design.coef_names, design.n_dropped)
     years = [int(k) for k in design.event_terms]
-    return finish_cells(part, years[: design.n_leads], years[design.n_leads:])
+    return finish_cells(part, years[: design.n_leads], len(years) - design.n_leads - 1)
 
 
 def _label_values(labels: tuple[str, ...], idx: np.ndarray) -> np.ndarray:

@@ -57,6 +57,8 @@ from bayesfed.checks import school_data
 from bayesfed.design import Design, build_design
 from bayesfed.errors import BayesfedError, DataError, OutputError
 from bayesfed.event_design import EventDesign, build_event_design
+from bayesfed.event_posterior import posterior_draws
+from bayesfed.event_stacked import build_stacked, resolve_stacked_priors
 from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
 from bayesfed.models import (
     add_school_draws,
@@ -70,6 +72,7 @@ from bayesfed.reduce import Reduced, ReducedYears, reduce_table
 from bayesfed.reml import fit_reml, fit_reml_stats
 from bayesfed.sampling import Sampler, sample, sample_reusing
 from bayesfed.spec import ModelSpec
+from bayesfed.stacked_design import stacked_data
 from bayesfed.store import load_fit, remove_stale_temporaries, save_fit
 from bayesfed.suffstats import summary_of
 from bayesfed.validate import PupilTable
@@ -244,34 +247,51 @@ def fit_event_time(table: PupilTable | Reduced, spec: ModelSpec, options: FitOpt
     (:func:`bayesfed.reduce.reduce_file`), or a table validated in memory (reduced
     here).
 
-    The tree has no REML cross-check (``bayesfed_reml``; the frequentist comparison of the
-    event-time model is a test, ``tests/test_event_time.py``) and no ``constant_data``; its
-    attributes add
-    ``bayesfed_n_cells``, ``bayesfed_n_cohorts``, ``bayesfed_n_dropped`` (pupils outside the
-    modelled years), ``bayesfed_n_federations`` and ``bayesfed_n_types``.
+    The tree has no REML cross-check (``bayesfed_reml``; the frequentist comparisons of the
+    event-time models are a test and a bench script, ``docs/validation.md``). The stacked
+    design (:mod:`bayesfed.event_stacked`, the default) adds the groups of
+    :func:`bayesfed.event_posterior.posterior_draws`; the pooled one
+    (:mod:`bayesfed.event_time`) has no ``constant_data``. Its attributes add
+    ``bayesfed_design``, ``bayesfed_n_cells``, ``bayesfed_n_cohorts``, ``bayesfed_n_dropped``
+    (pupils outside the modelled years), ``bayesfed_n_federations`` and, for the stacked
+    design, ``bayesfed_weights``, ``bayesfed_deviation_unit`` (``federation``, or ``school``
+    without a federation column) and ``bayesfed_n_foundings``; for the pooled one
+    ``bayesfed_n_types``.
     """
     event = spec.event_options
     if isinstance(table, PupilTable):
         table = reduce_table(table, spec)
     stats = table.stats
-    priors = resolve_event_priors(stats, spec.priors)
     seed = fit_seed(options.seed, spec.name, None)
-    parts = build_event_time_parts(stats, priors, event.effect_prior,
-                                   event.federation_deviations, event.type_effects)
-    attrs = {
+    if event.design == "stacked":
+        data = stacked_data(stats)  # checked by the reduction: no error here
+        priors = resolve_stacked_priors(data, spec.priors)
+        parts = build_stacked(data, priors, event.effect_prior, event.shocks, event.deviations)
+        attrs = {"bayesfed_design": "stacked", "bayesfed_weights": event.weights,
+                 "bayesfed_deviation_unit": data.federation_unit,
+                 "bayesfed_n_foundings": len(data.foundings),
+                 "bayesfed_n_cells": data.n_cells}
+    else:
+        priors = resolve_event_priors(stats, spec.priors)
+        parts = build_event_time_parts(stats, priors, event.effect_prior, event.deviations,
+                                       event.type_effects)
+        attrs = {"bayesfed_design": "pooled", "bayesfed_n_cells": len(stats.cells),
+                 "bayesfed_n_types": len(stats.types)}
+    attrs |= {
         "bayesfed_priors": json.dumps(priors.as_dict(), sort_keys=True),
         "bayesfed_n_pupils": stats.n_pupils,
         "bayesfed_n_schools": len(stats.schools),
-        "bayesfed_n_cells": len(stats.cells),
         "bayesfed_n_cohorts": len(stats.cohorts),
         "bayesfed_n_dropped": stats.n_dropped,
         "bayesfed_n_federations": len(stats.federations),
-        "bayesfed_n_types": len(stats.types),
     }
     tree = sample(parts.model, draws=options.draws, tune=options.tune, chains=options.chains,
                   seed=seed, sampler=options.sampler, progress=options.progress,
                   threads=threads)
-    tree = add_effect_draws(parts, tree, seed=seed)
+    if event.design == "stacked":
+        tree = posterior_draws(parts, tree, seed=seed, weights=event.weights)
+    else:
+        tree = add_effect_draws(parts, tree, seed=seed)
     tree.attrs.update(_provenance(table, spec, None, options, seed, data_hash) | attrs)
     return tree
 

@@ -14,11 +14,14 @@ from bayesfed.distributed import reduce_dask
 from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
 from bayesfed.fit import FitOptions, fit_name, planned_fits, run_job
 from bayesfed.plots import (
+    RANK_EVENT_VARS,
     RANK_VARS,
+    event_study,
     federation_trajectory,
     predictive_bands,
     rank_by_year,
     rank_event_time,
+    sensitivity_intervals,
     variance_partition,
 )
 from bayesfed.published import load_published
@@ -221,7 +224,8 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
     """Draw a report's figures into ``figures`` (stale ones of a previous run are removed).
 
     The rank plots load the fit files they show: the per-year fits of the model with a
-    federation effect (else of the last model by name) and the event-time fit.
+    federation effect (else of the last model by name) and the event-time fit. A stacked
+    event-time fit also gets its event-study and sensitivity figures.
 
     Returns
     -------
@@ -242,6 +246,8 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
                                                  figures / "variance_partition.png"),
         "predictive": None if main is None else predictive_bands(
             summary, main, figures / "predictive_check.png"),
+        "event_study": event_study(summary, figures / "event_study.png"),
+        "sensitivity": sensitivity_intervals(summary, figures / "sensitivity.png"),
     }
     if main is not None:
         trees = {f["year"]: load_fit(folder / f["file"], posterior=RANK_VARS)
@@ -249,11 +255,12 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
         drawn["rank_by_year"] = rank_by_year(trees, figures / "rank_by_year.png")
     joint = next((f for f in fits if f.get("family") == "event_time"), None)
     if joint is not None:
-        drawn["rank_event_time"] = rank_event_time(load_fit(folder / joint["file"]),
-                                                   figures / "rank_event_time.png")
+        drawn["rank_event_time"] = rank_event_time(
+            load_fit(folder / joint["file"], posterior=RANK_EVENT_VARS),
+            figures / "rank_event_time.png")
     written = {v[0].name for v in drawn.values() if v is not None}
     for stale in ("federation_trajectory", "variance_partition", "predictive_check",
-                  "rank_by_year", "rank_event_time"):
+                  "rank_by_year", "rank_event_time", "event_study", "sensitivity"):
         if f"{stale}.png" not in written:
             (figures / f"{stale}.png").unlink(missing_ok=True)
     return {name: (f"figures/{v[0].name}", v[1]) for name, v in drawn.items() if v is not None}

@@ -2,10 +2,11 @@
 
 Each function takes the parsed ``summary.json`` (and the published tables where a figure puts
 the paper beside the posterior), writes one PNG atomically and returns its path and its alt
-text. The convergence figures (:func:`rank_by_year`, :func:`rank_event_time`) are the
-exception: rank plots need the draws, so they take the fits themselves
-(:func:`bayesfed.store.load_fit`) and are drawn with arviz-plots. Matplotlib runs headless
-(the Agg backend); figures are closed after saving.
+text; a stacked event-time fit gets two more, :func:`event_study` and
+:func:`sensitivity_intervals`. The convergence figures (:func:`rank_by_year`,
+:func:`rank_event_time`) are the exception: rank plots need the draws, so they take the fits
+themselves (:func:`bayesfed.store.load_fit`) and are drawn with arviz-plots. Matplotlib runs
+headless (the Agg backend); figures are closed after saving.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
     ----------
     summary : dict
         ``summary.json``; its first ``event_time`` fit gives the trajectory (leads included,
-        the reference year -1 drawn at 0), per-year fits with a ``federation_effect`` give one
-        point each.
+        the reference year -1 drawn at 0; of a stacked fit, ATT(k) and the aggregated leads),
+        per-year fits with a ``federation_effect`` give one point each.
     published : DataFrame
         :func:`bayesfed.published.load_published`; Table 5's ``federated`` rows are drawn as
         estimate +- 1.88 SE (a 94% normal interval).
@@ -60,6 +61,7 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
         event-time fit the per-year fits and the paper are drawn alone.
     """
     joint = next((f for f in summary["fits"] if f.get("family") == "event_time"), None)
+    stacked = joint is not None and joint.get("design") == "stacked"
     per_year = [f for f in summary["fits"] if f.get("family", "two_level") == "two_level"
                 and "federation_effect" in f and f["year"] is not None]
     if joint is None and not per_year:
@@ -75,7 +77,8 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
         high = [0.0 if k == ref else effects[str(k)]["hdi_high"] for k in years]
         ax.fill_between(years, low, high, color="tab:blue", alpha=0.2, linewidth=0)
         ax.plot(years, means, "o-", color="tab:blue",
-                label=f"joint event-time model ({joint['model']}), 94% HDI")
+                label=(f"ATT(k), stacked event-time model ({joint['model']}), 94% HDI"
+                       if stacked else f"joint event-time model ({joint['model']}), 94% HDI"))
     if per_year:
         x = [f["year"] - 0.12 for f in per_year]
         e = [f["federation_effect"] for f in per_year]
@@ -100,13 +103,146 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
     ax.set_ylabel("federation effect (outcome units)")
     ax.set_xticks(years)
     ax.legend(fontsize=8, loc="upper left")
-    shown = (["the joint event-time model's posterior means with 94% HDIs (line and band)"]
-             if joint is not None else [])
+    shown = ([("the stacked event-time model's average effect on the federated pupils, "
+               "ATT(k)," if stacked else "the joint event-time model's")
+              + " posterior means with 94% HDIs (line and band)"] if joint is not None else [])
     shown += ["the per-year models' posterior means with 94% HDIs (squares)"] if per_year else []
     shown += ["the paper's Table 5 estimates with 94% normal intervals (diamonds)"] \
         if not paper.empty else []
     alt = ("Federation effect by year since founding: " + ", ".join(shown[:-1])
            + (" and " if len(shown) > 1 else "") + shown[-1] + ".")
+    return _save(fig, path), alt
+
+
+def _stacked(summary: dict) -> dict | None:
+    """The first stacked event-time fit of ``summary`` (:mod:`bayesfed.event_stacked`)."""
+    return next((f for f in summary["fits"] if f.get("family") == "event_time"
+                 and f.get("design") == "stacked"), None)
+
+
+def _errorbar(ax, x, stats: list[dict], **kwargs) -> None:
+    ax.errorbar(x, [s["mean"] for s in stats],
+                yerr=[[s["mean"] - s["hdi_low"] for s in stats],
+                      [s["hdi_high"] - s["mean"] for s in stats]], **kwargs)
+
+
+def event_study(summary: dict, path: Path) -> tuple[Path, str] | None:
+    """Event-study figure of the stacked event-time model.
+
+    ATT(k), the average effect on the federated pupils (or federations) by year since founding
+    0..K, as a line with its 94% HDI band; the aggregated leads as points with 94% HDI error
+    bars; each founding cohort's ATT(e,k) and leads as thin lines through the reference year
+    -1 (0 by definition, marked); a horizontal line at 0.
+
+    Returns
+    -------
+    (Path, str) or None
+        None when ``summary`` has no stacked event-time fit.
+    """
+    fit = _stacked(summary)
+    if fit is None:
+        return None
+    effects, ref = fit["federation_effect"], fit["reference_year"]
+    leads = sorted((k for k in effects if int(k) < 0), key=int)
+    years = sorted((k for k in effects if int(k) >= 0), key=int)
+    by_cohort, leads_by = fit["federation_effect_by_cohort"], fit.get("leads_by_cohort", {})
+    fig, ax = plt.subplots(figsize=(7.5, 4.4))
+    colours = plt.get_cmap("viridis")
+    cohorts = sorted(by_cohort)
+    for i, e in enumerate(cohorts):
+        cells = {**leads_by.get(e, {}), **by_cohort[e]}
+        keys = sorted([*cells, str(ref)], key=int)
+        ax.plot([int(k) for k in keys], [0.0 if k == str(ref) else cells[k]["mean"]
+                                         for k in keys],
+                "-", marker=".", markersize=3, linewidth=0.8, alpha=0.7,
+                color=colours(0.85 * i / max(1, len(cohorts) - 1)),
+                label=f"founding cohort {e}, ATT(e,k)")
+    x = [ref, *map(int, years)]
+    post = [effects[k] for k in years]
+    ax.fill_between(x, [0.0, *(s["hdi_low"] for s in post)],
+                    [0.0, *(s["hdi_high"] for s in post)], color="tab:red", alpha=0.15,
+                    linewidth=0)
+    ax.plot(x, [0.0, *(s["mean"] for s in post)], "o-", color="tab:red", linewidth=2,
+            label="ATT(k), 94% HDI")
+    if leads:
+        _errorbar(ax, [int(k) - 0.08 for k in leads], [effects[k] for k in leads], fmt="s",
+                  color="tab:red", capsize=3, label="leads averaged over cohorts, 94% HDI")
+    ax.plot([ref], [0.0], "o", markerfacecolor="white", markeredgecolor="black", zorder=5)
+    ax.annotate("reference", (ref, 0.0), textcoords="offset points", xytext=(0, -14),
+                ha="center", fontsize=8)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.axvline(ref + 0.5, color="black", linestyle=":", linewidth=0.8)
+    ticks = [*map(int, leads), ref, *map(int, years)]
+    ax.set_xticks(ticks)
+    ax.set_xlabel("years since founding (-1: reference year; leads before it)")
+    units = "federations" if fit["weights"]["kind"] == "federations" else "federated pupils"
+    ax.set_ylabel(f"average effect on {units} (outcome units)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    alt = (f"Event study of the stacked event-time model {fit['model']}: the average effect "
+           f"on {units} by year since founding, ATT(k) for years {years[0]} to {years[-1]}, "
+           "as a thick red line with its shaded 94% HDI band"
+           + (f"; the leads of years {', '.join(leads)} averaged over founding cohorts as "
+              "red squares with 94% HDI error bars" if leads else "")
+           + f"; each of the {len(cohorts)} founding cohorts' ATT(e,k)"
+           + (" and leads" if leads_by else "") + " as thin lines; a horizontal line at zero "
+           f"and the reference year {ref}, zero by definition, marked by an open circle.")
+    return _save(fig, path), alt
+
+
+def sensitivity_intervals(summary: dict, path: Path) -> tuple[Path, str] | None:
+    """The sensitivity analysis of the stacked event-time model
+    (:func:`bayesfed.effects.sensitivity`): for each M of the grid, the interval of the
+    average effect (thick) and of each ATT(k) (thin, offset), a line at 0 and the breakdown
+    value M, where the average's interval first covers 0, dashed.
+
+    Returns
+    -------
+    (Path, str) or None
+        None without a stacked fit or without its sensitivity analysis (no leads).
+    """
+    fit = _stacked(summary)
+    if fit is None or fit["sensitivity"] is None:
+        return None
+    s = fit["sensitivity"]
+    grid = np.asarray(s["grid"], dtype=float)
+    years = sorted(s["att"], key=int)
+    step = float(np.diff(np.sort(grid)).min()) if len(grid) > 1 else 1.0
+    width = 0.7 * step / (len(years) + 1)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    colours = plt.get_cmap("viridis")
+    for i, k in enumerate(years):
+        offset = (i + 1) * width
+        low, high = np.array(s["att"][k]).T
+        ax.vlines(grid + offset, low, high,
+                  color=colours(0.85 * i / max(1, len(years) - 1)),
+                  linewidth=1.0, alpha=0.8, label=f"ATT({k})")
+    low, high = np.array(s["average"]).T
+    ax.vlines(grid, low, high, color="black", linewidth=3.0,
+              label=f"average, years {years[0]}-{years[-1]}")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    m = s["breakdown_m"]
+    beyond = m is not None and m > grid.max() + step
+    if m is not None and not beyond:
+        ax.axvline(m, color="tab:red", linestyle="--", linewidth=1.0,
+                   label=f"breakdown M = {m:.2f}")
+    if m is None or beyond:
+        ax.set_title("no M up to 100 makes the average's interval cover 0" if m is None else
+                     f"breakdown M = {m:.2f}, beyond the grid", fontsize=9)
+    ax.set_xticks(grid, [f"{v:g}" for v in grid])
+    ax.set_xlabel("M: post-founding trend change allowed, relative to the largest pre-founding "
+                  "one")
+    ax.set_ylabel("94% interval of the effect (outcome units)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    alt = (f"Sensitivity of the stacked event-time model {fit['model']} to a violation of "
+           "parallel trends: for each M in " + ", ".join(f"{v:g}" for v in grid)
+           + f", the 94% interval of the average effect over years {years[0]} to {years[-1]} "
+           "as a thick black bar and of each year's ATT(k) as thin coloured bars beside it, "
+           "widening as M grows; a horizontal line at zero"
+           + (". No M up to 100 makes the average's interval cover zero." if m is None else
+              f". The breakdown value M = {m:.2f}, where the average's interval first covers "
+              "zero, lies beyond the grid (named in the title)." if beyond else
+              f" and a dashed red vertical line at the breakdown value M = {m:.2f}, where the "
+              "average's interval first covers zero."))
     return _save(fig, path), alt
 
 
@@ -264,14 +400,32 @@ def rank_by_year(trees: Mapping[int | None, xr.DataTree], path: Path) -> tuple[P
     return path, alt
 
 
+#: The posterior variables :func:`rank_event_time` reads of an event-time fit (those present).
+RANK_EVENT_VARS = ("lead", "delta", "lead_att", "att", "tau_step", "sd_federation_effect",
+                   "sd_type", "sd_cohort_effect", "shock_ar", "sd_school", "sd_cell", "sigma")
+
+
 def rank_event_time(tree: xr.DataTree, path: Path) -> tuple[Path, str]:
-    """Rank plots of an event-time fit: every lead and effect, and its standard deviations."""
+    """Rank plots of an event-time fit: every lead and effect, and its standard deviations.
+
+    Of a pooled fit (:mod:`bayesfed.event_time`) the leads ``lead`` and effects ``delta``; of
+    a stacked fit (:mod:`bayesfed.event_stacked`, attribute ``bayesfed_design``) the
+    aggregated leads ``lead_att`` and ATT(k) ``att``, and ``shock_ar`` and
+    ``sd_cohort_effect`` beside the standard deviations (each where the fit has it).
+    """
     post = tree.posterior
-    panels = {f"effect, year {k}": post["lead"].sel(lead_year=k, drop=True)
-              for k in post["lead"]["lead_year"].to_numpy()}
-    panels |= {f"effect, year {k}": post["delta"].sel(event_year=k, drop=True)
-               for k in post["delta"]["event_year"].to_numpy()}
-    panels |= {name: post[name] for name in ("tau_step", "sd_federation_effect", "sd_type",
+    if str(tree.attrs.get("bayesfed_design", "pooled")) == "stacked":
+        panels = {f"lead, year {k}": post["lead_att"].sel(lead_year=k, drop=True)
+                  for k in post["lead_att"]["lead_year"].to_numpy()}
+        panels |= {f"ATT({k})": post["att"].sel(event_year=k, drop=True)
+                   for k in post["att"]["event_year"].to_numpy()}
+    else:
+        panels = {f"effect, year {k}": post["lead"].sel(lead_year=k, drop=True)
+                  for k in post["lead"]["lead_year"].to_numpy()}
+        panels |= {f"effect, year {k}": post["delta"].sel(event_year=k, drop=True)
+                   for k in post["delta"]["event_year"].to_numpy()}
+    panels |= {name: post[name] for name in ("tau_step", "sd_cohort_effect",
+                                             "sd_federation_effect", "sd_type", "shock_ar",
                                              "sd_school", "sd_cell", "sigma") if name in post}
     data = xr.Dataset(panels)
     ncols = 4

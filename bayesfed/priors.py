@@ -14,6 +14,7 @@ parameter           default prior                                       units
 ==================  ==================================================  ====================
 ``intercept``       :math:`\mathrm{Normal}(\bar y,\; 2.5\, s_y)`        outcome
 ``beta[k]``         :math:`\mathrm{Normal}(0,\; 2.5\, s_y / s_k)`       outcome per unit x_k
+``beta[federated]`` :math:`\mathrm{Normal}(0,\; e\, s_y)`, :math:`e = 1`   outcome
 ``sd_school``       :math:`\mathrm{HalfNormal}(s_y)`                    outcome
 ``sigma``           :math:`\mathrm{HalfNormal}(s_y)`                    outcome
 ==================  ==================================================  ====================
@@ -29,6 +30,12 @@ Why these:
   a rare level gets a wider prior on its coefficient, matching the fact that its effect is
   allowed to be larger per unit of ``x``. School-level columns are scaled by their standard
   deviation over pupils, the same quantity REML's design uses.
+* The federation effect (the ``federated`` coefficient) is stated in units of the outcome's
+  standard deviation, :math:`\mathrm{Normal}(0, e\, s_y)` with :math:`e` =
+  :data:`EFFECT_SD` (``[priors] effect_sd``): an effect of a school-level change beyond two
+  pupil standard deviations is implausible. The event-time models' effects, leads and gaps
+  take the same prior (:mod:`bayesfed.event_stacked`), so the per-year and joint effects are
+  judged against the same prior.
 * Both standard deviations get :math:`\mathrm{HalfNormal}(s_y)`: each level's variance can at
   most be of the order of the total variance, and the prior still puts appreciable mass near
   zero, so a school variance close to zero is not ruled out.
@@ -63,6 +70,12 @@ from bayesfed.suffstats import SchoolSummary, summary_of
 
 #: Multiplier of the outcome's standard deviation in the Normal priors' scales.
 SCALE = 2.5
+
+#: Sd of the federation effect's Normal(0, .) prior, in units of the outcome's sd.
+EFFECT_SD = 1.0
+
+#: The coefficient whose prior is the federation effect's.
+FEDERATION_TERM = "federated"
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,8 @@ def scales_of(data: Design | SchoolSummary) -> Scales:
                   float(sd[0]), sd[1:], names)
 
 
-def default_priors(data: Design | SchoolSummary | Scales) -> PriorSet:
+def default_priors(data: Design | SchoolSummary | Scales, effect_sd: float = EFFECT_SD
+                   ) -> PriorSet:
     """The data-scaled default priors (see the module docstring).
 
     Parameters
@@ -174,6 +188,8 @@ def default_priors(data: Design | SchoolSummary | Scales) -> PriorSet:
     data : Design, SchoolSummary or Scales
         A design (``y`` (n_pupils,) and ``X`` (n_pupils, n_coef)), its summary or the scales
         of its pupils.
+    effect_sd : float
+        Sd of the ``federated`` coefficient's prior, in units of the outcome's sd.
 
     Returns
     -------
@@ -195,10 +211,18 @@ def default_priors(data: Design | SchoolSummary | Scales) -> PriorSet:
     return PriorSet(
         intercept=Normal(scales.y_mean, SCALE * sd_y),
         coef_names=scales.coef_names,
-        slopes=tuple(Normal(0.0, float(SCALE * sd_y / s)) for s in sd_x),
+        slopes=tuple(Normal(0.0, float(effect_sd * sd_y if name == FEDERATION_TERM
+                                       else SCALE * sd_y / s))
+                     for name, s in zip(scales.coef_names, sd_x, strict=True)),
         sd_school=sd_y,
         sigma=sd_y,
     )
+
+
+def effect_sd(sources: list[Priors]) -> float:
+    """The effect prior's sd in outcome-sd units: the first source's ``effect_sd`` that is set,
+    else :data:`EFFECT_SD`."""
+    return _pick([s.effect_sd for s in sources], EFFECT_SD)
 
 
 def _term(coef: str) -> str:
@@ -257,7 +281,7 @@ def resolve_priors(
     for name, source in named:
         _check_slope_names(source, design, name)
     sources = [source for _, source in named]
-    default = default_priors(design)
+    default = default_priors(design, effect_sd(sources))
 
     def normal(entries: list[NormalPrior], fallback: Normal) -> Normal:
         return Normal(_pick([e.mu for e in entries], fallback.mu),

@@ -39,6 +39,7 @@ from bayesfed.event_design import (
 )
 from bayesfed.read import read_batches, table_columns
 from bayesfed.spec import ModelSpec
+from bayesfed.stacked_design import stacked_data
 from bayesfed.suffstats import GroupPart, SchoolSummary, group_part, merge_group_parts, summary_from
 from bayesfed.validate import PupilTable, Rules, Scan, column_error, conclude, rules_for, scan
 
@@ -69,7 +70,8 @@ class EventReducer:
 
     Rows outside the modelled years (``years_since`` below the earliest lead or above the
     last effect) are counted, not kept, as :func:`bayesfed.event_design.build_event_design`
-    does.
+    does; with ``leads = "all"`` the earliest lead is known at the end
+    (:func:`bayesfed.event_design.finish_cells`).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -77,23 +79,21 @@ class EventReducer:
         event = spec.event_options
         self.terms = tuple(spec.predictors.pupil)
         self.coding = spec.categorical_coding()
-        self.leads = tuple(sorted(event.leads))
-        self.effects = tuple(range(event.years_after + 1))
-        self.years = np.array([*self.leads, *self.effects])
+        self.leads = event.leads if event.leads == "all" else tuple(sorted(event.leads))
+        self.years_after = event.years_after
 
     def of(self, frame: pd.DataFrame) -> CellPart:
         since = frame["years_since"].to_numpy(dtype=np.int64)
-        keep = (since >= min(self.leads, default=REFERENCE_YEAR)) & (since <= self.effects[-1])
+        keep = since <= self.years_after
+        # with leads = "all" the first modelled year is known only once every batch is read:
+        # earlier cells are dropped then (finish_cells)
+        if self.leads != "all":
+            keep &= since >= min(self.leads, default=REFERENCE_YEAR)
         kept = frame if keep.all() else frame.loc[keep].reset_index(drop=True)
-        since = since[keep]
         X, names = predictor_columns(kept, self.terms, self.coding)
-        federated = kept["federated"].to_numpy(dtype=np.int64)
-        # the event-year column of a federated pupil's row (-1: none, the reference year)
-        position = np.searchsorted(self.years, since).clip(0, len(self.years) - 1)
-        event = np.where((federated == 1) & (self.years[position] == since), position, -1)
-        keys = event_keys(kept["school"], kept["cohort"].to_numpy(dtype=np.int64), event,
-                          federated, _labels(kept, "federation"),
-                          _labels(kept, "federation_type"))
+        keys = event_keys(kept["school"], kept["cohort"].to_numpy(dtype=np.int64), since[keep],
+                          kept["federated"].to_numpy(dtype=np.int64),
+                          _labels(kept, "federation"), _labels(kept, "federation_type"))
         return cell_part(keys, kept["outcome"].to_numpy(dtype=float), X, tuple(names),
                          n_dropped=int((~keep).sum()))
 
@@ -101,9 +101,14 @@ class EventReducer:
         return merge_cell_parts(a, b)
 
     def stats(self, part: CellPart) -> CellStats:
-        """The statistics of every pupil; DataError where the data cannot identify a term."""
+        """The statistics of every pupil; DataError where the data cannot identify a term
+        (for the stacked design also where a founding cohort lacks the comparisons that
+        identify its effects, :func:`bayesfed.event_stacked.stacked_data`)."""
         try:
-            return finish_cells(part, self.leads, self.effects)
+            stats = finish_cells(part, self.leads, self.years_after)
+            if self.spec.event_options.design == "stacked":
+                stacked_data(stats)
+            return stats
         except ValueError as exc:
             raise DataError(f"{self.spec.source}: {exc}") from None
 

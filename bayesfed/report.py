@@ -13,6 +13,15 @@ report. The report opens with a plain-language summary whose numbers are filled 
 event-time model, the variance decomposition, the predictive checks, the leave-one-school-out
 comparison and the sampling diagnostics.
 
+The event-time section has two forms. A pooled fit (:func:`event_time_section`) shows its
+effects by year, the pre-trend check, variance partition and parameters. A stacked fit
+(``"design": "stacked"``, :func:`stacked_event_section`) shows what ATT(k) estimates and
+under which assumptions, ATT(k) with the aggregated leads and their average, the founding
+cohort x year matrix of ATT(e,k) and of the weights w(e,k), the pre-trend check and the
+sensitivity analysis (breakdown value M), the power-scaling prior sensitivity, the predictive
+checks of new schools' cells, its LOO and its parameters, with an event-study and a
+sensitivity figure.
+
 Two flavours (:data:`Flavour`): ``"markdown"`` (``report.md``, figures as ``![alt](path)``)
 and ``"docs"`` (MyST Markdown for the Sphinx site, figures as ``{figure}`` directives with
 alt text and caption, warnings as ``{warning}`` admonitions).
@@ -260,6 +269,331 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> 
     return lines
 
 
+# -- the stacked event-time design (bayesfed.event_stacked; summarize.summarize_stacked_fit) --
+
+def is_stacked(fit: dict) -> bool:
+    """Whether an event-time fit's summary is of the stacked design."""
+    return fit.get("design") == "stacked"
+
+
+#: The stacked model's variance and effect-heterogeneity parameters, in the report's order,
+#: with their labels (those a fit has are shown).
+STACKED_PARAMS = {
+    "sd_school": "school sd",
+    "sd_cell": "school-by-cohort shock sd",
+    "sigma": "pupil sd",
+    "shock_ar": "AR(1) correlation of a school's shocks in consecutive years",
+    "tau_step": "random-walk step sd of the common effect path",
+    "sd_cohort_effect": "sd of founding cohorts' deviations from the common effect",
+    "sd_federation_effect": "sd of the effect between {unit}s",
+}
+
+#: The stacked model's predictive statistics of new schools' cells
+#: (:data:`bayesfed.event_posterior.STATISTICS`), with their labels.
+CELL_STATISTICS = {
+    "sd_cell_mean": "sd of cell means",
+    "sd_school_mean": "sd of school means",
+    "sd_within_school": "sd of a school's cell means around its mean",
+    "lag1_correlation": "lag-1 correlation of a school's consecutive cells",
+}
+
+#: Power-scaling sensitivity above this flags a quantity (Kallioinen et al. 2024).
+PSENSE_THRESHOLD = 0.05
+
+
+def _mean_hdi(stats: dict, digits: int = 2) -> str:
+    """``0.31 [-0.24, 0.78]``."""
+    return f"{stats['mean']:.{digits}f} {_interval(stats, digits)}"
+
+
+def _att_name(name: str) -> str:
+    """``att[3]`` -> ``ATT(3)``; ``att_average`` -> ``average``."""
+    if name == "att_average":
+        return "average over the years"
+    return f"ATT({name[4:-1]})" if name.startswith("att[") else name
+
+
+def _unit_text(fit: dict) -> tuple[str, str]:
+    """What ATT averages over, and the weight's meaning, for ``weights.kind``."""
+    if fit["weights"]["kind"] == "federations":
+        return ("the federations", "the share of the federations with federated pupils in "
+                "year k that belong to founding cohort e")
+    return ("the federated pupils", "the share of year k's federated pupils who are in "
+            "founding cohort e")
+
+
+def _post_years(fit: dict) -> list[str]:
+    """The years since founding 0..K of a stacked fit, as the summary keys them."""
+    return sorted((k for k in fit["federation_effect"] if int(k) >= 0), key=int)
+
+
+def _years_span(keys: list[str]) -> str:
+    return keys[0] if len(keys) == 1 else f"{keys[0]}-{keys[-1]}"
+
+
+def estimand_paragraph(fit: dict) -> str:
+    """What a stacked fit estimates, its comparison and its assumptions, in words."""
+    units, weight = _unit_text(fit)
+    years, leads = _post_years(fit), fit["pre_trend"]["leads"]
+    cohorts = sorted(fit["federation_effect_by_cohort"])
+    leads = sorted(leads, key=int)
+    lead_text = ("The data have no year before -1, so no lead tests the assumptions."
+                 if not leads else
+                 f"The lead (year {leads[0]}) is a placebo term: under both assumptions it is 0."
+                 if len(leads) == 1 else
+                 f"The leads (years {', '.join(leads)}) are placebo terms: under both "
+                 "assumptions they are 0.")
+    span = years[0] if len(years) == 1 else f"{years[0]}, ..., {years[-1]}"
+    return (f"**What is estimated.** ATT(k) is the average effect of federation on {units} "
+            f"k years after founding (k = {span}): the effect on each founding "
+            f"cohort e ({len(cohorts)} cohorts, {', '.join(cohorts)}), ATT(e,k), averaged "
+            f"with weights w(e,k), {weight}. Each federated school is compared with the "
+            "matched schools of its own founding cohort in the same calendar year, so no "
+            "school founded earlier or later serves as a control. This identifies ATT(k) if "
+            "federated and matched schools of a founding cohort would have moved in parallel "
+            "without federation (parallel trends within founding cohort) and if schools did "
+            "not change before founding in anticipation of it (no anticipation). The "
+            f"reference is year {fit['reference_year']}, the last cohort before founding. "
+            + lead_text)
+
+
+def att_table(fit: dict, fits: list[dict], published: pd.DataFrame) -> list[str]:
+    """ATT(k) by year since founding, the aggregated leads, the reference year and the average
+    over the years, beside the per-year fits and the paper where the folder has them."""
+    effects = fit["federation_effect"]
+    per_year = {f["year"]: f for f in fits if f.get("family", "two_level") == "two_level"
+                and "federation_effect" in f and f["year"] is not None}
+    comparison = fit.get("per_year_comparison", {})
+    ratios = comparison.get("width_ratio", {})
+    per_model = comparison.get("model", "per-year")
+    compared = bool(comparison)
+    lines = ["| years since founding | ATT mean (sd) | 94% HDI | P(effect > 0) | "
+             "R-hat / ESS bulk | " + (f"{per_model} mean [94% HDI] | width ratio joint / "
+                                     f"{per_model} | " if compared else "") + "paper (SE) |",
+             "|---|---|---|---|---|" + "---|---|" * compared + "---|"]
+
+    def row(label: str, e: dict, other: str = "", ratio: str = "", paper: str = "") -> str:
+        return (f"| {label} | {_cell(e['mean'], e['sd'])} | {_interval(e)} | "
+                f"{e['p_positive']:.3f} | {e['r_hat']:.3f} / {e['ess_bulk']:.0f} | "
+                + (f"{other} | {ratio} | " if compared else "") + f"{paper} |")
+
+    for key in sorted([*effects, str(fit["reference_year"])], key=int):
+        if key not in effects:
+            lines.append(f"| {key} (reference) | 0 | | | | " + "| | " * compared + "|")
+        elif int(key) < 0:
+            lines.append(row(f"{key} (lead)", effects[key]))
+        else:
+            other = per_year.get(int(key))
+            lines.append(row(key, effects[key],
+                             _mean_hdi(other["federation_effect"]) if other else "",
+                             f"{ratios[key]:.2f}" if key in ratios else "",
+                             _published(published, "M2", int(key), "federated")))
+    lines.append(row(f"average, years {_years_span(_post_years(fit))}", fit["att_average"]))
+    units, _ = _unit_text(fit)
+    lines += ["", f"ATT: the average effect on {units} (outcome units); leads averaged over "
+              "founding cohorts with the same weights; the average row is the mean of ATT(k) "
+              "over the years after founding."]
+    return lines
+
+
+def cohort_tables(fit: dict) -> list[str]:
+    """The founding cohort x year matrix: ATT(e,k) (and each cohort's leads) with 94% HDIs,
+    then the weights w(e,k) with the federated pupils behind them."""
+    by_cohort, leads_by = fit["federation_effect_by_cohort"], fit.get("leads_by_cohort", {})
+    leads = sorted(fit["pre_trend"]["leads"], key=int)
+    years = [*leads, *_post_years(fit)]
+    cohorts = sorted(by_cohort)
+    header = [f"{k} (lead)" if int(k) < 0 else k for k in years]
+    lines = [_row("ATT(e,k) by founding cohort", header), "|" + "---|" * (1 + len(years))]
+    for e in cohorts:
+        cells = {**leads_by.get(e, {}), **by_cohort[e]}
+        lines.append(_row(e, [_mean_hdi(cells[k]) if k in cells else "" for k in years]))
+    weights, pupils = fit["weights"]["by_year"], fit["weights"]["federated_pupils"]
+    lines += ["", _row("w(e,k) (federated pupils) by founding cohort", header),
+              "|" + "---|" * (1 + len(years))]
+    for e in cohorts:
+        lines.append(_row(e, [f"{weights[k][e]:.2f} ({pupils[k][e]:,})"
+                              if e in weights.get(k, {}) else "" for k in years]))
+    units, weight = _unit_text(fit)
+    lines += ["", f"First table: ATT(e,k), the average effect on founding cohort e's "
+              f"{units.removeprefix('the ')} k years after founding, posterior mean [94% HDI] "
+              f"(leads: cohort e's placebo term). Second table: the weight w(e,k) of cohort e "
+              f"in ATT(k), {weight} (each year's weights sum to 1), and in brackets cohort e's "
+              "federated pupils in year k.", ""]
+    return lines
+
+
+def breakdown_sentence(sensitivity: dict) -> str:
+    """The breakdown value of the sensitivity analysis in words."""
+    m = sensitivity["breakdown_m"]
+    if m is None:
+        return ("No M up to 100 breaks it: the average effect's 94% interval excludes 0 even "
+                "when post-founding trend changes may be 100 times the largest pre-founding "
+                "one.")
+    if m == 0:
+        return ("The average effect's 94% interval covers 0 even at M = 0 (parallel trends "
+                "exactly), so there is no breakdown value to report.")
+    return (f"The average effect's 94% interval first covers 0 at M = {m:.2f}: a "
+            f"post-founding trend change of {m:.2f} times the largest pre-founding one "
+            "would be enough to explain the effect away.")
+
+
+def sensitivity_lines(fit: dict) -> list[str]:
+    """The relative-magnitudes sensitivity analysis (:func:`bayesfed.effects.sensitivity`)."""
+    s = fit["sensitivity"]
+    lines = ["### Sensitivity to a violation of parallel trends", ""]
+    if s is None:
+        return [*lines, "The data have no year before the reference year -1, so there is no "
+                "pre-founding change to calibrate a sensitivity analysis with; the effects "
+                "rest on parallel trends unchecked.", ""]
+    years = sorted(s["att"], key=int)
+    lines += [f"If parallel trends fail after founding, ATT(k) is biased by the trend "
+              "violation accumulated since year -1. Bounding each year's change of that "
+              "violation by M times the largest change between consecutive pre-founding "
+              f"years of the aggregated leads (posterior mean {s['max_pre_change']:.2f} "
+              "outcome units) bounds the bias of ATT(k) by (k+1) M times that change "
+              "(Rambachan & Roth 2023, relative magnitudes). Each interval below covers the "
+              "effect's identified set with posterior probability at least 94%; M = 0 is "
+              "parallel trends exactly. " + breakdown_sentence(s), "",
+              _row("M", [f"average, years {_years_span(years)}",
+                         *(f"ATT({k})" for k in years)]),
+              "|" + "---|" * (2 + len(years))]
+    for i, m in enumerate(s["grid"]):
+        cells = [s["average"][i], *(s["att"][k][i] for k in years)]
+        lines.append(_row(f"{m:g}", [f"[{lo:.2f}, {hi:.2f}]" for lo, hi in cells]))
+    return [*lines, ""]
+
+
+def prior_sensitivity_lines(fit: dict) -> list[str]:
+    """Power-scaling prior and likelihood sensitivity of the aggregates."""
+    table = fit.get("prior_sensitivity")
+    if not table:
+        return []
+    lines = ["### Prior sensitivity", "",
+             "Power-scaling sensitivity (Kallioinen et al. 2024): how far each aggregate's "
+             "posterior moves (cumulative Jensen-Shannon distance) when the prior or the "
+             f"likelihood is raised to a power near 1; values above {PSENSE_THRESHOLD} (in "
+             "bold) flag sensitivity. Power-scaled are the top-level priors (of the sampled "
+             "parameters, and of the cohort x year effects, gaps, leads and first effect, "
+             "whose variances are fixed); the hierarchical parts (cohort deviations, "
+             "random-walk steps, federation deviations) are the model's structure and are not "
+             "scaled.", "",
+             "| quantity | prior | likelihood | diagnosis |", "|---|---|---|---|"]
+
+    def value(v: float) -> str:
+        return f"**{v:.3f}**" if v > PSENSE_THRESHOLD else f"{v:.3f}"
+
+    for name, row in table.items():
+        diagnosis = "none" if row["diagnosis"] == "✓" else row["diagnosis"]
+        lines.append(f"| {_att_name(name)} | {value(row['prior'])} | "
+                     f"{value(row['likelihood'])} | {diagnosis} |")
+    return [*lines, ""]
+
+
+def cell_checks_lines(fit: dict) -> list[str]:
+    """The stacked model's predictive checks of new schools' cells, and its LOO."""
+    lines = []
+    checks = fit.get("predictive")
+    if checks:
+        lines += ["### Predictive checks of new schools' cells", "",
+                  f"Each statistic of the cell-mean residuals is computed on the data and on "
+                  f"{checks['draws']:,} replications of {checks['unit']} (a new intercept, new "
+                  "school-by-cohort shocks and new pupils' noise for every school), so the "
+                  "model's variance structure is tested, not its fitted intercepts. p = "
+                  f"P(replicated >= observed); outside [{P_RANGE[0]}, {P_RANGE[1]}] (in bold) "
+                  "the model misses the statistic.", "",
+                  "| statistic | observed | posterior predictive mean [94%] | p |",
+                  "|---|---|---|---|"]
+        names = [*(n for n in CELL_STATISTICS if n in checks["posterior"]),
+                 *(n for n in checks["posterior"] if n not in CELL_STATISTICS)]
+        for name in names:
+            c = checks["posterior"][name]
+            p = f"{c['p_value']:.2f}"
+            lines.append(f"| {CELL_STATISTICS.get(name, name)} | {c['observed']:.2f} | "
+                         f"{c['mean']:.2f} [{c['low']:.2f}, {c['high']:.2f}] | "
+                         + (p if P_RANGE[0] <= c["p_value"] <= P_RANGE[1] else f"**{p}**")
+                         + " |")
+        lines.append("")
+    lines += ["### Leave-one-school-out", ""]
+    loo = fit.get("loo")
+    if loo is None:
+        return [*lines, "Not computed: the fit failed its diagnostic gates.", ""]
+    return [*lines, f"Each {loo['unit']}'s log-likelihood with its intercept and shocks "
+            "integrated out, estimated by PSIS-LOO from the fit's draws: the expected log "
+            "predictive density of a school the model has not seen. A Pareto k above "
+            f"{loo['good_k']:.2f} makes that {loo['unit']}'s estimate unreliable.", "",
+            "| elpd (se) | p_loo | max Pareto k | units |", "|---|---|---|---|",
+            f"| {loo['elpd']:.1f} ({loo['se']:.1f}) | {loo['p_loo']:.1f} | "
+            f"{loo['pareto_k_max']:.2f}"
+            + (f" ({loo['n_high_pareto_k']} high)" if loo["n_high_pareto_k"] else "")
+            + f" | {loo['n_units']} {loo['unit']}s |", ""]
+
+
+def stacked_parameters(fit: dict) -> list[str]:
+    """The variance partition, the variance and heterogeneity parameters and the gaps."""
+    params = fit["params"]
+    lines = ["### Variance partition and parameters", "",
+             "| school | school-by-cohort | pupil |", "|---|---|---|",
+             "| " + " | ".join(_pct(fit["variance_partition"][k])
+                               for k in ("school", "cell", "pupil")) + " |", "",
+             "| parameter | mean (sd) | 94% HDI |", "|---|---|---|"]
+    unit = fit.get("deviation_unit", "federation")
+    lines += [f"| {label.format(unit=unit)} | {_cell(params[n]['mean'], params[n]['sd'])} | "
+              f"{_interval(params[n])} |" for n, label in STACKED_PARAMS.items() if n in params]
+    lines += [f"| federated - matched gap in year {fit['reference_year']}, cohort {e} | "
+              f"{_cell(g['mean'], g['sd'])} | {_interval(g)} |"
+              for e, g in sorted(fit["gap"].items())]
+    return [*lines, "", "Variance partition: share of the residual variance, posterior mean "
+            "[94% HDI], in percent. The gaps are each founding cohort's federated-vs-matched "
+            "difference in the reference year, which the effects are measured from.", ""]
+
+
+def stacked_event_section(fit: dict, fits: list[dict], published: pd.DataFrame,
+                          figures: dict[str, tuple[str, str]] | None = None,
+                          flavour: Flavour = "markdown") -> list[str]:
+    """The stacked event-time model: estimand, ATT(k), the cohort x year matrix, pre-trends
+    and sensitivity, prior sensitivity, predictive checks, LOO and parameters; ``figures``
+    may hold ``event_study`` and ``sensitivity`` (of this fit)."""
+    figures = figures or {}
+    comparison = fit.get("per_year_comparison", {})
+    ratios = comparison.get("width_ratio", {})
+    trajectory = fit["trajectory"]
+    lines = [f"## Joint event-time model ({fit['model']})", "",
+             f"Stacked design: {fit['n_pupils']:,} pupils in {fit['n_schools']} schools "
+             f"({fit['n_federations']} federations founded in {fit['n_foundings']} years), "
+             f"{fit['n_cells']:,} school-by-cohort cells and {fit['n_cohorts']} cohorts, "
+             "fitted at once"
+             + (f" ({fit['n_dropped']:,} pupils outside the modelled years left out)"
+                if fit["n_dropped"] else "") + ".", "", estimand_paragraph(fit), "",
+             "### Average effect by year since founding", "",
+             *att_table(fit, fits, published), "",
+             f"P(ATT({trajectory['last']}) > ATT({trajectory['first']})) = "
+             f"{trajectory['p_last_gt_first']:.3f}."]
+    if ratios:
+        lines.append(f"Across years {min(ratios, key=int)}-{max(ratios, key=int)} the joint "
+                     f"model's 94% intervals are {min(ratios.values()):.2f}-"
+                     f"{max(ratios.values()):.2f} times as wide as those of the separate "
+                     f"{comparison['model']} fits.")
+    lines.append("")
+    lines += figure_lines(figures.get("event_study"), CAPTIONS["event_study"], flavour)
+    lines += ["### By founding cohort", "", *cohort_tables(fit)]
+    lines += ["### Pre-trend check", "", pre_trend_verdict(fit)
+              + (" The leads are averaged over founding cohorts with the weights w(e,k); each "
+                 "cohort's own leads are in the table by founding cohort."
+                 if fit["pre_trend"]["leads"] else ""), ""]
+    lines += sensitivity_lines(fit)
+    lines += figure_lines(figures.get("sensitivity"), CAPTIONS["sensitivity"], flavour)
+    lines += prior_sensitivity_lines(fit)
+    lines += cell_checks_lines(fit)
+    lines += stacked_parameters(fit)
+    d = fit["diagnostics"]
+    lines += [f"Diagnostics: max R-hat {_num(d['max_r_hat'], 3)}, min bulk ESS "
+              f"{_num(d['min_ess_bulk'], 0)}, min tail ESS {_num(d['min_ess_tail'], 0)}, "
+              f"{d['divergences']} divergences: "
+              + ("ok." if d["ok"] else "**FAILED** (" + "; ".join(d["problems"]) + ")."), ""]
+    return lines
+
+
 def decomposition_table(fits: list[dict]) -> list[str]:
     """Rights & Sterba shares of the model-implied variance, per fit."""
     lines = ["## Variance decomposition (share of model-implied total variance, %)", "",
@@ -276,13 +610,22 @@ def decomposition_table(fits: list[dict]) -> list[str]:
 #: Captions of the report's figures, by figure name (the alt texts come from bayesfed.plots).
 CAPTIONS = {
     "trajectory": "Federation effect by year since founding: per-year models, the joint "
-                  "event-time model (when fitted) and the paper's Table 5, with 94% intervals.",
+                  "event-time model (when fitted; of the stacked design, ATT(k)) and the "
+                  "paper's Table 5, with 94% intervals.",
     "variance_partition": "Share of the residual variance between schools (solid, with 94% "
                           "HDI) and between pupils (pale), by year and model.",
     "predictive": "Posterior predictive check: sorted observed school means and within-school "
                   "sds against the 94% band of replications.",
     "rank_by_year": "Rank plots of the per-year fits' main parameters.",
     "rank_event_time": "Rank plots of the event-time model's effects and standard deviations.",
+    "event_study": "Event study of the stacked model: ATT(k), the average effect on the "
+                   "federated pupils by year since founding, with its 94% HDI, the aggregated "
+                   "leads, and each founding cohort's ATT(e,k) (thin lines); the reference "
+                   "year -1 is 0 by definition.",
+    "sensitivity": "Sensitivity to a violation of parallel trends: for each M, the 94% "
+                   "interval of the average effect (and of each ATT(k)) when post-founding "
+                   "trend changes may reach M times the largest pre-founding one; the dashed "
+                   "line marks the breakdown value.",
 }
 
 #: Checked statistics of the predictive checks, in order, with their labels.
@@ -378,6 +721,9 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
             + (f". The paper's Table 5 estimates are {_span(list(paper['estimate']), '.3g')}"
                if not paper.empty and model == "M2" else "") + ".")
     for fit in (f for f in fits if f.get("family") == "event_time"):
+        if is_stacked(fit):
+            items.append(stacked_summary_item(fit))
+            continue
         t, e = fit["trajectory"], fit["federation_effect"]
         first, last = e[t["first"]], e[t["last"]]
         items.append(
@@ -420,6 +766,26 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
     return ["## Summary", "", *(f"- {item}" for item in items), ""]
 
 
+def stacked_summary_item(fit: dict) -> str:
+    """The plain-language summary's sentence on a stacked event-time fit."""
+    t, e, average = fit["trajectory"], fit["federation_effect"], fit["att_average"]
+    first, last = e[t["first"]], e[t["last"]]
+    units, _ = _unit_text(fit)
+    s = fit["sensitivity"]
+    return (
+        f"**All cohorts at once ({fit['model']}).** Comparing each federation with the "
+        "matched schools of its own founding cohort in the same year, the average effect of "
+        f"federation on {units} is {_mean_hdi(first)} in year {t['first']} after founding "
+        f"and {_mean_hdi(last)} in year {t['last']}, {_mean_hdi(average)} on average over "
+        f"years {t['first']}-{t['last']} (outcome units, 94% HDIs); P(average > 0) = "
+        f"{average['p_positive']:.2f}. "
+        + ("**A pre-federation trend is flagged**: read the effects with care."
+           if fit["pre_trend"]["flagged"] else
+           "No pre-federation trend is flagged." if fit["pre_trend"]["leads"] else
+           "Pre-federation trends were not checked (no year before -1).")
+        + ("" if s is None else " " + breakdown_sentence(s)))
+
+
 def data_section(summary: dict) -> list[str]:
     """Pupils and schools per year (and of the event-time fit), with the data file's hash."""
     fits = summary["fits"]
@@ -437,8 +803,9 @@ def data_section(summary: dict) -> list[str]:
                          + ", ".join(f["model"] for f in rows) + " |")
         lines.append("")
     for f in (f for f in fits if f.get("family") == "event_time"):
+        founded = (f" founded in {f['n_foundings']} years" if is_stacked(f) else "")
         lines += [f"The joint event-time model ({f['model']}) uses {f['n_pupils']:,} pupils in "
-                  f"{f['n_schools']} schools ({f['n_federations']} federations), "
+                  f"{f['n_schools']} schools ({f['n_federations']} federations{founded}), "
                   f"{f['n_cohorts']} cohorts and {f['n_cells']:,} school-by-cohort cells.", ""]
     hashes = sorted({f["data_sha256"] for f in fits})
     lines += ["Data file SHA-256: " + ", ".join(f"`{h}`" for h in hashes) + ".", ""]
@@ -620,8 +987,13 @@ def render_markdown(summary: dict, title: str = "bayesfed report",
     if federation or "trajectory" in figures:
         lines += federation or ["## Federation impact by year", ""]
         lines += figure_lines(figures.get("trajectory"), CAPTIONS["trajectory"], flavour)
+    first_stacked = next((f for f in fits if f.get("family") == "event_time"
+                          and is_stacked(f)), None)
     for fit in fits:
-        if fit.get("family") == "event_time":
+        if fit.get("family") == "event_time" and is_stacked(fit):
+            lines += stacked_event_section(fit, fits, published,
+                                           figures if fit is first_stacked else None, flavour)
+        elif fit.get("family") == "event_time":
             lines += event_time_section(fit, fits, published)
     if two_level:
         lines += decomposition_table(two_level)

@@ -26,6 +26,14 @@ Parameter                  Default       Source
 typology counts            12/4/10/5     Table 2 rural column (38.7/12.9/32.2/16.1 % of 31)
 ``effect`` delta_0..5      0.32 ...      Table 5 "Federation" row: .32 .41 .49 .65 .81 .82
 ``pre_trend``              0.0           none (scenario knob); delta_{-m} = m * pre_trend
+``cohort_slope``           0.0           none (scenario knob); founding cohort e's effect at
+                                         k >= 0 is delta_k + cohort_slope * (e - e_mid) * k
+``calendar_trend``         0.0           none (scenario knob); gamma_t gains
+                                         calendar_trend * (t - t_first), per year
+``shock_ar``               0.0           none (scenario knob); AR(1) correlation of w_jt over
+                                         a school's consecutive years, sd unchanged
+``sd_federation_effect``   0.0           none (scenario knob); b_f ~ N(0, sd^2) added to a
+                                         federation's schools from founding (k >= 0) on
 ``intercept``              5.3           chosen so that M0 constants are ~4.2 (Table 3: 3.84-4.85)
 fsm                        -0.95         Table 4 mean over years (-0.82 ... -1.02)
 idaci                      -3.57         Table 4 mean (-3.14 ... -4.10), per unit IDACI (0-1)
@@ -51,6 +59,13 @@ within-school variance of ``x'beta`` (about 0.65, hence the strong clustering of
 and SEN in ``Intake``); the three variances then set the scale: total outcome variance
 about 20 (sd 4.4). Population values: M0 school share 0.19, M1 PRV 0.34 (school) and 0.12
 (pupil); ``truth["implied"]`` gives them per year for the realised schools.
+
+The scenario knobs (all off by default; off, they leave the default study and its random
+stream unchanged) make a staggered-adoption event study harder than the model above: effects
+that differ by founding cohort, a national calendar trend, serially correlated school shocks
+and federation-level deviations of the effect. ``truth["att"]`` gives the realised average
+effect on the treated pupils, by founding cohort and year since founding, and its pupil- and
+federation-weighted aggregates.
 """
 
 from __future__ import annotations
@@ -193,6 +208,25 @@ class SimConfig:
     type_effect : tuple of (str, float)
         Extra effect, in every year since founding >= 0, for federated schools of a federation
         type (score points): heterogeneity by type. Empty (no heterogeneity) by default.
+    cohort_slope : float
+        Effect heterogeneity by founding cohort (score points per year since founding per
+        founding year): a federated school founded in year e has the effect
+        ``effect[k] + cohort_slope * (e - e_mid) * k`` at k >= 0 years since founding, with
+        ``e_mid = (first_founding + last_founding) / 2``; later cohorts' effects grow faster.
+        Zero (the same effects for every cohort) by default.
+    calendar_trend : float
+        National calendar trend (score points per year): every pupil of GCSE year t gains
+        ``calendar_trend * (t - t_first)``, ``t_first = first_founding - years_before`` the
+        study's first calendar year; part of the truth's ``cohort_effects``. Zero by default.
+    shock_ar : float
+        AR(1) correlation rho, ``|rho| < 1``, of a school's school-by-cohort shocks over its
+        consecutive calendar years; each shock keeps the marginal sd ``sd_school_cohort``
+        (see :func:`ar1_shocks`). Zero (independent shocks) by default.
+    sd_federation_effect : float
+        Sd of the federation deviations ``b_f ~ N(0, sd^2)`` of the effect, added to the
+        outcome of a federation's schools at every k >= 0 years since founding (score
+        points). Drawn after everything else, so the rest of the study is that of the same
+        seed without them. Zero (no deviations, no draw) by default.
     typology : tuple of (str, float, int, int)
         Federation types: name, percentage of federations, min and max secondary schools
         (each federation's count is uniform on that range).
@@ -224,6 +258,10 @@ class SimConfig:
     effect: tuple[float, ...] = (0.32, 0.41, 0.49, 0.65, 0.81, 0.82)
     pre_trend: float = 0.0
     type_effect: tuple[tuple[str, float], ...] = ()
+    cohort_slope: float = 0.0
+    calendar_trend: float = 0.0
+    shock_ar: float = 0.0
+    sd_federation_effect: float = 0.0
     typology: tuple[tuple[str, float, int, int], ...] = TABLE2_TYPOLOGY
     intercept: float = 5.3
     coefficients: tuple[tuple[str, float], ...] = TABLE4_COEFFICIENTS
@@ -243,6 +281,12 @@ class SimConfig:
             raise BayesfedError("SimConfig: first_founding must not be after last_founding")
         if self.n_federations < 1 or self.matched_per_federation < 0:
             raise BayesfedError("SimConfig: need n_federations >= 1, matched_per_federation >= 0")
+        if not -1.0 < self.shock_ar < 1.0:
+            raise BayesfedError(f"SimConfig: shock_ar must be an AR(1) correlation in (-1, 1), "
+                                f"got {self.shock_ar}")
+        if not self.sd_federation_effect >= 0.0:
+            raise BayesfedError(f"SimConfig: sd_federation_effect must be >= 0, "
+                                f"got {self.sd_federation_effect}")
 
     @classmethod
     def national(cls) -> SimConfig:
@@ -301,8 +345,9 @@ def schools_table(config: SimConfig, rng: np.random.Generator) -> pd.DataFrame:
     -------
     DataFrame, one row per school
         ``school_id``, ``federation_id`` (None for matched), ``federation_type`` (None for
-        matched), ``match_type`` (type of the federation, for sizes), ``federated``,
-        ``founding_year``, ``mean_size`` (pupils per cohort).
+        matched), ``match_type`` (type of the federation, for sizes), ``federation`` (index
+        0..n_federations-1 of the school's federation, or of the one it is matched to),
+        ``federated``, ``founding_year``, ``mean_size`` (pupils per cohort).
     """
     counts = type_counts(config.n_federations, config.typology)
     fed_type = np.repeat([t[0] for t in config.typology], counts)
@@ -327,6 +372,7 @@ def schools_table(config: SimConfig, rng: np.random.Generator) -> pd.DataFrame:
             "federation_id": np.where(federated == 1, fed_labels[fed_of_school], None),
             "federation_type": np.where(federated == 1, match_type.astype(object), None),
             "match_type": match_type,
+            "federation": fed_of_school,
             "federated": federated,
             "founding_year": founding[fed_of_school].astype(np.int64),
             "mean_size": base * rng.lognormal(0.0, config.school_size_sd, size=n_schools),
@@ -430,7 +476,9 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
         ``fsm``, ``idaci``, ``male``, ``sen``, ``non_white_british``, ``ks2``.
     truth : dict
         JSON-ready true parameters (see :func:`truth_dict`) plus ``implied``, the variance
-        components per years since founding (see :func:`implied_by_year`).
+        components per years since founding (see :func:`implied_by_year`), ``att``, the
+        realised average effect on the treated (see :func:`realised_att`), and
+        ``federation_deviations`` (see :func:`deviations_by_id`).
     """
     rng = np.random.default_rng(seed)
     schools = schools_table(config, rng)
@@ -439,34 +487,245 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
     offsets = np.arange(-config.years_before, config.years_after + 1)
     years = np.arange(config.first_founding - config.years_before,
                       config.last_founding + config.years_after + 1)
-    cohort_effect = config.sd_cohort * rng.standard_normal(years.size)
+    cohort_effect = (config.sd_cohort * rng.standard_normal(years.size)
+                     + config.calendar_trend * (years - years[0]))
     sizes = rng.poisson(np.repeat(schools["mean_size"].to_numpy(), offsets.size))
-    # one cell per school and cohort: its calendar-year plus federation effect, and its shock
+    # one cell per school and cohort, by school then calendar year: its shock and its effects
     cell_school = np.repeat(np.arange(n_schools), offsets.size)
     cell_since = np.tile(offsets, n_schools)
     cell_cohort = schools["founding_year"].to_numpy()[cell_school] + cell_since
-    delta = config.delta()
-    cell_effect = (cohort_effect[cell_cohort - years[0]]
-                   + schools["federated"].to_numpy()[cell_school]
-                   * np.array([delta[k] for k in cell_since]))
-    if config.type_effect:  # no random draw: the default study's stream is unchanged
-        extra = dict(config.type_effect)
-        bonus = np.array([extra.get(k, 0.0) if isinstance(k, str) else 0.0
-                          for k in schools["federation_type"]])
-        cell_effect = cell_effect + bonus[cell_school] * (cell_since >= 0)
-    cell_shock = config.sd_school_cohort * rng.standard_normal(cell_school.size)
+    cell_shock = ar1_shocks(rng.standard_normal(cell_school.size), cell_school, config.shock_ar,
+                            config.sd_school_cohort)
     cell = np.repeat(np.arange(cell_school.size), sizes)
     school = cell_school[cell]
     pupils = draw_intake(config.intake, school_effects[1][school], school_effects[2][school],
                          school_effects[3][school], rng)
     xb = linear_predictor(config, pupils)
+    noise = config.sigma * rng.standard_normal(school.size)
+    deviation = federation_deviations(config, rng)  # last: the default stream is unchanged
+    cell_extra = cell_heterogeneity(config, schools, deviation, cell_school, cell_since)
+    delta = config.delta()
+    cell_effect = (cohort_effect[cell_cohort - years[0]]
+                   + schools["federated"].to_numpy()[cell_school]
+                   * np.array([delta[k] for k in cell_since])
+                   + cell_extra)
     score = (config.intercept + cell_effect[cell] + xb
-             + config.sd_school * school_effects[0][school] + cell_shock[cell]
-             + config.sigma * rng.standard_normal(school.size))
+             + config.sd_school * school_effects[0][school] + cell_shock[cell] + noise)
     frame = pupil_frame(schools, school, cell_cohort[cell], cell_since[cell], np.round(score, 2),
                         pupils)
     truth = truth_dict(config, seed, dict(zip(years.tolist(), cohort_effect.tolist())))
-    return frame, truth | {"implied": implied_by_year(config, cell, cell_since, cell_effect, xb)}
+    return frame, truth | {
+        "implied": implied_by_year(config, cell, cell_since, cell_effect, xb),
+        "att": realised_att(config, treated_cells(schools, cell, cell_school, cell_since,
+                                                  cell_extra)),
+        "federation_deviations": deviations_by_id(config, schools, deviation),
+    }
+
+
+def ar1_shocks(z: np.ndarray, school: np.ndarray, rho: float, sd: float) -> np.ndarray:
+    """Turn standard normals into stationary AR(1) shocks within each school.
+
+    Parameters
+    ----------
+    z : ndarray, shape (n_cells,)
+        Standard normals, one per school-by-cohort cell.
+    school : ndarray of int, shape (n_cells,)
+        School of each cell; cells are sorted by school, then by calendar year, and a
+        school's cells are consecutive years.
+    rho : float
+        Lag-1 correlation of a school's shocks, ``|rho| < 1``.
+    sd : float
+        Marginal sd of every shock (score points).
+
+    Returns
+    -------
+    ndarray, shape (n_cells,)
+        ``w_1 = sd * z_1`` and ``w_t = rho * w_{t-1} + sqrt(1 - rho^2) * sd * z_t`` within
+        each school (score points); exactly ``sd * z`` when ``rho = 0``.
+    """
+    shock = sd * z
+    first = np.ones(z.size, dtype=bool)
+    first[1:] = school[1:] != school[:-1]
+    index = np.arange(z.size)
+    position = index - np.maximum.accumulate(np.where(first, index, 0))
+    innovation = np.sqrt(1.0 - rho**2) * sd
+    for step in range(1, int(position.max(initial=0)) + 1):
+        at = np.flatnonzero(position == step)
+        shock[at] = rho * shock[at - 1] + innovation * z[at]
+    return shock
+
+
+def federation_deviations(config: SimConfig, rng: np.random.Generator) -> np.ndarray:
+    """Draw the federation deviations ``b_f`` of the effect.
+
+    Parameters
+    ----------
+    config : SimConfig
+    rng : numpy Generator
+        Used only when ``sd_federation_effect > 0``.
+
+    Returns
+    -------
+    ndarray, shape (n_feds,)
+        ``b_f ~ N(0, sd_federation_effect^2)`` by federation index, n_feds =
+        ``config.n_federations`` (score points); zeros without a draw when the sd is zero.
+    """
+    if config.sd_federation_effect > 0:
+        return config.sd_federation_effect * rng.standard_normal(config.n_federations)
+    return np.zeros(config.n_federations)
+
+
+def cell_heterogeneity(
+    config: SimConfig, schools: pd.DataFrame, deviation: np.ndarray, cell_school: np.ndarray,
+    cell_since: np.ndarray,
+) -> np.ndarray:
+    """Each cell's federation effect beyond ``delta_k``: by founding cohort, type, federation.
+
+    Parameters
+    ----------
+    config : SimConfig
+    schools : DataFrame
+        From :func:`schools_table`.
+    deviation : ndarray, shape (n_feds,)
+        ``b_f`` by federation index, from :func:`federation_deviations` (score points).
+    cell_school : ndarray of int, shape (n_cells,)
+        Row of ``schools`` of each cell.
+    cell_since : ndarray of int, shape (n_cells,)
+        Years since founding k of each cell.
+
+    Returns
+    -------
+    ndarray, shape (n_cells,)
+        For a federated school's cell at k >= 0: ``cohort_slope * (e - e_mid) * k`` (e its
+        founding year) plus its type's ``type_effect`` plus its federation's ``b_f``; zero
+        for every other cell (score points).
+    """
+    e_mid = (config.first_founding + config.last_founding) / 2
+    extra = dict(config.type_effect)
+    bonus = np.array([extra.get(k, 0.0) if isinstance(k, str) else 0.0
+                      for k in schools["federation_type"]])
+    per_school = bonus + deviation[schools["federation"].to_numpy()]
+    founding = schools["founding_year"].to_numpy()[cell_school]
+    treated = (schools["federated"].to_numpy()[cell_school] == 1) & (cell_since >= 0)
+    return treated * (config.cohort_slope * (founding - e_mid) * cell_since
+                      + per_school[cell_school])
+
+
+def treated_cells(
+    schools: pd.DataFrame, cell: np.ndarray, cell_school: np.ndarray, cell_since: np.ndarray,
+    cell_extra: np.ndarray,
+) -> pd.DataFrame:
+    """The federated school-by-cohort cells from founding on that hold pupils.
+
+    Parameters
+    ----------
+    schools : DataFrame
+        From :func:`schools_table`.
+    cell : ndarray of int, shape (n_pupils,)
+        School-cohort cell of each pupil.
+    cell_school, cell_since : ndarray of int, shape (n_cells,)
+        Row of ``schools`` and years since founding of each cell.
+    cell_extra : ndarray, shape (n_cells,)
+        Effect beyond ``delta_k``, from :func:`cell_heterogeneity` (score points).
+
+    Returns
+    -------
+    DataFrame, one row per federated cell with k >= 0 and at least one pupil
+        ``e`` (founding year), ``k`` (years since founding), ``federation`` (index),
+        ``n`` (pupils), ``extra`` (score points).
+    """
+    n = np.bincount(cell, minlength=cell_school.size)
+    keep = (schools["federated"].to_numpy()[cell_school] == 1) & (cell_since >= 0) & (n > 0)
+    rows = cell_school[keep]
+    return pd.DataFrame({
+        "e": schools["founding_year"].to_numpy()[rows],
+        "k": cell_since[keep],
+        "federation": schools["federation"].to_numpy()[rows],
+        "n": n[keep],
+        "extra": cell_extra[keep],
+    })
+
+
+def realised_att(config: SimConfig, cells: pd.DataFrame) -> dict:
+    """The realised average effect on the treated, by cohort and year, and its aggregates.
+
+    An effect is ``effect[k]`` plus the mean of the cells' ``extra`` (so, with every knob
+    off, exactly ``effect[k]``). A federation's effect at k is constant over its schools.
+
+    Parameters
+    ----------
+    config : SimConfig
+    cells : DataFrame
+        From :func:`treated_cells`.
+
+    Returns
+    -------
+    dict
+        ``by_cohort`` (``{str(e): {str(k): ATT(e, k)}}``, pupil-weighted within a founding
+        cohort e, for each k at which e has federated pupils); ``pupils`` and
+        ``federations`` (``{str(k): ATT(k)}``, the mean over federated pupils, or over
+        federations with federated pupils, at k); ``weights`` (``{"pupils" | "federations":
+        {str(k): {str(e): share}}}``, the cohort shares behind them, summing to 1 per k);
+        ``average`` (``{"pupils" | "federations": mean of ATT(k) over k}``); ``leads``
+        (``{str(k): delta_k - delta_{-1}}`` for k = -years_before..-2). Score points.
+    """
+    effect = dict(enumerate(config.effect))
+
+    def plus_effect(extra: pd.Series) -> pd.Series:
+        return extra + extra.index.get_level_values("k").map(effect).to_numpy()
+
+    cells = cells.assign(n_extra=cells["n"] * cells["extra"])
+    by_cohort = cells.groupby(["e", "k"])[["n", "n_extra"]].sum()
+    by_year = cells.groupby("k")[["n", "n_extra"]].sum()
+    federations = cells.drop_duplicates(["federation", "k"])
+    att = {
+        "pupils": plus_effect(by_year["n_extra"] / by_year["n"]),
+        "federations": plus_effect(federations.groupby("k")["extra"].mean()),
+    }
+    weights = {
+        "pupils": by_cohort["n"].div(by_cohort["n"].groupby(level="k").sum(), level="k"),
+        "federations": federations.groupby(["e", "k"]).size().div(
+            federations.groupby("k").size(), level="k"),
+    }
+    delta = config.delta()
+    return {
+        "by_cohort": nested(plus_effect(by_cohort["n_extra"] / by_cohort["n"])),
+        **{name: {str(k): float(v) for k, v in values.items()} for name, values in att.items()},
+        "weights": {name: nested(w.swaplevel().sort_index()) for name, w in weights.items()},
+        "average": {name: float(values.mean()) for name, values in att.items()},
+        "leads": {str(k): delta[k] - delta[-1] for k in range(-config.years_before, -1)},
+    }
+
+
+def nested(series: pd.Series) -> dict[str, dict[str, float]]:
+    """A Series with a two-level index as ``{str(outer): {str(inner): value}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for (outer, inner), value in series.items():
+        out.setdefault(str(outer), {})[str(inner)] = float(value)
+    return out
+
+
+def deviations_by_id(config: SimConfig, schools: pd.DataFrame, deviation: np.ndarray) -> dict:
+    """The federation deviations by ``federation_id``, for the truth file.
+
+    Parameters
+    ----------
+    config : SimConfig
+    schools : DataFrame
+        From :func:`schools_table`.
+    deviation : ndarray, shape (n_feds,)
+        ``b_f`` by federation index, from :func:`federation_deviations` (score points).
+
+    Returns
+    -------
+    dict of str -> float
+        ``federation_id -> b_f`` for every federation with federated schools; empty when
+        ``sd_federation_effect`` is zero.
+    """
+    if config.sd_federation_effect == 0:
+        return {}
+    federated = schools[schools["federated"] == 1].drop_duplicates("federation")
+    return dict(zip(federated["federation_id"], deviation[federated["federation"]].tolist()))
 
 
 def implied_by_year(

@@ -106,40 +106,82 @@ class Priors(_Strict):
     sd_school: HalfNormalPrior | None = None
     sd_cell: HalfNormalPrior | None = None
     sigma: HalfNormalPrior | None = None
+    #: Sd of the Normal(0, .) prior of the federation effect, in units of the outcome's sd:
+    #: per-year ``federated`` coefficients and the event-time effects, leads and gaps
+    #: (default :data:`bayesfed.priors.EFFECT_SD`).
+    effect_sd: float | None = Field(default=None, gt=0)
 
 
 class EventSection(_Strict):
-    """``[event]``: the years and the effect prior of an ``event_time`` model.
+    """``[event]``: the design, years, effect prior and heterogeneity of an ``event_time``
+    model (:mod:`bayesfed.event_stacked`, or :mod:`bayesfed.event_time` for ``"pooled"``).
 
     Attributes
     ----------
-    leads : list of int
+    design : {"stacked", "pooled"}
+        ``"stacked"`` (default): federated schools are compared with the schools of their own
+        founding cohort in the same calendar year (founding-cohort x year effects), with
+        effects by founding cohort partially pooled, so the year-by-year effects stay right
+        when effects differ by cohort. ``"pooled"``: the earlier model, one effect per year
+        since founding pooled over cohorts with calendar-year effects shared by all schools;
+        kept for comparison.
+    leads : "all" or list of int
         Years before founding with a placebo ("lead") term, each <= -2; year -1 is the
-        reference. Default ``[-2]``.
+        reference. ``"all"`` (default): every such year the data have.
     years_after : int
         Effects are estimated for years since founding 0..``years_after``. Default 5.
     effect_prior : {"random_walk", "independent"}
         Prior of the effects: a random walk with a learned step sd (neighbouring years borrow
         strength), or independent Normals.
-    federation_deviations : bool
-        Add federation-level random deviations of the effect (schools nested in federations;
-        needs the ``federation`` role).
+    shocks : {"ar1", "iid"}
+        School-by-cohort shocks: AR(1)-correlated over a school's calendar years (default), or
+        independent. ``"stacked"`` only.
+    federation_deviations : bool, optional
+        Federation-level random deviations of the effect (federation is the unit that is
+        treated; needs the ``federation`` role). Default: on for ``"stacked"``, off for
+        ``"pooled"``.
     type_effects : bool
         Add partially pooled effects of the federation type (needs ``federation_type``).
+        ``"pooled"`` only.
+    weights : {"pupils", "federations"}
+        How the effects of founding cohorts are averaged into the effect by year since
+        founding: by federated pupils (default) or by federations. ``"stacked"`` only.
+    sensitivity : list of float
+        The grid of M of the sensitivity analysis (post-founding trend violations bounded by
+        M times the largest pre-founding one). ``"stacked"`` only.
     """
 
-    leads: list[int] = Field(default_factory=lambda: [-2])
+    design: Literal["stacked", "pooled"] = "stacked"
+    leads: Literal["all"] | list[int] = "all"
     years_after: int = Field(default=5, ge=0)
     effect_prior: Literal["random_walk", "independent"] = "random_walk"
-    federation_deviations: bool = False
+    shocks: Literal["ar1", "iid"] = "ar1"
+    federation_deviations: bool | None = None
     type_effects: bool = False
+    weights: Literal["pupils", "federations"] = "pupils"
+    sensitivity: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0, 1.5,
+                                                              2.0])
 
     @model_validator(mode="after")
-    def _leads_before_reference(self) -> EventSection:
-        if any(k > -2 for k in self.leads) or len(set(self.leads)) != len(self.leads):
-            raise ValueError(f"leads must be distinct years <= -2 (year -1 is the reference), "
-                             f"got {list(self.leads)}")
+    def _consistent(self) -> EventSection:
+        if self.leads != "all" and (any(k > -2 for k in self.leads)
+                                    or len(set(self.leads)) != len(self.leads)):
+            raise ValueError(f"leads must be \"all\" or distinct years <= -2 (year -1 is the "
+                             f"reference), got {list(self.leads)}")
+        if any(m < 0 for m in self.sensitivity) or not self.sensitivity:
+            raise ValueError(f"sensitivity must list values of M >= 0, got {self.sensitivity}")
+        if self.design == "stacked" and self.type_effects:
+            raise ValueError("type_effects applies to design = \"pooled\" only")
+        if self.design == "pooled" and self.shocks == "ar1" and "shocks" in self.model_fields_set:
+            raise ValueError("shocks = \"ar1\" applies to design = \"stacked\" only")
         return self
+
+    @property
+    def deviations(self) -> bool:
+        """Whether federation-level deviations are modelled (the design's default if unset)."""
+        if self.federation_deviations is None:
+            return self.design == "stacked"
+        return self.federation_deviations
 
 
 class ModelSpec(_Strict):

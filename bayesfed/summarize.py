@@ -47,8 +47,17 @@ import numpy as np
 import xarray as xr
 
 from bayesfed import __version__
-from bayesfed.checks import compare_loo, has_school_data, loo_school, loo_summary, predictive_checks
+from bayesfed.checks import (
+    compare_loo,
+    has_school_data,
+    loo_school,
+    loo_summary,
+    predictive_checks,
+    psis_loo,
+)
+from bayesfed.effects import sensitivity
 from bayesfed.partition import decomposition_from_cov, hdi_summary, variance_explained, vpc
+from bayesfed.spec import ModelSpec
 from bayesfed.store import fit_attrs, load_fit, write_json
 
 #: Probability mass of every reported interval.
@@ -224,6 +233,8 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         The fit's file name, recorded in the summary.
     """
     if tree.attrs.get("bayesfed_family", "two_level") == "event_time":
+        if tree.attrs.get("bayesfed_design", "pooled") == "stacked":
+            return summarize_stacked_fit(tree, file)
         return summarize_event_fit(tree, file)
     post = tree.posterior.to_dataset()
     params = param_summaries(tree)
@@ -325,6 +336,135 @@ def summarize_event_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
     return out
 
 
+#: Scalar parameters of the stacked event-time model reported in ``params`` (those present).
+STACKED_SCALARS = ("sd_school", "sd_cell", "sigma", "shock_ar", "sd_federation_effect",
+                   "sd_cohort_effect", "tau_step")
+
+
+def _by_outer(tree: xr.DataTree, var: str, outer: str) -> dict[str, dict[str, dict]]:
+    """Summaries of a (chain, draw, outer, inner) variable: ``outer label -> inner label ->``
+    the :data:`_FIELDS` plus ``p_positive``."""
+    draws = tree.posterior[var]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = az.summary(tree, var_names=[var], kind="all", ci_prob=PROB, ci_kind="hdi",
+                           round_to="none", fmt="xarray")[var]
+    inner = next(d for d in table.dims if d not in ("summary", outer))
+    out: dict[str, dict[str, dict]] = {}
+    for a in table[outer].to_numpy():
+        out[str(a)] = {}
+        for b in table[inner].to_numpy():
+            cell = table.sel({outer: a, inner: b})
+            out[str(a)][str(b)] = {k: _num(cell.sel(summary=v)) for k, v in _FIELDS.items()} | {
+                "p_positive": float((draws.sel({outer: a, inner: b}) > 0).mean())}
+    return out
+
+
+def prior_sensitivity(tree: xr.DataTree, names: tuple[str, ...] = ("att", "att_average")
+                      ) -> dict[str, dict[str, object]]:
+    """Power-scaling sensitivity (Kallioinen et al. 2024, ``arviz_stats.psense_summary``) of
+    the effect aggregates to the prior and to the likelihood (the fit's ``log_prior`` and
+    ``log_likelihood`` groups: :mod:`bayesfed.event_posterior`).
+
+    Returns
+    -------
+    dict
+        ``name -> {prior, likelihood, diagnosis}``: the cumulative Jensen-Shannon distance of
+        the posterior under power-scaling of each part (above 0.05: sensitive), and
+        arviz-stats' reading (``"✓"``, ``"potential strong prior / weak likelihood"`` or
+        ``"potential prior-data conflict"``). Names are ``att[k]`` and ``att_average``.
+    """
+    table = azs.psense_summary(tree, var_names=list(names), round_to=6)
+    return {str(name): {"prior": float(row["prior"]), "likelihood": float(row["likelihood"]),
+                        "diagnosis": str(row["diagnosis"])} for name, row in table.iterrows()}
+
+
+def event_checks(tree: xr.DataTree) -> dict[str, object]:
+    """The stacked model's predictive checks of new schools' cells: per statistic
+    (:data:`bayesfed.event_posterior.STATISTICS`) the observed mean over draws, the
+    replications' mean and central 94% interval, and ``p_value`` = P(T_rep >= T_obs)."""
+    pp = tree.posterior_predictive
+    out: dict[str, object] = {"draws": int(pp.sizes["chain"] * pp.sizes["draw"]),
+                              "unit": "new schools' cells", "posterior": {}}
+    for stat in pp["statistic"].to_numpy():
+        obs = pp["check_observed"].sel(statistic=stat).to_numpy().ravel()
+        rep = pp["check_replicated"].sel(statistic=stat).to_numpy().ravel()
+        low, high = np.quantile(rep, [(1 - PROB) / 2, (1 + PROB) / 2])
+        out["posterior"][str(stat)] = {"observed": float(obs.mean()), "mean": float(rep.mean()),
+                                       "low": float(low), "high": float(high),
+                                       "p_value": float((rep >= obs).mean())}
+    return out
+
+
+def summarize_stacked_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
+    """Summary of a stacked event-time fit (:mod:`bayesfed.event_stacked`).
+
+    Returns
+    -------
+    dict
+        The fields every fit has plus ``design`` (``"stacked"``); ``terms`` and ``params``
+        (coefficients and :data:`STACKED_SCALARS`); ``federation_effect`` keyed by year since
+        founding (``"0"`` ..: :math:`ATT(k)`) and lead (``"-2"`` ..: aggregated leads), each a
+        parameter summary plus ``p_positive``; ``federation_effect_by_cohort`` (founding year
+        -> year -> the same, :math:`ATT(e,k)`) and ``leads_by_cohort``; ``att_average`` (the
+        mean of :math:`ATT(k)` over k); ``weights`` (``kind``; ``by_year``: year -> founding
+        year -> :math:`w(e,k)`; ``federated_pupils``: the same layout, counts); ``gap`` (the
+        federated-vs-matched gap of each founding cohort in year -1); ``reference_year``
+        (-1); ``trajectory``; ``pre_trend`` (``leads``, ``flagged``: some aggregated lead's
+        94% HDI excludes 0); ``sensitivity`` (:func:`bayesfed.effects.sensitivity`);
+        ``prior_sensitivity`` (:func:`prior_sensitivity`); ``variance_partition``
+        (``school``, ``cell``, ``pupil``); ``predictive`` (:func:`event_checks`);
+        ``deviation_unit``; ``n_cells``,
+        ``n_cohorts``, ``n_foundings``, ``n_dropped``, ``n_federations``.
+    """
+    post = tree.posterior.to_dataset()
+    params = param_summaries(tree, ("beta", *STACKED_SCALARS))
+    effects = param_summaries(tree, ("lead_att", "att"))
+    draws = {str(k): post["lead_att"].sel(lead_year=k) for k in post["lead_year"].to_numpy()}
+    draws |= {str(k): post["att"].sel(event_year=k) for k in post["event_year"].to_numpy()}
+    years = [str(k) for k in post["event_year"].to_numpy()]
+    leads = [str(k) for k in post["lead_year"].to_numpy()]
+    weights = tree.constant_data.to_dataset()
+    average = param_summaries(tree, ("att_average",))["att_average"]
+    out: dict[str, object] = {
+        **_common(tree, file),
+        "design": "stacked",
+        "terms": [n for n in params if n not in STACKED_SCALARS],
+        "params": params,
+        "federation_effect": {k: _with_p_positive(effects[k], draws[k]) for k in (*leads, *years)},
+        "federation_effect_by_cohort": _by_outer(tree, "att_cohort", "founding"),
+        "leads_by_cohort": _by_outer(tree, "lead", "founding") if leads else {},
+        "att_average": _with_p_positive(average, post["att_average"]),
+        "gap": {k: v for k, v in param_summaries(tree, ("federated_gap",)).items()},
+        "weights": {"kind": str(tree.attrs["bayesfed_weights"]),
+                    "by_year": {str(k): {str(e): float(weights["att_weight"].sel(
+                        founding=e, year=k)) for e in weights["founding"].to_numpy()}
+                                for k in weights["year"].to_numpy()},
+                    "federated_pupils": {str(k): {str(e): int(weights["federated_pupils"].sel(
+                        founding=e, year=k)) for e in weights["founding"].to_numpy()}
+                                         for k in weights["year"].to_numpy()}},
+        "reference_year": -1,
+        "trajectory": {"first": years[0], "last": years[-1], "p_last_gt_first": float(
+            (draws[years[-1]] > draws[years[0]]).mean())},
+        "pre_trend": {"leads": leads, "flagged": any(
+            not effects[k]["hdi_low"] <= 0.0 <= effects[k]["hdi_high"] for k in leads)},
+        "sensitivity": sensitivity(
+            post["att"].transpose("chain", "draw", "event_year").to_numpy().reshape(
+                -1, len(years)),
+            post["lead_att"].transpose("chain", "draw", "lead_year").to_numpy().reshape(
+                -1, len(leads)), [int(k) for k in years],
+            ModelSpec.model_validate_json(tree.attrs["bayesfed_spec"]).event_options.sensitivity,
+            PROB),
+        "prior_sensitivity": prior_sensitivity(tree),
+        "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
+        "predictive": event_checks(tree),
+        "diagnostics": diagnostics(tree),
+        "deviation_unit": str(tree.attrs["bayesfed_deviation_unit"]),
+    }
+    for key in ("n_cells", "n_cohorts", "n_foundings", "n_dropped", "n_federations"):
+        out[key] = int(tree.attrs[f"bayesfed_{key}"])
+    return out
+
+
 def compare_with_per_year(fits: list[dict]) -> None:
     """Add ``per_year_comparison`` to each event-time fit, in place, when the folder also
     holds per-year fits with a federation effect for its years since founding.
@@ -388,17 +528,22 @@ def summarize_dir(folder: str | Path) -> dict[str, object]:
 
 
 def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
-    """Add ``predictive`` and ``loo`` to a fit's summary when its file stores the per-school
-    statistics (:func:`bayesfed.checks.has_school_data`), in place; return its
-    leave-one-school-out result. A fit that failed its diagnostic gates gets no ``loo`` (its
-    draws are not a posterior sample to importance-weight): None, as without the statistics.
+    """Add ``loo`` (and, for a two-level fit, ``predictive``) to a fit's summary when its
+    file holds what they need, in place; return its leave-one-school-out result. Two-level
+    fits need the per-school statistics (:func:`bayesfed.checks.has_school_data`); a stacked
+    event-time fit stores each school's log-likelihood (:mod:`bayesfed.event_posterior`) and
+    its predictive checks are in its summary already. A fit that failed its diagnostic gates
+    gets no ``loo`` (its draws are not a posterior sample to importance-weight): None, as
+    without the statistics.
     """
-    if not has_school_data(tree):
+    stacked = "log_likelihood" in tree.children and "pupils" in tree.log_likelihood
+    if not (stacked or has_school_data(tree)):
         return None
-    fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
+    if not stacked:
+        fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
     if not fit["diagnostics"]["ok"]:
         return None
-    elpd = loo_school(tree)
+    elpd = psis_loo(tree, "pupils") if stacked else loo_school(tree)
     fit["loo"] = loo_summary(elpd)
     return elpd
 

@@ -30,9 +30,26 @@ def test_defaults_are_the_documented_formulas(design):
     flag = design.X[:, k]
     assert set(flag) == {0.0, 1.0}
     assert p.slopes[k].mu == 0.0
-    assert p.slopes[k].sigma == pytest.approx(2.5 * sd_y / np.std(flag, ddof=1))
-    np.testing.assert_allclose(p.slope_sigma, 2.5 * sd_y / design.X.std(axis=0, ddof=1))
+    # the federation effect in units of the outcome's sd (EFFECT_SD = 1), not of the flag's
+    assert p.slopes[k].sigma == pytest.approx(1.0 * sd_y)
+    others = [i for i, name in enumerate(design.coef_names) if name != "federated"]
+    np.testing.assert_allclose(p.slope_sigma[others],
+                               2.5 * sd_y / design.X[:, others].std(axis=0, ddof=1))
     assert p.sd_school == pytest.approx(sd_y) and p.sigma == pytest.approx(sd_y)
+    assert default_priors(design, effect_sd=0.5).slopes[k].sigma == pytest.approx(0.5 * sd_y)
+
+
+def test_effect_sd_precedence(design):
+    """``effect_sd`` scales the federation effect's default; an explicit ``slope.federated``
+    beats it; the override's ``effect_sd`` beats the spec's."""
+    sd_y = np.std(design.y, ddof=1)
+    k = design.coef_names.index("federated")
+    spec = Priors.model_validate({"effect_sd": 0.5})
+    assert resolve_priors(design, spec).slopes[k] == Normal(0.0, pytest.approx(0.5 * sd_y))
+    override = Priors.model_validate({"effect_sd": 2.0})
+    assert resolve_priors(design, spec, override).slopes[k].sigma == pytest.approx(2.0 * sd_y)
+    explicit = Priors.model_validate({"effect_sd": 0.5, "slope": {"federated": {"sigma": 3.0}}})
+    assert resolve_priors(design, explicit).slopes[k] == Normal(0.0, 3.0)
 
 
 def test_precedence_override_then_spec_then_default(design):

@@ -90,12 +90,17 @@ def test_event_section_only_for_event_time_models():
     base = {"model": {"name": "E", "family": "event_time"},
             "predictors": {"pupil": ["fsm"]}}
     spec = spec_from_dict(base)
-    assert spec.event_options.leads == [-2] and spec.event_options.years_after == 5
+    assert spec.event_options.leads == "all" and spec.event_options.years_after == 5
     assert spec.event_options.effect_prior == "random_walk"
+    assert spec.event_options.design == "stacked" and spec.event_options.shocks == "ar1"
+    assert spec.event_options.deviations and spec.event_options.weights == "pupils"
     with pytest.raises(SpecError) as err:
         spec_from_dict({**base, "event": {"leads": [-1]}})
-    assert "leads must be distinct years <= -2 (year -1 is the reference), got [-1]" in str(
-        err.value)
+    assert ('leads must be "all" or distinct years <= -2 (year -1 is the reference), got [-1]'
+            in str(err.value))
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"sensitivity": [-1.0]}})
+    assert "sensitivity must list values of M >= 0, got [-1.0]" in str(err.value)
     with pytest.raises(SpecError) as err:
         spec_from_dict({**base, "event": {"effect_prior": "spline"}})
     assert "event.effect_prior" in str(err.value)

@@ -1,0 +1,672 @@
+r"""The stacked event-time model: federated schools compared with their own founding cohort.
+
+Design and estimand
+-------------------
+Federations were founded in different years (founding cohorts :math:`e`), and each federation
+has matched non-federated schools with the same founding year, observed over the same calendar
+years. A cell :math:`c = (j, k)` is school :math:`j`'s pupils in year :math:`k` since founding
+(calendar year :math:`t = e_j + k`); :math:`F_j` is the federated flag, :math:`f(j)` the
+federation. For pupil :math:`i` of cell :math:`c`:
+
+.. math::
+
+    y_i = \gamma_{e,k} + (x_i - \bar x)^\top\beta
+          + F_j\,[\,g_e + \theta_{e,k}\,] + F_j\,1[k \ge 0]\,b_{f(j)}
+          + u_j + v_{j,k} + \epsilon_i,
+
+* :math:`\gamma_{e,k}`: founding-cohort x calendar-year effects (a stacked design): a federated
+  school is compared only with the schools of its own founding cohort in the same calendar
+  year, never with schools founded earlier or later, so no already-treated school serves as a
+  control (Sun & Abraham 2021; Callaway & Sant'Anna 2021; Borusyak, Jaravel & Spiess 2024);
+* :math:`g_e`: the federated-vs-matched gap of cohort :math:`e` in the reference year
+  :math:`k = -1` (it plays the part of school fixed effects: federations formed by weaker
+  schools do not bias the effects);
+* :math:`\theta_{e,k}`: the effect of federation on cohort :math:`e` in year :math:`k \ge 0`,
+  :math:`\theta_{e,k} = \delta_k + \eta_{e,k}`, a common path :math:`\delta` (random walk over
+  :math:`k`, or independent) plus cohort deviations :math:`\eta_{e,k}`, partially pooled
+  across cohorts with sd ``sd_cohort_effect`` :math:`\tau_\eta` (with the random walk a
+  random walk too: :math:`\eta_{e,0}, \eta_{e,k} - \eta_{e,k-1} \sim N(0, \tau_\eta^2)`,
+  so a cohort whose effect grows faster drifts from the common path); for :math:`k \le -2`
+  the placebo leads :math:`\theta_{e,k} = \lambda_{e,k}` (zero under parallel trends and no
+  anticipation);
+* :math:`b_f \sim N(0, \tau_b^2)`: the federation's deviation of the effect
+  (``sd_federation_effect``; federation is the unit that is treated);
+* :math:`u_j \sim N(0, \tau^2)` school intercepts; :math:`v_{j,k}` school-by-cohort shocks,
+  AR(1) over a school's consecutive years, :math:`\mathrm{corr}(v_{j,k}, v_{j,k'}) =
+  \rho^{|k-k'|}`, variance :math:`\omega^2` (``shocks = "iid"``: :math:`\rho = 0`);
+  :math:`\epsilon_i \sim N(0, \sigma^2)`.
+
+The estimand is the average effect on the federated pupils (:mod:`bayesfed.effects`):
+:math:`ATT(e,k)` = the mean over cohort :math:`e`'s federated pupils in year :math:`k` of
+:math:`\theta_{e,k} + b_{f}`, and :math:`ATT(k) = \sum_e w(e,k) ATT(e,k)` with :math:`w(e,k)`
+the share of the federated pupils in year :math:`k` who are in cohort :math:`e` (or the share
+of the federations). Identification: parallel trends within founding cohort (federated and
+matched schools of a cohort would have moved alike without federation) and no anticipation.
+
+Marginal likelihood
+-------------------
+Everything Gaussian given the standard deviations and :math:`\rho` is integrated out exactly,
+so NUTS samples only :math:`\beta` and the variance parameters. Each school's event-time grid
+has :math:`T` positions (the years :math:`k_{\min}..K`); :math:`n_{jk}` pupils (0 where the
+school has none), cell means :math:`\bar y_{jk}`, residuals :math:`r_{jk} = \bar y_{jk} - m -
+(\bar x_{jk} - \bar x)^\top\beta` (:math:`m` the prior mean of :math:`\gamma`).
+
+*The shocks* (information form, so that empty cells need nothing special): with
+:math:`h_{jk} = n_{jk}/\sigma^2` and the AR(1) precision :math:`\Lambda = R(\rho)^{-1}/\omega^2`
+(tridiagonal), :math:`J_j = \Lambda + \mathrm{diag}(h_j)` is tridiagonal, and the precision of
+school :math:`j`'s cell means given the block and :math:`u_j` integrated is
+
+.. math::
+
+    M_v = H - H J^{-1} H, \qquad
+    M_u = M_v - w\,q q^\top,\; q = M_v 1,\; w = \tau^2 / (1 + \tau^2\,1^\top q).
+
+:math:`J^{-1}` comes from the continuants of :math:`J` (forward :math:`\vartheta`, backward
+:math:`\varphi`): :math:`(J^{-1})_{ab} = (\rho/c)^{|a-b|}\vartheta_{\min(a,b)}
+\varphi_{\max(a,b)+1}/\det J` with :math:`c = \omega^2(1-\rho^2)` (Usmani 1994), :math:`O(T^2)`
+per school, vectorised over schools. *The federation deviations*: the schools of federation
+:math:`f` share :math:`b_f` on their post-founding cells :math:`p`, a rank-one term,
+:math:`M_f = \mathrm{blockdiag}(M_u) - w_f Q_f Q_f^\top` with :math:`Q_f = \sum_{j \in f}
+M_{u,j} p`, :math:`s_f = p^\top Q_f`, :math:`w_f = \tau_b^2/(1 + \tau_b^2 s_f)`.
+
+*The Gaussian block* :math:`x = (\tilde\gamma, \mu, \delta)`: per founding cohort the
+:math:`T` values :math:`\tilde\gamma_{e,\cdot} = \gamma_{e,\cdot} - m` (every school of the
+cohort) and :math:`\mu_{e,\cdot} = \tilde\gamma_{e,\cdot} + g_e + \theta_{e,\cdot}` (its
+federated schools), and :math:`\delta`. In these coordinates the data's precision is
+block-diagonal: :math:`\sum_{j \in e,\ \mathrm{matched}} M_{u,j}` for
+:math:`\tilde\gamma_e` and :math:`\sum_{f \in e} M_f` for :math:`\mu_e`; the prior
+(:func:`block_prior`) is a Gaussian whose precision :math:`Q` is a sum of constant matrices
+over :math:`1/\mathrm{var}` of independent components (:math:`\tilde\gamma`, :math:`g`,
+:math:`\lambda`, :math:`\eta`, :math:`\delta_0` and the random walk's steps; the map from
+:math:`x` to them has determinant 1). With :math:`G = Q + H` and :math:`b` the data's linear
+term,
+
+.. math::
+
+    -2 \log p(y \mid \beta, \sigma, \omega, \rho, \tau, \tau_b, \tau_\eta, \tau_s) =
+    N \log 2\pi\sigma^2 + W(\beta)/\sigma^2
+    + \sum_j \big[\log\det J_j + T \log\omega^2 + (T-1)\log(1-\rho^2)
+    + \log(1 + \tau^2 1^\top q_j)\big] + \sum_f \log(1 + \tau_b^2 s_f) \\
+    + r^\top M r + \log\det Q^{-1} + \log\det G - b^\top G^{-1} b,
+
+with :math:`W(\beta)` the pooled within-cell sum of squares (as in :mod:`bayesfed.event_time`).
+Per gradient this costs :math:`O(J T^2)` for :math:`J` schools plus one Cholesky factorisation of
+:math:`G` (:math:`2ET + K + 1` rows: 86 for five cohorts and eight years), whatever the number
+of pupils. After sampling, :func:`bayesfed.event_posterior.posterior_draws` draws :math:`x`
+from :math:`N(G^{-1}b, G^{-1})` and then each :math:`b_f` from its Gaussian conditional, one
+per posterior draw.
+``tests/test_event_stacked.py`` checks the marginal against the dense Gaussian density of the
+pupils written directly from the model above.
+
+Priors
+------
+With :math:`s_y` the outcome's sd (pupils of the fit) and :math:`e_s` = ``[priors] effect_sd``
+(:data:`bayesfed.priors.EFFECT_SD`, 1), effects are stated in units of :math:`s_y`, as the
+per-year ``federated`` coefficient's (:mod:`bayesfed.priors`):
+
+=========================  ==========================================  ========================
+parameter                  default prior                               why
+=========================  ==========================================  ========================
+``beta[k]``                :math:`N(0, 2.5 s_y / s_k)`                 as :mod:`bayesfed.priors`
+:math:`\gamma_{e,k}`       :math:`N(\bar y, 2.5 s_y)`                  the intercept's prior
+:math:`g_e`, leads,        :math:`N(0, e_s s_y)`                       a school-level change
+:math:`\delta_0` (or each                                              beyond 2 pupil sds is
+:math:`\delta_k`)                                                      implausible
+``tau_step``               :math:`\mathrm{HalfNormal}(s_y / 4)`        allows a constant effect
+                                                                       (density > 0 at 0, not a
+                                                                       zero-avoiding gamma)
+``sd_cohort_effect``       :math:`\mathrm{HalfNormal}(s_y / 4)`        cohorts' effects differ
+``sd_federation_effect``   :math:`\mathrm{HalfNormal}(s_y / 4)`        by less than half a pupil
+                                                                       sd (95% of the prior)
+``sd_school``, ``sd_cell``,
+``sigma``                  :math:`\mathrm{HalfNormal}(s_y)`            as :mod:`bayesfed.priors`
+``shock_ar``               :math:`(\rho + 1)/2 \sim \mathrm{Beta}(2, 2)`  centred on 0, away
+                                                                       from the unit-root edges
+=========================  ==========================================  ========================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import pymc as pm
+import pytensor
+import pytensor.tensor as pt
+import xarray as xr
+
+from bayesfed.event_design import REFERENCE_YEAR
+from bayesfed.priors import Normal, Scales, effect_sd, resolve_priors
+from bayesfed.spec import Priors
+from bayesfed.stacked_design import StackedData
+
+Shocks = Literal["ar1", "iid"]
+EffectPrior = Literal["random_walk", "independent"]
+
+#: Scale of the heterogeneity and step sds' HalfNormal priors, in units of the outcome's sd.
+HETEROGENEITY_SD = 0.25
+
+#: A numerical guard, in units of the effect prior's sd: the variances of the cohort
+#: deviations and random-walk steps and :math:`\omega^2(1-\rho^2)` get ``(VARIANCE_FLOOR *
+#: effect)**2`` added. A standard deviation below 1e-8 outcome sds is indistinguishable from 0
+#: (the likelihood changes by about 1e-15 relative), but without the floor a warm-up chain that
+#: wandered to a step sd of 1e-150 overflowed :math:`1/\tau^2` and stopped (seen in the
+#: coverage study: 500 divergences in one chain, R-hat 1.5).
+VARIANCE_FLOOR = 1e-8
+
+
+@dataclass(frozen=True)
+class StackedPriors:
+    """Resolved priors of the stacked model (module docstring's table), outcome units.
+
+    Attributes
+    ----------
+    level : Normal
+        Prior of each founding-cohort x year effect :math:`\\gamma_{e,k}`.
+    slopes : tuple of Normal, length n_coef
+    effect : float
+        Sd of the Normal(0, .) priors of the gaps, leads and :math:`\\delta_0` (each
+        :math:`\\delta_k` when independent).
+    tau_step, sd_cohort_effect, sd_federation_effect : float
+        Scales of the HalfNormal priors of the step and heterogeneity sds.
+    sd_school, sd_cell, sigma : float
+        Scales of the HalfNormal priors of the school, cell and pupil sds.
+    shock_ar : float
+        Both shape parameters of the Beta prior of :math:`(\\rho + 1)/2`.
+    coef_names : tuple of str
+    """
+
+    level: Normal
+    slopes: tuple[Normal, ...]
+    effect: float
+    tau_step: float
+    sd_cohort_effect: float
+    sd_federation_effect: float
+    sd_school: float
+    sd_cell: float
+    sigma: float
+    shock_ar: float = 2.0
+    coef_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``name -> number`` mapping for NetCDF attributes and JSON."""
+        out = {"prior.gamma.mu": self.level.mu, "prior.gamma.sigma": self.level.sigma}
+        for name, slope in zip(self.coef_names, self.slopes, strict=True):
+            out[f"prior.beta[{name}].mu"] = slope.mu
+            out[f"prior.beta[{name}].sigma"] = slope.sigma
+        scalars = {"effect.sigma": self.effect, "tau_step.sigma": self.tau_step,
+                   "sd_cohort_effect.sigma": self.sd_cohort_effect,
+                   "sd_federation_effect.sigma": self.sd_federation_effect,
+                   "sd_school.sigma": self.sd_school, "sd_cell.sigma": self.sd_cell,
+                   "sigma.sigma": self.sigma, "shock_ar.beta": self.shock_ar}
+        return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
+
+
+def resolve_stacked_priors(data: StackedData, spec_priors: Priors | None = None
+                           ) -> StackedPriors:
+    """The priors of the module docstring's table, with the spec's ``[priors]`` applied
+    (``intercept`` sets :math:`\\gamma`'s, then ``slopes``/``slope``, ``sd_school``,
+    ``sd_cell``, ``sigma`` and ``effect_sd``, with the precedence of
+    :func:`bayesfed.priors.resolve_priors`).
+
+    Raises
+    ------
+    SpecError
+        The outcome or a predictor is constant, or ``slope`` names no coefficient.
+    """
+    spec_priors = spec_priors or Priors()
+    sd_y = data.sd_y
+    two_level = resolve_priors(Scales(data.n_pupils, data.y_mean, sd_y, data.sd_x,
+                                      data.coef_names), spec_priors)
+    sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
+    small = HETEROGENEITY_SD * sd_y
+    return StackedPriors(level=two_level.intercept, slopes=two_level.slopes,
+                         effect=effect_sd([spec_priors]) * sd_y, tau_step=small,
+                         sd_cohort_effect=small, sd_federation_effect=small,
+                         sd_school=two_level.sd_school, sd_cell=float(sd_cell),
+                         sigma=two_level.sigma, coef_names=data.coef_names)
+
+
+class BlockPrior(NamedTuple):
+    """The block's prior precision :math:`Q = \\sum_g R_g^\\top R_g / \\mathrm{var}_g`
+    (:func:`block_prior`): per group of independent components, the constant matrix
+    :math:`R_g^\\top R_g` (K, K) and how many components it has."""
+
+    gram: dict[str, np.ndarray]
+    count: dict[str, int]
+
+
+def block_index(n_foundings: int, T: int) -> dict[str, object]:
+    """Where each part of the block :math:`x = (\\tilde\\gamma, \\mu, \\delta)` sits:
+    ``gamma`` and ``mu`` (n_foundings, T) arrays of positions, ``delta`` the first
+    position of :math:`\\delta`."""
+    ET = n_foundings * T
+    return {"gamma": np.arange(ET).reshape(n_foundings, T),
+            "mu": ET + np.arange(ET).reshape(n_foundings, T), "delta": 2 * ET}
+
+
+def block_prior(n_foundings: int, years: tuple[int, ...], effect_prior: EffectPrior
+                ) -> BlockPrior:
+    """The block prior's constant parts (module docstring): groups ``gamma``
+    (:math:`\\tilde\\gamma`, variance ``level.sigma``\\ :sup:`2`), ``effect`` (gaps, leads,
+    :math:`\\delta_0` or every :math:`\\delta_k`, ``effect``\\ :sup:`2`), ``eta`` (cohort
+    deviations, ``sd_cohort_effect``\\ :sup:`2`) and ``step`` (the random walk's steps,
+    ``tau_step``\\ :sup:`2`).
+
+    Each component is a row :math:`R` on the block: :math:`\\phi_{e,k} = \\mu_{e,k} -
+    \\tilde\\gamma_{e,k}`; the gap :math:`g_e = \\phi_{e,-1}`; a lead or effect
+    :math:`\\theta_{e,k} = \\phi_{e,k} - \\phi_{e,-1}`; :math:`\\eta_{e,k} = \\theta_{e,k} -
+    \\delta_k`. With ``effect_prior = "random_walk"`` each cohort's deviations are a random walk
+    too: :math:`\\eta_{e,0}` and the steps :math:`\\eta_{e,k} - \\eta_{e,k-1}` are the
+    ``eta`` components (a cohort whose effect grows faster drifts away from the common path
+    year by year); with ``"independent"``, each :math:`\\eta_{e,k}`.
+    """
+    T = len(years)
+    r = years.index(REFERENCE_YEAR)
+    n_effects = T - r - 1
+    where = block_index(n_foundings, T)
+    K = int(where["delta"]) + n_effects
+    rows: dict[str, list[np.ndarray]] = {"gamma": [], "effect": [], "eta": [], "step": []}
+
+    def row(*terms: tuple[int, float]) -> np.ndarray:
+        out = np.zeros(K)
+        for i, v in terms:
+            out[i] += v
+        return out
+
+    for e in range(n_foundings):
+        g, m = where["gamma"][e], where["mu"][e]
+        phi = [((m[i], 1.0), (g[i], -1.0)) for i in range(T)]
+        for i in range(T):
+            rows["gamma"].append(row((g[i], 1.0)))
+        rows["effect"].append(row(*phi[r]))
+        eta = []  # eta_{e,k} = theta_{e,k} - delta_k, as (position, coefficient) terms
+        for i in range(T):
+            if i == r:
+                continue
+            theta = (*phi[i], *((j, -v) for j, v in phi[r]))
+            if i < r:
+                rows["effect"].append(row(*theta))
+                continue
+            eta.append((*theta, (where["delta"] + i - r - 1, -1.0)))
+            if effect_prior == "random_walk" and len(eta) > 1:  # its step
+                rows["eta"].append(row(*eta[-1], *((j, -v) for j, v in eta[-2])))
+            else:
+                rows["eta"].append(row(*eta[-1]))
+    d = int(where["delta"])
+    for k in range(n_effects):
+        if effect_prior == "independent" or k == 0:
+            rows["effect"].append(row((d + k, 1.0)))
+        else:
+            rows["step"].append(row((d + k, 1.0), (d + k - 1, -1.0)))
+    gram = {g: (np.array(v).T @ np.array(v) if v else np.zeros((K, K))) for g, v in rows.items()}
+    return BlockPrior(gram, {g: len(v) for g, v in rows.items()})
+
+
+#: Scalars of the packed container ``stacked_constants`` (:func:`stacked_constants`), in
+#: order; then the vectors (slopes' means and sds, the pupils' mean predictors, ``Xy``) and
+#: ``XX``.
+_PACKED = ("level_mu", "level_sigma", "effect", "tau_step", "sd_cohort_effect",
+           "sd_federation_effect", "sd_school", "sd_cell", "sigma", "shock_ar", "n_pupils",
+           "yy")
+
+
+def stacked_constants(data: StackedData, priors: StackedPriors) -> np.ndarray:
+    """Every number of the model that depends on the data but not per school, as one vector
+    (the container ``stacked_constants``), so the compiled graph depends only on the spec's
+    structure and numba's cache serves a new data set.
+
+    Returns
+    -------
+    ndarray, shape (12 + 4 n_coef + n_coef**2,)
+    """
+    scalars = [priors.level.mu, priors.level.sigma, priors.effect, priors.tau_step,
+               priors.sd_cohort_effect, priors.sd_federation_effect, priors.sd_school,
+               priors.sd_cell, priors.sigma, priors.shock_ar, data.n_pupils, data.yy]
+    return np.concatenate([scalars, [s.mu for s in priors.slopes],
+                           [s.sigma for s in priors.slopes], data.x_mean, data.Xy,
+                           np.ravel(data.XX)]).astype(float)
+
+
+def _unpack(packed, p: int) -> dict[str, pt.TensorVariable]:
+    out = {name: packed[i] for i, name in enumerate(_PACKED)}
+    head = len(_PACKED)
+    for i, name in enumerate(("slope_mu", "slope_sigma", "x_mean", "Xy")):
+        out[name] = packed[head + i * p: head + (i + 1) * p]
+    out["XX"] = packed[head + 4 * p:].reshape((p, p))
+    return out
+
+
+class SchoolAlgebra(NamedTuple):
+    """Per-school quantities of the marginal likelihood (:func:`school_algebra`)."""
+
+    M: pt.TensorVariable  # (S, T, T): precision of the school's cell means, u and v integrated
+    log_det: pt.TensorVariable  # (S,): log det J + T log w^2 + (T-1) log(1-rho^2) + log(1+..)
+
+
+def school_algebra(n, sigma, sd_cell, sd_school, rho, one_minus_rho2, T: int,
+                   floor: float | pt.TensorVariable = 0.0) -> SchoolAlgebra:
+    """:math:`M_u` and the log-determinant terms of every school (module docstring).
+
+    :math:`J^{-1}` from the pivots of :math:`J`'s LDL factorisations from either end (ratios
+    of continuants, so nothing overflows however small :math:`\\omega^2(1-\\rho^2)`):
+    :math:`d_i = a_i - o^2/d_{i-1}`, :math:`f_i = a_i - o^2/f_{i+1}`, :math:`(J^{-1})_{jj} =
+    1/(d_j + f_j - a_j)` and :math:`(J^{-1})_{ij} = (J^{-1})_{jj} \\prod_{m=i}^{j-1}
+    (-o/d_m)` for :math:`i < j`, with :math:`a` the diagonal and :math:`o = -\\rho/c` the
+    off-diagonal of :math:`J`, :math:`c = \\omega^2(1-\\rho^2)`; :math:`\\log\\det J =
+    \\sum_i \\log d_i`. Since :math:`d_m \\ge 1/c` for :math:`m < T`, each factor
+    :math:`|o/d_m| \\le |\\rho| < 1`, so the products are computed as
+    :math:`\\mathrm{sign}(\\rho)^{j-i} \\exp(L_j - L_i)` from the cumulative sums
+    :math:`L` of their logs: a few array operations over (S, T, T), which compile and run fast.
+
+    Parameters
+    ----------
+    n : tensor, shape (S, T)
+        Pupils per school and grid year (0: none).
+    sigma, sd_cell, sd_school : tensor scalars
+        :math:`\\sigma`, :math:`\\omega`, :math:`\\tau` (outcome units).
+    rho, one_minus_rho2 : tensor scalars or floats
+        :math:`\\rho` and :math:`1 - \\rho^2` (0 and 1 for independent shocks; passed
+        separately so that :math:`1 - \\rho^2` can be computed without cancellation).
+    T : int
+        Grid length (at least 2).
+    floor : float or tensor scalar
+        Added to :math:`c = \\omega^2(1-\\rho^2)` (:data:`VARIANCE_FLOOR`).
+    """
+    h = n / sigma**2
+    c = sd_cell**2 * one_minus_rho2 + floor
+    ends = pt.concatenate([[1.0], pt.repeat(1 + rho**2, T - 2), [1.0]])
+    a = h + ends[None, :] / c
+    off2 = (rho / c) ** 2
+    d = [a[:, 0]]  # forward pivots
+    for i in range(1, T):
+        d.append(a[:, i] - off2 / d[-1])
+    f = [a[:, T - 1]]  # backward pivots
+    for i in range(T - 2, -1, -1):
+        f.append(a[:, i] - off2 / f[-1])
+    d, f = pt.stack(d, axis=1), pt.stack(f[::-1], axis=1)  # (S, T)
+    diagonal = 1 / (d + f - a)
+    upper = np.triu(np.ones((T, T), dtype=bool))[None]
+    inverse = pt.where(upper, diagonal[:, None, :], diagonal[:, :, None])  # at max(i, j)
+    if not (isinstance(rho, float) and rho == 0.0):
+        # prod_{m=i}^{j-1} (rho / c) / d_m, each factor of size <= |rho| < 1: as
+        # sign(rho)^|i-j| exp(-|L_j - L_i|), L the cumulative sum of log|factor|
+        logs = pt.log(pt.abs(rho / c) / d[:, :-1])
+        L = pt.concatenate([pt.zeros_like(logs[:, :1]), pt.cumsum(logs, axis=1)], axis=1)
+        lag = np.abs(np.subtract.outer(np.arange(T), np.arange(T)))
+        sign = pt.switch(pt.lt(rho, 0), (-1.0) ** lag, np.ones((T, T)))
+        inverse = inverse * sign[None] * pt.exp(-pt.abs(L[:, None, :] - L[:, :, None]))
+    else:
+        inverse = inverse * np.eye(T)[None]
+    hSh = h[:, :, None] * inverse * h[:, None, :]
+    q = h - hSh.sum(axis=2)  # M_v 1
+    s = q.sum(axis=1)
+    w = sd_school**2 / (1 + sd_school**2 * s)
+    M = h[:, :, None] * np.eye(T)[None] - hSh - w[:, None, None] * q[:, :, None] * q[:, None, :]
+    # log det Lambda^-1 = T log c - log(1 - rho^2) (= T log w^2 + (T-1) log(1 - rho^2))
+    log_det = (pt.log(d).sum(axis=1) + T * pt.log(c) - pt.log(one_minus_rho2)
+               + pt.log1p(sd_school**2 * s))
+    return SchoolAlgebra(M, log_det)
+
+
+class Marginal(NamedTuple):
+    """The integrated likelihood and what the exact draws of the block need."""
+
+    loglik: pt.TensorVariable  # scalar, nats
+    block_mean: pt.TensorVariable  # (K,): E[x | y, rest]
+    block_chol: pt.TensorVariable  # (K, K): lower Cholesky factor of the precision G
+    fed_w: pt.TensorVariable  # (F,): w_f (0 without federation deviations)
+    fed_Q: pt.TensorVariable  # (F, T): Q_f = sum_j M_j p
+    fed_pMr: pt.TensorVariable  # (F,): sum_j p' M_j r_j
+    school_M: pt.TensorVariable  # (S, T, T): each school's M_u
+    school_log_det: pt.TensorVariable  # (S,): each school's log-determinant terms
+    residual: pt.TensorVariable  # (S, T): r, the cell means less m and the predictors' part
+    prior_precision: pt.TensorVariable  # (K, K): Q
+    prior_log_det_cov: pt.TensorVariable  # scalar: log det Q^-1
+
+
+class Params(NamedTuple):
+    """The sampled parameters the likelihood needs (tensors)."""
+
+    beta: pt.TensorVariable
+    sigma: pt.TensorVariable
+    sd_cell: pt.TensorVariable
+    sd_school: pt.TensorVariable
+    rho: pt.TensorVariable | float
+    one_minus_rho2: pt.TensorVariable | float
+    sd_federation: pt.TensorVariable | None
+    sd_cohort: pt.TensorVariable
+    tau_step: pt.TensorVariable | None
+
+
+def marginal_loglik(cells, index, federation_founding, constants: dict, params: Params,
+                    prior: BlockPrior, years: tuple[int, ...], n_foundings: int,
+                    n_federations) -> Marginal:
+    """The module docstring's log-likelihood, with the block's conditional posterior.
+
+    Parameters
+    ----------
+    cells : tensor, shape (S, T, 2 + p)
+        :attr:`StackedData.cells`.
+    index : tensor of int, shape (S, 3)
+        Each school's founding cohort, federated flag and federation (0 for matched).
+    federation_founding : tensor of int, shape (F,)
+    constants : dict of tensors
+        :func:`stacked_constants`, unpacked.
+    params : Params
+    prior : BlockPrior
+    years : tuple of int
+        The grid.
+    n_foundings : int
+    n_federations : int or tensor
+    """
+    T, E = len(years), n_foundings
+    n, ybar, Xbar = cells[:, :, 0], cells[:, :, 1], cells[:, :, 2:]
+    founding, federated, federation = index[:, 0], index[:, 1], index[:, 2]
+    S = n.shape[0]
+    floor = (VARIANCE_FLOOR * constants["effect"]) ** 2
+    algebra = school_algebra(n, params.sigma, params.sd_cell, params.sd_school, params.rho,
+                             params.one_minus_rho2, T, floor)
+    M = algebra.M
+    r = ybar - constants["level_mu"] - pt.dot(Xbar - constants["x_mean"], params.beta)
+    Mr = (M * r[:, None, :]).sum(axis=2)
+    quad = (r * Mr).sum()
+    log_det = algebra.log_det.sum()
+    in_cohort = pt.eq(founding[None, :], np.arange(E)[:, None])  # (E, S)
+    fed = pt.cast(federated, "float64")
+    onehot = pt.concatenate([in_cohort * (1 - fed)[None, :], in_cohort * fed[None, :]])
+    H = pt.dot(onehot, M.reshape((S, T * T))).reshape((2 * E, T, T))  # (gamma_e..., mu_e...)
+    b = pt.dot(onehot, Mr)  # (2E, T)
+    post = np.array([k >= 0 for k in years], dtype=float)
+    fed_Q = pt.zeros((n_federations, T))
+    fed_pMr = pt.zeros((n_federations,))
+    fed_w = pt.zeros((n_federations,))
+    if params.sd_federation is not None:
+        Mp = pt.dot(M, post) * fed[:, None]  # (S, T)
+        fed_Q = fed_Q[federation].inc(Mp)
+        fed_pMr = fed_pMr[federation].inc(pt.dot(Mr, post) * fed)
+        s_f = pt.dot(fed_Q, post)
+        t2 = params.sd_federation**2
+        fed_w = t2 / (1 + t2 * s_f)
+        of_cohort = pt.eq(federation_founding[None, :], np.arange(E)[:, None])  # (E, F)
+        outer = (fed_w[:, None, None] * fed_Q[:, :, None] * fed_Q[:, None, :])
+        H = pt.inc_subtensor(H[E:], -pt.dot(of_cohort, outer.reshape((-1, T * T)))
+                             .reshape((E, T, T)))
+        b = pt.inc_subtensor(b[E:], -pt.dot(of_cohort, (fed_w * fed_pMr)[:, None] * fed_Q))
+        quad = quad - pt.sum(fed_w * fed_pMr**2)
+        log_det = log_det + pt.sum(pt.log1p(t2 * s_f))
+    # the block: prior precision plus the data's block-diagonal precision
+    variances = {"gamma": constants["level_sigma"] ** 2, "effect": constants["effect"] ** 2,
+                 "eta": params.sd_cohort**2 + floor}
+    if params.tau_step is not None:
+        variances["step"] = params.tau_step**2 + floor
+    Q = sum(pt.as_tensor(prior.gram[g]) / v for g, v in variances.items())
+    log_det_cov = sum(prior.count[g] * pt.log(v) for g, v in variances.items())
+    eye = np.eye(2 * E)
+    data_block = (H[:, :, None, :] * eye[:, None, :, None]).reshape((2 * E * T, 2 * E * T))
+    G = pt.inc_subtensor(Q[: 2 * E * T, : 2 * E * T], data_block)
+    b_vec = pt.concatenate([b.ravel(), pt.zeros(len(years) - years.index(REFERENCE_YEAR) - 1)])
+    chol = pt.linalg.cholesky(G)
+    half = pt.linalg.solve_triangular(chol, b_vec, lower=True)
+    beta = params.beta
+    within = (constants["yy"] - 2 * pt.dot(beta, constants["Xy"])
+              + pt.dot(beta, pt.dot(constants["XX"], beta)))
+    N = constants["n_pupils"]
+    minus2 = (N * pt.log(2 * np.pi * params.sigma**2) + within / params.sigma**2 + log_det
+              + quad + log_det_cov + 2 * pt.sum(pt.log(pt.diag(chol))) - pt.sum(half**2))
+    mean = pt.linalg.solve_triangular(chol.T, half, lower=False)
+    return Marginal(-0.5 * minus2, mean, chol, fed_w, fed_Q, fed_pMr, M, algebra.log_det, r,
+                    Q, log_det_cov)
+
+
+class StackedModel(NamedTuple):
+    """:func:`build_stacked`: the PyMC model and what the exact draws need."""
+
+    model: pm.Model
+    marginal: Marginal
+    data: StackedData
+    priors: StackedPriors
+    prior: BlockPrior
+    deviations: bool
+
+
+def container_values(data: StackedData, priors: StackedPriors) -> dict[str, np.ndarray]:
+    """The values of the model's data containers (:func:`build_stacked`): everything it
+    takes from the data, so a model compiled for one data set serves another of the same
+    structure (:func:`bayesfed.sampling.sample_reusing`)."""
+    return {"stacked_constants": stacked_constants(data, priors), "school_cells": data.cells,
+            "school_index": np.column_stack([data.founding_idx, data.federated,
+                                             np.maximum(data.federation_idx, 0)]),
+            "federation_founding": data.federation_founding}
+
+
+def _coords(data: StackedData) -> dict[str, list[str]]:
+    return {"predictor": list(data.coef_names), "founding": list(data.foundings),
+            "event_year": [str(k) for k in data.effect_years],
+            "lead_year": [str(k) for k in data.lead_years],
+            "federation": list(data.federations), "school": list(data.schools)}
+
+
+def _f64(value):
+    return value if isinstance(value, pt.TensorVariable) else np.float64(value)
+
+
+def build_stacked(data: StackedData, priors: StackedPriors | None = None,
+                  effect_prior: EffectPrior = "random_walk", shocks: Shocks = "ar1",
+                  federation_deviations: bool = True) -> StackedModel:
+    """Build the stacked event-time model with every Gaussian part integrated out.
+
+    The data are containers (numba compiles constants into the machine code, and the
+    compiled graph then serves any data set of the same structure): ``school_cells``
+    (:attr:`StackedData.cells`), ``school_index`` (S, 3: founding cohort, federated flag,
+    federation), ``federation_founding`` (F,) and ``stacked_constants``
+    (:func:`stacked_constants`).
+
+    Returns
+    -------
+    StackedModel
+        The model's free variables: ``beta`` (predictor), ``sigma``, ``sd_school``,
+        ``sd_cell``, ``sd_cohort_effect``, ``tau_step`` (random walk), ``shock_ar_01``
+        (AR(1) shocks; deterministic ``shock_ar`` = :math:`\\rho`) and
+        ``sd_federation_effect`` (federation deviations). The likelihood is the potential
+        ``marginal_loglik``; :func:`bayesfed.event_posterior.posterior_draws` adds the block and
+        the deviations.
+    """
+    if effect_prior not in ("random_walk", "independent"):
+        raise ValueError(f"effect_prior must be 'random_walk' or 'independent', "
+                         f"got {effect_prior!r}")
+    if shocks not in ("ar1", "iid"):
+        raise ValueError(f"shocks must be 'ar1' or 'iid', got {shocks!r}")
+    priors = priors or resolve_stacked_priors(data)
+    prior = block_prior(len(data.foundings), data.years, effect_prior)
+    p = len(data.coef_names)
+    values = container_values(data, priors)
+    with pm.Model(coords=_coords(data)) as model:
+        containers = {name: pm.Data(name, value) for name, value in values.items()}
+        constants = _unpack(containers["stacked_constants"], p)
+        cells, index = containers["school_cells"], containers["school_index"]
+        fed_founding = containers["federation_founding"]
+        beta = pm.Normal("beta", mu=constants["slope_mu"], sigma=constants["slope_sigma"],
+                         dims="predictor")
+        rho, one_minus_rho2 = 0.0, 1.0
+        if shocks == "ar1":
+            rho01 = pm.Beta("shock_ar_01", alpha=_f64(priors.shock_ar),
+                            beta=_f64(priors.shock_ar))
+            rho = pm.Deterministic("shock_ar", 2 * rho01 - 1)
+            one_minus_rho2 = 4 * rho01 * (1 - rho01)
+        params = Params(
+            beta=beta,
+            sigma=pm.HalfNormal("sigma", sigma=constants["sigma"]),
+            sd_cell=pm.HalfNormal("sd_cell", sigma=constants["sd_cell"]),
+            sd_school=pm.HalfNormal("sd_school", sigma=constants["sd_school"]),
+            rho=rho,
+            one_minus_rho2=one_minus_rho2,
+            sd_federation=(pm.HalfNormal("sd_federation_effect",
+                                         sigma=constants["sd_federation_effect"])
+                           if federation_deviations else None),
+            sd_cohort=pm.HalfNormal("sd_cohort_effect", sigma=constants["sd_cohort_effect"]),
+            tau_step=(pm.HalfNormal("tau_step", sigma=constants["tau_step"])
+                      if effect_prior == "random_walk" else None),
+        )
+        marginal = marginal_loglik(cells, index, fed_founding, constants, params, prior,
+                                   data.years, len(data.foundings), fed_founding.shape[0])
+        pm.Potential("marginal_loglik", marginal.loglik)
+    return StackedModel(model, marginal, data, priors, prior, federation_deviations)
+
+
+def draw_function(parts: StackedModel):
+    """A compiled function of the free variables' values (in ``model.free_RVs`` order) to
+    every :class:`Marginal` output but the log-likelihood's gradient: what the exact draws,
+    the per-school log-likelihoods and the log prior of one posterior draw need
+    (:mod:`bayesfed.event_posterior`)."""
+    compiled = pytensor.function(list(parts.model.free_RVs), list(parts.marginal),
+                                 on_unused_input="ignore")
+    return lambda *values: Marginal(*compiled(*values))
+
+
+def effect_variables(x: np.ndarray, b: np.ndarray, data: StackedData, deviations: bool
+                     ) -> dict[str, xr.DataArray]:
+    """The named effects of block draws and deviations.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n_chains, n_draws, K)
+        Draws of the block :math:`(\\tilde\\gamma, \\mu, \\delta)`.
+    b : ndarray, shape (n_chains, n_draws, n_federations)
+        Draws of the federation deviations.
+    data : StackedData
+    deviations : bool
+        Whether ``b`` is modelled.
+
+    Returns
+    -------
+    dict of str to DataArray
+        ``delta`` (event_year: the common path), ``cohort_effect`` (founding, event_year:
+        :math:`\\theta_{e,k}`), ``lead`` (founding, lead_year: :math:`\\lambda_{e,k}`),
+        ``federated_gap`` (founding: :math:`g_e`) and, with deviations,
+        ``federation_deviation`` (federation); outcome units, dims chain and draw first.
+    """
+    E, T = len(data.foundings), len(data.years)
+    where = block_index(E, T)
+    r = data.reference
+    gamma = x[..., where["gamma"]]  # (chain, draw, E, T)
+    phi = x[..., where["mu"]] - gamma
+    theta = phi - phi[..., r: r + 1]
+    coords = {"founding": list(data.foundings), "event_year": [str(k) for k in data.effect_years],
+              "lead_year": [str(k) for k in data.lead_years]}
+    dims = ("chain", "draw")
+    out = {
+        "delta": xr.DataArray(x[..., where["delta"]:], dims=(*dims, "event_year"),
+                              coords={"event_year": coords["event_year"]}),
+        "cohort_effect": xr.DataArray(theta[..., r + 1:], dims=(*dims, "founding", "event_year"),
+                                      coords={k: coords[k] for k in ("founding", "event_year")}),
+        "lead": xr.DataArray(theta[..., :r], dims=(*dims, "founding", "lead_year"),
+                             coords={k: coords[k] for k in ("founding", "lead_year")}),
+        "federated_gap": xr.DataArray(phi[..., r], dims=(*dims, "founding"),
+                                      coords={"founding": coords["founding"]}),
+    }
+    if deviations:
+        out["federation_deviation"] = xr.DataArray(
+            b, dims=(*dims, "federation"), coords={"federation": list(data.federations)})
+    return out
