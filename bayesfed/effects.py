@@ -27,7 +27,7 @@ pre-founding one, :math:`|\Delta_{k} - \Delta_{k-1}| \le M\,\bar\Delta`, :math:`
 :math:`[ATT(k) - (k+1)M\bar\Delta,\ ATT(k) + (k+1)M\bar\Delta]` (of the average, the mean of
 the bounds); the reported interval runs from the :math:`(1-p)/2` quantile of the lower bound
 to the :math:`(1+p)/2` quantile of the upper, so it covers the identified set with posterior
-probability at least :math:`p` (:data:`bayesfed.partition.PROB`). The breakdown value is the
+probability at least :math:`p` (0.94, :data:`bayesfed.summarize.PROB`). The breakdown value is the
 smallest :math:`M` at which the average's interval covers 0.
 """
 
@@ -51,8 +51,8 @@ class AttWeights:
     Attributes
     ----------
     kind : {"pupils", "federations"}
-    unit : ndarray, shape (n_federations, T)
-        :math:`u_{fk}` on the model's grid of years.
+    unit : ndarray, shape (F, T)
+        :math:`u_{fk}` on the model's grid of years (F federations).
     cohort : ndarray, shape (n_foundings, T)
         :math:`w(e,k)`; each year's column sums to 1 where the year has federated pupils.
     years : tuple of int, length T
@@ -96,7 +96,7 @@ def att_variables(posterior: xr.Dataset, data: StackedData, weights: AttWeights
     posterior : xarray.Dataset
         With ``cohort_effect`` (chain, draw, founding, event_year), ``lead`` (chain, draw,
         founding, lead_year) and, when modelled, ``federation_deviation`` (chain, draw,
-        federation) (:func:`bayesfed.event_stacked.add_stacked_draws`).
+        federation) (:func:`bayesfed.event_posterior.posterior_draws`).
     data : StackedData
     weights : AttWeights
 
@@ -162,8 +162,8 @@ def largest_pre_change(lead_att: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    lead_att : ndarray, shape (n_draws, n_leads)
-        Aggregated leads of the consecutive years ``k_min .. -2``.
+    lead_att : ndarray, shape (n_draws, L)
+        Aggregated leads of the L consecutive years ``k_min .. -2``.
     """
     path = np.concatenate([lead_att, np.zeros((lead_att.shape[0], 1))], axis=1)
     return np.abs(np.diff(path, axis=1)).max(axis=1)
@@ -177,7 +177,7 @@ def sensitivity(att: np.ndarray, lead_att: np.ndarray, years: list[int], grid: l
     ----------
     att : ndarray, shape (n_draws, K1)
         :math:`ATT(k)` draws for the years ``years`` (0..K).
-    lead_att : ndarray, shape (n_draws, n_leads)
+    lead_att : ndarray, shape (n_draws, L)
     years : list of int
     grid : list of float
         The values of M.

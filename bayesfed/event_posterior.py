@@ -39,9 +39,9 @@ import xarray as xr
 
 from bayesfed.effects import WeightKind, att_variables, att_weights, weight_variables
 from bayesfed.event_stacked import (
-    Marginal,
+    BlockLayout,
+    StackedMarginal,
     StackedModel,
-    block_index,
     draw_function,
     effect_variables,
 )
@@ -128,39 +128,39 @@ def _fixed_effects_prior(parts: StackedModel):
     return log_density
 
 
-def cell_residuals(out: Marginal, x: np.ndarray, b: np.ndarray, data: StackedData
-                   ) -> np.ndarray:
+def cell_residuals(out: StackedMarginal, x: np.ndarray, b: np.ndarray, data: StackedData,
+                   layout: BlockLayout) -> np.ndarray:
     """Each school's cell-mean residuals after the block and the deviations, shape (S, T):
     :math:`r_j` less :math:`\\mu_{e}` (federated) or :math:`\\tilde\\gamma_e` (matched)
     less :math:`F_j p\\, b_{f(j)}`; outcome units.
 
     Parameters
     ----------
-    out : Marginal
+    out : bayesfed.event_stacked.StackedMarginal
         The compiled model's outputs at one draw (:func:`bayesfed.event_stacked.draw_function`).
     x : ndarray, shape (K,)
         A block draw.
-    b : ndarray, shape (n_federations,)
-        Deviations (zeros without them).
+    b : ndarray, shape (F,)
+        Deviations of the F federations (zeros without them).
     data : StackedData
+    layout : BlockLayout
     """
-    where = block_index(len(data.foundings), len(data.years))
     fed = data.federated == 1
-    gamma, mu = x[where["gamma"]], x[where["mu"]]
+    gamma, mu = x[layout.gamma], x[layout.mu]
     block = np.where(fed[:, None], mu[data.founding_idx], gamma[data.founding_idx])
     post = np.array([k >= 0 for k in data.years], dtype=float)
     deviation = b[np.maximum(data.federation_idx, 0)] * fed
     return out.residual - block - deviation[:, None] * post[None, :]
 
 
-def school_loglik(out: Marginal, e: np.ndarray, beta: np.ndarray, sigma: float,
+def school_loglik(out: StackedMarginal, e: np.ndarray, beta: np.ndarray, sigma: float,
                   data: StackedData) -> np.ndarray:
     """Each school's log-likelihood given the sampled parameters, the block and the
     deviations, its intercept and shocks integrated out (module docstring), shape (S,), nats.
 
     Parameters
     ----------
-    out : Marginal
+    out : bayesfed.event_stacked.StackedMarginal
         The compiled model's outputs at the draw.
     e : ndarray, shape (S, T)
         :func:`cell_residuals`.
@@ -193,8 +193,9 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
     Returns
     -------
     xarray.DataTree
-        ``tree`` with, in ``posterior``, the effects (:func:`bayesfed.event_stacked.
-        effect_variables`) and aggregates (:func:`bayesfed.effects.att_variables`); the
+        ``tree`` with, in ``posterior``, the effects
+        (:func:`bayesfed.event_stacked.effect_variables`) and aggregates
+        (:func:`bayesfed.effects.att_variables`); the
         groups ``log_likelihood`` (``pupils``: chain, draw, school: each school's pupils),
         ``log_prior`` (``prior``: chain, draw, part: :data:`PRIOR_PARTS`),
         ``posterior_predictive`` (``check_observed`` and ``check_replicated``: chain, draw,
@@ -207,9 +208,9 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
     inputs = list(model.free_RVs)
     values = [post[v.name].transpose("chain", "draw", ...).to_numpy() for v in inputs]
     n_chains, n_draws = post.sizes["chain"], post.sizes["draw"]
-    E, T, F, S = len(data.foundings), len(data.years), len(data.federations), len(data.schools)
-    K = 2 * E * T + len(data.effect_years)
-    where = block_index(E, T)
+    F, S = len(data.federations), len(data.schools)
+    layout = parts.prior.layout
+    K = layout.size
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n_chains, n_draws, K))
     z_fed = rng.standard_normal((n_chains, n_draws, F))
@@ -228,15 +229,15 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
             x[c, d] = out.block_mean + np.linalg.solve(out.block_chol.T, z[c, d])
             if parts.deviations:
                 w = out.fed_w
-                mine = x[c, d, where["mu"]][data.federation_founding]  # (F, T)
+                mine = x[c, d, layout.mu][data.federation_founding]  # (F, T)
                 b[c, d] = (w * (out.fed_pMr - (out.fed_Q * mine).sum(axis=1))
                            + np.sqrt(w) * z_fed[c, d])
-            e = cell_residuals(out, x[c, d], b[c, d], data)
+            e = cell_residuals(out, x[c, d], b[c, d], data, layout)
             loglik[c, d] = school_loglik(out, e, point[names["beta"]],
                                          float(point[names["sigma"]]), data)
             log_prior[c, d] = float(prior_fn(*point)), fixed_effects(x[c, d])
             checks[:, c, d] = _replicate(e, present, data.n, point, names, rng)
-    effects = effect_variables(x, b, data, parts.deviations)
+    effects = effect_variables(x, b, data, layout, parts.deviations)
     posterior = post.assign(effects)
     weight = att_weights(data, weights)
     posterior = posterior.assign(att_variables(posterior, data, weight))

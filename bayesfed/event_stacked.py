@@ -22,8 +22,10 @@ federation. For pupil :math:`i` of cell :math:`c`:
   :math:`k = -1` (it plays the part of school fixed effects: federations formed by weaker
   schools do not bias the effects);
 * :math:`\theta_{e,k}`: the effect of federation on cohort :math:`e` in year :math:`k \ge 0`,
-  :math:`\theta_{e,k} = \delta_k + \eta_{e,k}`, a common path :math:`\delta` (random walk over
-  :math:`k`, or independent) plus cohort deviations :math:`\eta_{e,k}`, partially pooled
+  :math:`\theta_{e,k} = \delta_k + \eta_{e,k}`, a common path :math:`\delta` (a random walk
+  with drift over :math:`k`, :math:`\delta_k - \delta_{k-1} \sim N(d, \tau_s^2)`, so that a
+  steadily growing effect is not flattened towards its mean; or independent) plus cohort
+  deviations :math:`\eta_{e,k}`, partially pooled
   across cohorts with sd ``sd_cohort_effect`` :math:`\tau_\eta` (with the random walk a
   random walk too: :math:`\eta_{e,0}, \eta_{e,k} - \eta_{e,k-1} \sim N(0, \tau_\eta^2)`,
   so a cohort whose effect grows faster drifts from the common path); for :math:`k \le -2`
@@ -104,25 +106,27 @@ With :math:`s_y` the outcome's sd (pupils of the fit) and :math:`e_s` = ``[prior
 (:data:`bayesfed.priors.EFFECT_SD`, 1), effects are stated in units of :math:`s_y`, as the
 per-year ``federated`` coefficient's (:mod:`bayesfed.priors`):
 
-=========================  ==========================================  ========================
-parameter                  default prior                               why
-=========================  ==========================================  ========================
-``beta[k]``                :math:`N(0, 2.5 s_y / s_k)`                 as :mod:`bayesfed.priors`
-:math:`\gamma_{e,k}`       :math:`N(\bar y, 2.5 s_y)`                  the intercept's prior
-:math:`g_e`, leads,        :math:`N(0, e_s s_y)`                       a school-level change
-:math:`\delta_0` (or each                                              beyond 2 pupil sds is
-:math:`\delta_k`)                                                      implausible
-``tau_step``               :math:`\mathrm{HalfNormal}(s_y / 4)`        allows a constant effect
-                                                                       (density > 0 at 0, not a
-                                                                       zero-avoiding gamma)
-``sd_cohort_effect``       :math:`\mathrm{HalfNormal}(s_y / 4)`        cohorts' effects differ
-``sd_federation_effect``   :math:`\mathrm{HalfNormal}(s_y / 4)`        by less than half a pupil
-                                                                       sd (95% of the prior)
-``sd_school``, ``sd_cell``,
-``sigma``                  :math:`\mathrm{HalfNormal}(s_y)`            as :mod:`bayesfed.priors`
-``shock_ar``               :math:`(\rho + 1)/2 \sim \mathrm{Beta}(2, 2)`  centred on 0, away
-                                                                       from the unit-root edges
-=========================  ==========================================  ========================
+==================================  ===============================================
+parameter                           default prior
+==================================  ===============================================
+``beta[k]``                         :math:`N(0, 2.5 s_y / s_k)`
+:math:`\gamma_{e,k}`                :math:`N(\bar y, 2.5 s_y)`
+:math:`g_e, \lambda, \delta_0, d`   :math:`N(0, e_s s_y)` (independent effects: each
+                                    :math:`\delta_k`)
+``tau_step``                        :math:`\mathrm{HalfNormal}(s_y / 4)`
+``sd_cohort_effect``                :math:`\mathrm{HalfNormal}(s_y / 4)`
+``sd_federation_effect``            :math:`\mathrm{HalfNormal}(s_y / 4)`
+``sd_school``, ``sd_cell``, sigma   :math:`\mathrm{HalfNormal}(s_y)`
+``shock_ar``                        :math:`(\rho + 1)/2 \sim \mathrm{Beta}(2, 2)`
+==================================  ===============================================
+
+Why: the coefficients' and the cohort x year effects' priors are :mod:`bayesfed.priors`'
+(the latter the intercept's); an effect of a school-level change beyond two pupil sds is
+implausible; the half-normal priors of the step and heterogeneity sds have their mode at 0,
+so a constant effect, the same for every cohort and federation, is allowed (not a
+zero-avoiding gamma), and put 95% of their mass below half a pupil sd; the AR(1) correlation's
+prior is centred on 0 and keeps away from the unit-root edges, where a school's shocks and its
+intercept cannot be told apart.
 """
 
 from __future__ import annotations
@@ -228,30 +232,59 @@ def resolve_stacked_priors(data: StackedData, spec_priors: Priors | None = None
                          sigma=two_level.sigma, coef_names=data.coef_names)
 
 
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where each part of the Gaussian block :math:`x = (\\tilde\\gamma, \\mu, \\delta,
+    d)` sits (:func:`block_layout`).
+
+    Attributes
+    ----------
+    gamma, mu : ndarray of int, shape (n_foundings, T)
+        Positions of :math:`\\tilde\\gamma_{e,k}` and :math:`\\mu_{e,k}`.
+    delta : int
+        First position of :math:`\\delta` (years 0..K follow).
+    drift : int or None
+        Position of the random walk's drift :math:`d` (None for independent effects).
+    size : int
+        The block's length K.
+    """
+
+    gamma: np.ndarray
+    mu: np.ndarray
+    delta: int
+    drift: int | None
+    size: int
+
+
+def block_layout(n_foundings: int, years: tuple[int, ...], effect_prior: EffectPrior
+                 ) -> BlockLayout:
+    """The :class:`BlockLayout` of a grid of ``years`` (leads, -1, 0..K)."""
+    T = len(years)
+    ET = n_foundings * T
+    n_effects = T - years.index(REFERENCE_YEAR) - 1
+    drift = 2 * ET + n_effects if effect_prior == "random_walk" else None
+    return BlockLayout(gamma=np.arange(ET).reshape(n_foundings, T),
+                       mu=ET + np.arange(ET).reshape(n_foundings, T), delta=2 * ET,
+                       drift=drift, size=2 * ET + n_effects + (drift is not None))
+
+
 class BlockPrior(NamedTuple):
     """The block's prior precision :math:`Q = \\sum_g R_g^\\top R_g / \\mathrm{var}_g`
     (:func:`block_prior`): per group of independent components, the constant matrix
-    :math:`R_g^\\top R_g` (K, K) and how many components it has."""
+    :math:`R_g^\\top R_g` (K, K) and how many components it has, and the block's layout."""
 
     gram: dict[str, np.ndarray]
     count: dict[str, int]
-
-
-def block_index(n_foundings: int, T: int) -> dict[str, object]:
-    """Where each part of the block :math:`x = (\\tilde\\gamma, \\mu, \\delta)` sits:
-    ``gamma`` and ``mu`` (n_foundings, T) arrays of positions, ``delta`` the first
-    position of :math:`\\delta`."""
-    ET = n_foundings * T
-    return {"gamma": np.arange(ET).reshape(n_foundings, T),
-            "mu": ET + np.arange(ET).reshape(n_foundings, T), "delta": 2 * ET}
+    layout: BlockLayout
 
 
 def block_prior(n_foundings: int, years: tuple[int, ...], effect_prior: EffectPrior
                 ) -> BlockPrior:
     """The block prior's constant parts (module docstring): groups ``gamma``
     (:math:`\\tilde\\gamma`, variance ``level.sigma``\\ :sup:`2`), ``effect`` (gaps, leads,
-    :math:`\\delta_0` or every :math:`\\delta_k`, ``effect``\\ :sup:`2`), ``eta`` (cohort
-    deviations, ``sd_cohort_effect``\\ :sup:`2`) and ``step`` (the random walk's steps,
+    :math:`\\delta_0` and the drift :math:`d`, or every :math:`\\delta_k`,
+    ``effect``\\ :sup:`2`), ``eta`` (cohort deviations, ``sd_cohort_effect``\\ :sup:`2`) and
+    ``step`` (the random walk's steps less its drift, :math:`\\delta_k - \\delta_{k-1} - d`,
     ``tau_step``\\ :sup:`2`).
 
     Each component is a row :math:`R` on the block: :math:`\\phi_{e,k} = \\mu_{e,k} -
@@ -265,8 +298,8 @@ def block_prior(n_foundings: int, years: tuple[int, ...], effect_prior: EffectPr
     T = len(years)
     r = years.index(REFERENCE_YEAR)
     n_effects = T - r - 1
-    where = block_index(n_foundings, T)
-    K = int(where["delta"]) + n_effects
+    layout = block_layout(n_foundings, years, effect_prior)
+    K = layout.size
     rows: dict[str, list[np.ndarray]] = {"gamma": [], "effect": [], "eta": [], "step": []}
 
     def row(*terms: tuple[int, float]) -> np.ndarray:
@@ -276,7 +309,7 @@ def block_prior(n_foundings: int, years: tuple[int, ...], effect_prior: EffectPr
         return out
 
     for e in range(n_foundings):
-        g, m = where["gamma"][e], where["mu"][e]
+        g, m = layout.gamma[e], layout.mu[e]
         phi = [((m[i], 1.0), (g[i], -1.0)) for i in range(T)]
         for i in range(T):
             rows["gamma"].append(row((g[i], 1.0)))
@@ -289,19 +322,21 @@ def block_prior(n_foundings: int, years: tuple[int, ...], effect_prior: EffectPr
             if i < r:
                 rows["effect"].append(row(*theta))
                 continue
-            eta.append((*theta, (where["delta"] + i - r - 1, -1.0)))
+            eta.append((*theta, (layout.delta + i - r - 1, -1.0)))
             if effect_prior == "random_walk" and len(eta) > 1:  # its step
                 rows["eta"].append(row(*eta[-1], *((j, -v) for j, v in eta[-2])))
             else:
                 rows["eta"].append(row(*eta[-1]))
-    d = int(where["delta"])
+    d = layout.delta
     for k in range(n_effects):
         if effect_prior == "independent" or k == 0:
             rows["effect"].append(row((d + k, 1.0)))
         else:
-            rows["step"].append(row((d + k, 1.0), (d + k - 1, -1.0)))
+            rows["step"].append(row((d + k, 1.0), (d + k - 1, -1.0), (layout.drift, -1.0)))
+    if layout.drift is not None:
+        rows["effect"].append(row((layout.drift, 1.0)))
     gram = {g: (np.array(v).T @ np.array(v) if v else np.zeros((K, K))) for g, v in rows.items()}
-    return BlockPrior(gram, {g: len(v) for g, v in rows.items()})
+    return BlockPrior(gram, {g: len(v) for g, v in rows.items()}, layout)
 
 
 #: Scalars of the packed container ``stacked_constants`` (:func:`stacked_constants`), in
@@ -410,7 +445,7 @@ def school_algebra(n, sigma, sd_cell, sd_school, rho, one_minus_rho2, T: int,
     return SchoolAlgebra(M, log_det)
 
 
-class Marginal(NamedTuple):
+class StackedMarginal(NamedTuple):
     """The integrated likelihood and what the exact draws of the block need."""
 
     loglik: pt.TensorVariable  # scalar, nats
@@ -442,13 +477,13 @@ class Params(NamedTuple):
 
 def marginal_loglik(cells, index, federation_founding, constants: dict, params: Params,
                     prior: BlockPrior, years: tuple[int, ...], n_foundings: int,
-                    n_federations) -> Marginal:
+                    n_federations) -> StackedMarginal:
     """The module docstring's log-likelihood, with the block's conditional posterior.
 
     Parameters
     ----------
     cells : tensor, shape (S, T, 2 + p)
-        :attr:`StackedData.cells`.
+        :attr:`bayesfed.stacked_design.StackedData.cells`.
     index : tensor of int, shape (S, 3)
         Each school's founding cohort, federated flag and federation (0 for matched).
     federation_founding : tensor of int, shape (F,)
@@ -506,7 +541,7 @@ def marginal_loglik(cells, index, federation_founding, constants: dict, params: 
     eye = np.eye(2 * E)
     data_block = (H[:, :, None, :] * eye[:, None, :, None]).reshape((2 * E * T, 2 * E * T))
     G = pt.inc_subtensor(Q[: 2 * E * T, : 2 * E * T], data_block)
-    b_vec = pt.concatenate([b.ravel(), pt.zeros(len(years) - years.index(REFERENCE_YEAR) - 1)])
+    b_vec = pt.concatenate([b.ravel(), pt.zeros(prior.layout.size - 2 * E * T)])
     chol = pt.linalg.cholesky(G)
     half = pt.linalg.solve_triangular(chol, b_vec, lower=True)
     beta = params.beta
@@ -516,7 +551,7 @@ def marginal_loglik(cells, index, federation_founding, constants: dict, params: 
     minus2 = (N * pt.log(2 * np.pi * params.sigma**2) + within / params.sigma**2 + log_det
               + quad + log_det_cov + 2 * pt.sum(pt.log(pt.diag(chol))) - pt.sum(half**2))
     mean = pt.linalg.solve_triangular(chol.T, half, lower=False)
-    return Marginal(-0.5 * minus2, mean, chol, fed_w, fed_Q, fed_pMr, M, algebra.log_det, r,
+    return StackedMarginal(-0.5 * minus2, mean, chol, fed_w, fed_Q, fed_pMr, M, algebra.log_det, r,
                     Q, log_det_cov)
 
 
@@ -524,7 +559,7 @@ class StackedModel(NamedTuple):
     """:func:`build_stacked`: the PyMC model and what the exact draws need."""
 
     model: pm.Model
-    marginal: Marginal
+    marginal: StackedMarginal
     data: StackedData
     priors: StackedPriors
     prior: BlockPrior
@@ -559,8 +594,8 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
 
     The data are containers (numba compiles constants into the machine code, and the
     compiled graph then serves any data set of the same structure): ``school_cells``
-    (:attr:`StackedData.cells`), ``school_index`` (S, 3: founding cohort, federated flag,
-    federation), ``federation_founding`` (F,) and ``stacked_constants``
+    (:attr:`bayesfed.stacked_design.StackedData.cells`), ``school_index`` (S, 3: founding
+    cohort, federated flag, federation), ``federation_founding`` (F,) and ``stacked_constants``
     (:func:`stacked_constants`).
 
     Returns
@@ -617,25 +652,26 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
 
 def draw_function(parts: StackedModel):
     """A compiled function of the free variables' values (in ``model.free_RVs`` order) to
-    every :class:`Marginal` output but the log-likelihood's gradient: what the exact draws,
+    every :class:`StackedMarginal` output but the log-likelihood's gradient: what the exact draws,
     the per-school log-likelihoods and the log prior of one posterior draw need
     (:mod:`bayesfed.event_posterior`)."""
     compiled = pytensor.function(list(parts.model.free_RVs), list(parts.marginal),
                                  on_unused_input="ignore")
-    return lambda *values: Marginal(*compiled(*values))
+    return lambda *values: StackedMarginal(*compiled(*values))
 
 
-def effect_variables(x: np.ndarray, b: np.ndarray, data: StackedData, deviations: bool
-                     ) -> dict[str, xr.DataArray]:
+def effect_variables(x: np.ndarray, b: np.ndarray, data: StackedData, layout: BlockLayout,
+                     deviations: bool) -> dict[str, xr.DataArray]:
     """The named effects of block draws and deviations.
 
     Parameters
     ----------
     x : ndarray, shape (n_chains, n_draws, K)
-        Draws of the block :math:`(\\tilde\\gamma, \\mu, \\delta)`.
-    b : ndarray, shape (n_chains, n_draws, n_federations)
+        Draws of the block (:class:`BlockLayout`).
+    b : ndarray, shape (n_chains, n_draws, F)
         Draws of the federation deviations.
     data : StackedData
+    layout : BlockLayout
     deviations : bool
         Whether ``b`` is modelled.
 
@@ -644,20 +680,20 @@ def effect_variables(x: np.ndarray, b: np.ndarray, data: StackedData, deviations
     dict of str to DataArray
         ``delta`` (event_year: the common path), ``cohort_effect`` (founding, event_year:
         :math:`\\theta_{e,k}`), ``lead`` (founding, lead_year: :math:`\\lambda_{e,k}`),
-        ``federated_gap`` (founding: :math:`g_e`) and, with deviations,
-        ``federation_deviation`` (federation); outcome units, dims chain and draw first.
+        ``federated_gap`` (founding: :math:`g_e`), with the random walk ``effect_drift`` (its
+        drift :math:`d`, outcome units a year) and, with deviations, ``federation_deviation``
+        (federation); outcome units, dims chain and draw first.
     """
-    E, T = len(data.foundings), len(data.years)
-    where = block_index(E, T)
     r = data.reference
-    gamma = x[..., where["gamma"]]  # (chain, draw, E, T)
-    phi = x[..., where["mu"]] - gamma
+    gamma = x[..., layout.gamma]  # (chain, draw, E, T)
+    phi = x[..., layout.mu] - gamma
     theta = phi - phi[..., r: r + 1]
     coords = {"founding": list(data.foundings), "event_year": [str(k) for k in data.effect_years],
               "lead_year": [str(k) for k in data.lead_years]}
     dims = ("chain", "draw")
+    delta = x[..., layout.delta: layout.delta + len(data.effect_years)]
     out = {
-        "delta": xr.DataArray(x[..., where["delta"]:], dims=(*dims, "event_year"),
+        "delta": xr.DataArray(delta, dims=(*dims, "event_year"),
                               coords={"event_year": coords["event_year"]}),
         "cohort_effect": xr.DataArray(theta[..., r + 1:], dims=(*dims, "founding", "event_year"),
                                       coords={k: coords[k] for k in ("founding", "event_year")}),
@@ -666,6 +702,8 @@ def effect_variables(x: np.ndarray, b: np.ndarray, data: StackedData, deviations
         "federated_gap": xr.DataArray(phi[..., r], dims=(*dims, "founding"),
                                       coords={"founding": coords["founding"]}),
     }
+    if layout.drift is not None:
+        out["effect_drift"] = xr.DataArray(x[..., layout.drift], dims=dims)
     if deviations:
         out["federation_deviation"] = xr.DataArray(
             b, dims=(*dims, "federation"), coords={"federation": list(data.federations)})

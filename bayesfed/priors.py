@@ -9,15 +9,15 @@ Defaults
 With :math:`s_y` the sample standard deviation of the outcome (denominator ``n - 1``, outcome
 units) and :math:`s_k` that of the ``k``-th column of ``X`` over pupils:
 
-==================  ==================================================  ====================
-parameter           default prior                                       units
-==================  ==================================================  ====================
-``intercept``       :math:`\mathrm{Normal}(\bar y,\; 2.5\, s_y)`        outcome
-``beta[k]``         :math:`\mathrm{Normal}(0,\; 2.5\, s_y / s_k)`       outcome per unit x_k
-``beta[federated]`` :math:`\mathrm{Normal}(0,\; e\, s_y)`, :math:`e = 1`   outcome
-``sd_school``       :math:`\mathrm{HalfNormal}(s_y)`                    outcome
-``sigma``           :math:`\mathrm{HalfNormal}(s_y)`                    outcome
-==================  ==================================================  ====================
+=====================  ==================================================  ====================
+parameter              default prior                                       units
+=====================  ==================================================  ====================
+``intercept``          :math:`\mathrm{Normal}(\bar y,\; 2.5\, s_y)`        outcome
+``beta[k]``            :math:`\mathrm{Normal}(0,\; 2.5\, s_y / s_k)`       outcome per unit x_k
+``beta[federated]``    :math:`\mathrm{Normal}(0,\; e\, s_y)`, e = 1        outcome
+``sd_school``          :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+``sigma``              :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+=====================  ==================================================  ====================
 
 Why these:
 

@@ -103,7 +103,7 @@ class EventReducer:
     def stats(self, part: CellPart) -> CellStats:
         """The statistics of every pupil; DataError where the data cannot identify a term
         (for the stacked design also where a founding cohort lacks the comparisons that
-        identify its effects, :func:`bayesfed.event_stacked.stacked_data`)."""
+        identify its effects, :func:`bayesfed.stacked_design.stacked_data`)."""
         try:
             stats = finish_cells(part, self.leads, self.years_after)
             if self.spec.event_options.design == "stacked":

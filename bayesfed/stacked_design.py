@@ -32,8 +32,8 @@ class StackedData:
     founding_idx, federated, federation_idx : ndarray of int, shape (n_schools,)
         Each school's founding cohort (index into ``foundings``), federated flag (0/1) and
         federation (index into ``federations``; -1 for a matched school).
-    federation_founding : ndarray of int, shape (n_federations,)
-        Each federation's founding cohort.
+    federation_founding : ndarray of int, shape (F,)
+        Each of the F federations' founding cohort.
     years : tuple of int, length T
         The grid: years since founding ``k_min`` .. ``K``, consecutive; ``-1`` among them.
     foundings, schools, federations, coef_names : tuple of str

@@ -18,7 +18,7 @@ from bayesfed.errors import DataError, SpecError
 from bayesfed.event_design import build_event_design, cell_stats
 from bayesfed.event_posterior import cell_residuals, school_loglik
 from bayesfed.event_stacked import (
-    block_index,
+    block_prior,
     build_stacked,
     draw_function,
     resolve_stacked_priors,
@@ -112,8 +112,9 @@ def dense_loglik(frame: pd.DataFrame, data, priors, point: dict, shocks="ar1",
     A = np.array(loadings, dtype=float).T
     cov += A @ np.diag(variances) @ A.T
     effects = np.arange(data.years[-1] + 1)
-    if effect_prior == "random_walk":
-        c_delta = s_effect**2 + point["tau_step"] ** 2 * np.minimum.outer(effects, effects)
+    if effect_prior == "random_walk":  # delta_k = delta_0 + k d + steps, d ~ N(0, s_effect^2)
+        c_delta = (s_effect**2 * (1 + np.multiply.outer(effects, effects))
+                   + point["tau_step"] ** 2 * np.minimum.outer(effects, effects))
     else:
         c_delta = s_effect**2 * np.eye(len(effects))
     D = ((F == 1)[:, None] & (k[:, None] == effects[None, :])).astype(float)
@@ -159,19 +160,18 @@ def test_block_conditional_equals_dense_gaussian_conditioning():
     k = f.years_since.to_numpy()
     e = (f.cohort - f.years_since).to_numpy()
     F = f.federated.to_numpy()
-    E, T = len(data.foundings), len(data.years)
-    where = block_index(E, T)
-    K = where["delta"] + len(data.effect_years)
+    E = len(data.foundings)
+    prior = block_prior(E, data.years, "random_walk")
+    where = prior.layout
+    K = where.size
     # prior covariance of x from the precision of the block prior (independently checked by
     # the marginal test above) and the loading of each pupil on x
     Z = np.zeros((len(y), K))
     for i in range(len(y)):
         ei = list(FOUNDINGS).index(e[i])
         ti = data.years.index(k[i])
-        Z[i, (where["mu"] if F[i] else where["gamma"])[ei, ti]] = 1.0
+        Z[i, (where.mu if F[i] else where.gamma)[ei, ti]] = 1.0
     rest = dense_cov_without_block(f, POINT)
-    from bayesfed.event_stacked import block_prior
-    prior = block_prior(E, data.years, "random_walk")
     Q = (prior.gram["gamma"] / priors.level.sigma**2 + prior.gram["effect"] / priors.effect**2
          + prior.gram["eta"] / POINT["sd_cohort_effect"] ** 2
          + prior.gram["step"] / POINT["tau_step"] ** 2)
@@ -237,11 +237,10 @@ def test_school_loglik_equals_dense_conditional_density():
     rng = np.random.default_rng(5)
     x = rng.normal(size=out.block_mean.shape)
     b = rng.normal(size=len(data.federations))
-    got = school_loglik(out, cell_residuals(out, x, b, data), POINT["beta"],
+    got = school_loglik(out, cell_residuals(out, x, b, data, parts.prior.layout), POINT["beta"],
                         POINT["sigma"], data)
     priors = resolve_stacked_priors(data)
-    E, T = len(data.foundings), len(data.years)
-    where = block_index(E, T)
+    where = parts.prior.layout
     rho = 2 * POINT["shock_ar_01"] - 1
     for j, school in enumerate(data.schools):
         f = frame[frame.school == school]
@@ -249,7 +248,7 @@ def test_school_loglik_equals_dense_conditional_density():
         e = list(FOUNDINGS).index(int((f.cohort - f.years_since).iloc[0]))
         fed = int(f.federated.iloc[0])
         position = [data.years.index(v) for v in k]
-        block = x[(where["mu"] if fed else where["gamma"])[e, position]]
+        block = x[(where.mu if fed else where.gamma)[e, position]]
         if fed:
             block = block + b[data.federations.index(f.federation.iloc[0])] * (k >= 0)
         mean = (priors.level.mu + (f.x.to_numpy() - data.x_mean[0]) * POINT["beta"][0]
