@@ -374,40 +374,87 @@ def _unpack(packed, p: int) -> dict[str, pt.TensorVariable]:
 
 
 class SchoolAlgebra(NamedTuple):
-    """Per-school quantities of the marginal likelihood (:func:`school_algebra`)."""
+    r"""Per-school factors of the precision :math:`M_u` of a school's cell means, its
+    intercept and shocks integrated (:func:`school_algebra`): :math:`M_u = H - H J^{-1} H - w
+    q q^\top`, with :math:`H J^{-1} H` semiseparable, :math:`(H J^{-1} H)_{ij} = A_i B_j` for
+    :math:`i \le j` (and :math:`A_j B_i` below), so that products with :math:`M_u` and sums
+    of :math:`M_u` over schools need no (S, T, T) array (:func:`apply_precision`,
+    :func:`precision_sums`). NumPy arrays or tensors alike."""
 
-    M: pt.TensorVariable  # (S, T, T): precision of the school's cell means, u and v integrated
-    log_det: pt.TensorVariable  # (S,): log det J + T log w^2 + (T-1) log(1-rho^2) + log(1+..)
+    h: object  # (S, T): n / sigma^2, 0 for an empty cell
+    A: object  # (S, T); independent shocks: the diagonal of H J^-1 H
+    B: object  # (S, T); None for independent shocks
+    q: object  # (S, T): M_v 1 = h - H J^-1 H 1
+    w: object  # (S,): tau^2 / (1 + tau^2 1'q)
+    log_det: object  # (S,): log det J + T log w^2 + (T-1) log(1-rho^2) + log(1 + tau^2 1'q)
+
+
+def _sandwich(A, B, x):
+    """:math:`(H J^{-1} H) x` of every school from its factors; ``x`` (S, T)."""
+    if B is None:  # diagonal
+        return A * x
+    after = (B * x)[:, ::-1].cumsum(axis=1)[:, ::-1]  # sum over j >= i of B_j x_j
+    before = (A * x).cumsum(axis=1) - A * x  # sum over j < i of A_j x_j
+    return A * after + B * before
+
+
+def apply_precision(algebra: SchoolAlgebra, x):
+    """:math:`M_u x` of every school, ``x`` (S, T) -> (S, T)."""
+    return (algebra.h * x - _sandwich(algebra.A, algebra.B, x)
+            - algebra.w[:, None] * algebra.q * (algebra.q * x).sum(axis=1)[:, None])
+
+
+def precision_sums(algebra: SchoolAlgebra, groups, T: int):
+    r""":math:`\sum_{j} g_{kj} M_{u,j}` for each group row of ``groups`` (G, S) (weights, e.g.
+    0/1 membership), shape (G, T, T): three matrix products over the schools."""
+    G = groups.shape[0]
+
+    def products(left, right):  # sum_j g_kj left_ja right_jb, (G, T, T)
+        weighted = (groups[:, :, None] * left[None]).transpose(0, 2, 1).reshape((G * T, -1))
+        return pt.dot(weighted, right).reshape((G, T, T))
+
+    if algebra.B is None:  # diagonal
+        sandwich = pt.dot(groups, algebra.A)[:, :, None] * np.eye(T)[None]
+    else:
+        AB = products(algebra.A, algebra.B)
+        upper = np.triu(np.ones((T, T), dtype=bool))[None]
+        sandwich = pt.where(upper, AB, AB.transpose(0, 2, 1))
+    rank_one = products(algebra.w[:, None] * algebra.q, algebra.q)
+    diagonal = pt.dot(groups, algebra.h)[:, :, None] * np.eye(T)[None]
+    return diagonal - sandwich - rank_one
 
 
 def school_algebra(n, sigma, sd_cell, sd_school, rho, one_minus_rho2, T: int,
                    floor: float | pt.TensorVariable = 0.0) -> SchoolAlgebra:
-    """:math:`M_u` and the log-determinant terms of every school (module docstring).
+    r"""The :class:`SchoolAlgebra` of every school (module docstring).
 
     :math:`J^{-1}` from the pivots of :math:`J`'s LDL factorisations from either end (ratios
-    of continuants, so nothing overflows however small :math:`\\omega^2(1-\\rho^2)`):
+    of continuants, so nothing overflows however small :math:`\omega^2(1-\rho^2)`):
     :math:`d_i = a_i - o^2/d_{i-1}`, :math:`f_i = a_i - o^2/f_{i+1}`, :math:`(J^{-1})_{jj} =
-    1/(d_j + f_j - a_j)` and :math:`(J^{-1})_{ij} = (J^{-1})_{jj} \\prod_{m=i}^{j-1}
-    (-o/d_m)` for :math:`i < j`, with :math:`a` the diagonal and :math:`o = -\\rho/c` the
-    off-diagonal of :math:`J`, :math:`c = \\omega^2(1-\\rho^2)`; :math:`\\log\\det J =
-    \\sum_i \\log d_i`. Since :math:`d_m \\ge 1/c` for :math:`m < T`, each factor
-    :math:`|o/d_m| \\le |\\rho| < 1`, so the products are computed as
-    :math:`\\mathrm{sign}(\\rho)^{j-i} \\exp(L_j - L_i)` from the cumulative sums
-    :math:`L` of their logs: a few array operations over (S, T, T), which compile and run fast.
+    1/(d_j + f_j - a_j)` and :math:`(J^{-1})_{ij} = (J^{-1})_{jj} \prod_{m=i}^{j-1}
+    (-o/d_m)` for :math:`i < j`, with :math:`a` the diagonal and :math:`o = -\rho/c` the
+    off-diagonal of :math:`J`, :math:`c = \omega^2(1-\rho^2)`; :math:`\log\det J =
+    \sum_i \log d_i`. With :math:`L` the cumulative sums of :math:`\log|o/d_m|` and
+    :math:`s = \mathrm{sign}(\rho)`, :math:`(J^{-1})_{ij} = (s^i e^{-L_i})(s^j e^{L_j}
+    (J^{-1})_{jj})` for :math:`i \le j`: a semiseparable matrix, whose factors times
+    :math:`h` are :math:`A` and :math:`B`. (:math:`d_m \ge 1/c` for :math:`m < T`, so each
+    :math:`|o/d_m| \le |\rho| < 1`; :math:`e^{-L}` overflows only for :math:`|\rho|` below
+    about :math:`10^{-40}`, and :math:`|\rho|` is taken at least :math:`10^{-20}`, which changes
+    the likelihood by less than :math:`10^{-20}`.)
 
     Parameters
     ----------
     n : tensor, shape (S, T)
         Pupils per school and grid year (0: none).
     sigma, sd_cell, sd_school : tensor scalars
-        :math:`\\sigma`, :math:`\\omega`, :math:`\\tau` (outcome units).
+        :math:`\sigma`, :math:`\omega`, :math:`\tau` (outcome units).
     rho, one_minus_rho2 : tensor scalars or floats
-        :math:`\\rho` and :math:`1 - \\rho^2` (0 and 1 for independent shocks; passed
-        separately so that :math:`1 - \\rho^2` can be computed without cancellation).
+        :math:`\rho` and :math:`1 - \rho^2` (0 and 1 for independent shocks; passed
+        separately so that :math:`1 - \rho^2` can be computed without cancellation).
     T : int
         Grid length (at least 2).
     floor : float or tensor scalar
-        Added to :math:`c = \\omega^2(1-\\rho^2)` (:data:`VARIANCE_FLOOR`).
+        Added to :math:`c = \omega^2(1-\rho^2)` (:data:`VARIANCE_FLOOR`).
     """
     h = n / sigma**2
     c = sd_cell**2 * one_minus_rho2 + floor
@@ -422,27 +469,21 @@ def school_algebra(n, sigma, sd_cell, sd_school, rho, one_minus_rho2, T: int,
         f.append(a[:, i] - off2 / f[-1])
     d, f = pt.stack(d, axis=1), pt.stack(f[::-1], axis=1)  # (S, T)
     diagonal = 1 / (d + f - a)
-    upper = np.triu(np.ones((T, T), dtype=bool))[None]
-    inverse = pt.where(upper, diagonal[:, None, :], diagonal[:, :, None])  # at max(i, j)
-    if not (isinstance(rho, float) and rho == 0.0):
-        # prod_{m=i}^{j-1} (rho / c) / d_m, each factor of size <= |rho| < 1: as
-        # sign(rho)^|i-j| exp(-|L_j - L_i|), L the cumulative sum of log|factor|
-        logs = pt.log(pt.abs(rho / c) / d[:, :-1])
-        L = pt.concatenate([pt.zeros_like(logs[:, :1]), pt.cumsum(logs, axis=1)], axis=1)
-        lag = np.abs(np.subtract.outer(np.arange(T), np.arange(T)))
-        sign = pt.switch(pt.lt(rho, 0), (-1.0) ** lag, np.ones((T, T)))
-        inverse = inverse * sign[None] * pt.exp(-pt.abs(L[:, None, :] - L[:, :, None]))
+    if isinstance(rho, float) and rho == 0.0:  # J diagonal: H J^-1 H = diag(A), no B
+        A, B = h * h * diagonal, None
     else:
-        inverse = inverse * np.eye(T)[None]
-    hSh = h[:, :, None] * inverse * h[:, None, :]
-    q = h - hSh.sum(axis=2)  # M_v 1
+        logs = pt.log(pt.maximum(pt.abs(rho), 1e-20) / c) - pt.log(d[:, :-1])
+        L = pt.concatenate([pt.zeros_like(logs[:, :1]), pt.cumsum(logs, axis=1)], axis=1)
+        sign = pt.switch(pt.lt(rho, 0), (-1.0) ** np.arange(T), np.ones(T))[None, :]
+        A = h * sign * pt.exp(-L)
+        B = h * sign * pt.exp(L) * diagonal
+    q = h - _sandwich(A, B, pt.ones_like(h))
     s = q.sum(axis=1)
     w = sd_school**2 / (1 + sd_school**2 * s)
-    M = h[:, :, None] * np.eye(T)[None] - hSh - w[:, None, None] * q[:, :, None] * q[:, None, :]
     # log det Lambda^-1 = T log c - log(1 - rho^2) (= T log w^2 + (T-1) log(1 - rho^2))
     log_det = (pt.log(d).sum(axis=1) + T * pt.log(c) - pt.log(one_minus_rho2)
                + pt.log1p(sd_school**2 * s))
-    return SchoolAlgebra(M, log_det)
+    return SchoolAlgebra(h, A, B, q, w, log_det)
 
 
 class StackedMarginal(NamedTuple):
@@ -454,7 +495,11 @@ class StackedMarginal(NamedTuple):
     fed_w: pt.TensorVariable  # (F,): w_f (0 without federation deviations)
     fed_Q: pt.TensorVariable  # (F, T): Q_f = sum_j M_j p
     fed_pMr: pt.TensorVariable  # (F,): sum_j p' M_j r_j
-    school_M: pt.TensorVariable  # (S, T, T): each school's M_u
+    school_h: pt.TensorVariable  # (S, T): the SchoolAlgebra of every school (B zero for
+    school_A: pt.TensorVariable  # (S, T)   independent shocks)
+    school_B: pt.TensorVariable  # (S, T)
+    school_q: pt.TensorVariable  # (S, T)
+    school_w: pt.TensorVariable  # (S,)
     school_log_det: pt.TensorVariable  # (S,): each school's log-determinant terms
     residual: pt.TensorVariable  # (S, T): r, the cell means less m and the predictors' part
     prior_precision: pt.TensorVariable  # (K, K): Q
@@ -499,35 +544,33 @@ def marginal_loglik(cells, index, federation_founding, constants: dict, params: 
     T, E = len(years), n_foundings
     n, ybar, Xbar = cells[:, :, 0], cells[:, :, 1], cells[:, :, 2:]
     founding, federated, federation = index[:, 0], index[:, 1], index[:, 2]
-    S = n.shape[0]
     floor = (VARIANCE_FLOOR * constants["effect"]) ** 2
     algebra = school_algebra(n, params.sigma, params.sd_cell, params.sd_school, params.rho,
                              params.one_minus_rho2, T, floor)
-    M = algebra.M
     r = ybar - constants["level_mu"] - pt.dot(Xbar - constants["x_mean"], params.beta)
-    Mr = (M * r[:, None, :]).sum(axis=2)
+    Mr = apply_precision(algebra, r)
     quad = (r * Mr).sum()
     log_det = algebra.log_det.sum()
     in_cohort = pt.eq(founding[None, :], np.arange(E)[:, None])  # (E, S)
     fed = pt.cast(federated, "float64")
     onehot = pt.concatenate([in_cohort * (1 - fed)[None, :], in_cohort * fed[None, :]])
-    H = pt.dot(onehot, M.reshape((S, T * T))).reshape((2 * E, T, T))  # (gamma_e..., mu_e...)
+    H = precision_sums(algebra, onehot, T)  # (2E, T, T): gamma_e..., mu_e...
     b = pt.dot(onehot, Mr)  # (2E, T)
     post = np.array([k >= 0 for k in years], dtype=float)
     fed_Q = pt.zeros((n_federations, T))
     fed_pMr = pt.zeros((n_federations,))
     fed_w = pt.zeros((n_federations,))
     if params.sd_federation is not None:
-        Mp = pt.dot(M, post) * fed[:, None]  # (S, T)
+        Mp = apply_precision(algebra, pt.ones_like(r) * post) * fed[:, None]  # (S, T)
         fed_Q = fed_Q[federation].inc(Mp)
         fed_pMr = fed_pMr[federation].inc(pt.dot(Mr, post) * fed)
         s_f = pt.dot(fed_Q, post)
         t2 = params.sd_federation**2
         fed_w = t2 / (1 + t2 * s_f)
         of_cohort = pt.eq(federation_founding[None, :], np.arange(E)[:, None])  # (E, F)
-        outer = (fed_w[:, None, None] * fed_Q[:, :, None] * fed_Q[:, None, :])
-        H = pt.inc_subtensor(H[E:], -pt.dot(of_cohort, outer.reshape((-1, T * T)))
-                             .reshape((E, T, T)))
+        weighted = (of_cohort[:, :, None] * (fed_w[:, None] * fed_Q)[None])  # (E, F, T)
+        H = pt.inc_subtensor(H[E:], -pt.dot(weighted.transpose(0, 2, 1).reshape((E * T, -1)),
+                                            fed_Q).reshape((E, T, T)))
         b = pt.inc_subtensor(b[E:], -pt.dot(of_cohort, (fed_w * fed_pMr)[:, None] * fed_Q))
         quad = quad - pt.sum(fed_w * fed_pMr**2)
         log_det = log_det + pt.sum(pt.log1p(t2 * s_f))
@@ -551,8 +594,10 @@ def marginal_loglik(cells, index, federation_founding, constants: dict, params: 
     minus2 = (N * pt.log(2 * np.pi * params.sigma**2) + within / params.sigma**2 + log_det
               + quad + log_det_cov + 2 * pt.sum(pt.log(pt.diag(chol))) - pt.sum(half**2))
     mean = pt.linalg.solve_triangular(chol.T, half, lower=False)
-    return StackedMarginal(-0.5 * minus2, mean, chol, fed_w, fed_Q, fed_pMr, M, algebra.log_det, r,
-                    Q, log_det_cov)
+    return StackedMarginal(-0.5 * minus2, mean, chol, fed_w, fed_Q, fed_pMr,
+                           *(algebra if algebra.B is not None  # no B: zeros in its place
+                             else algebra._replace(B=pt.zeros_like(algebra.A))),
+                           r, Q, log_det_cov)
 
 
 class StackedModel(NamedTuple):
@@ -564,6 +609,7 @@ class StackedModel(NamedTuple):
     priors: StackedPriors
     prior: BlockPrior
     deviations: bool
+    shocks: Shocks
 
 
 def container_values(data: StackedData, priors: StackedPriors) -> dict[str, np.ndarray]:
@@ -647,7 +693,7 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
         marginal = marginal_loglik(cells, index, fed_founding, constants, params, prior,
                                    data.years, len(data.foundings), fed_founding.shape[0])
         pm.Potential("marginal_loglik", marginal.loglik)
-    return StackedModel(model, marginal, data, priors, prior, federation_deviations)
+    return StackedModel(model, marginal, data, priors, prior, federation_deviations, shocks)
 
 
 def draw_function(parts: StackedModel):

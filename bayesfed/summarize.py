@@ -379,11 +379,12 @@ def prior_sensitivity(tree: xr.DataTree, names: tuple[str, ...] = ("att", "att_a
 
 
 def event_checks(tree: xr.DataTree) -> dict[str, object]:
-    """The stacked model's predictive checks of new schools' cells: per statistic
+    """The stacked model's predictive checks of new schools' cells: ``draws`` (replications,
+    :data:`bayesfed.event_posterior.CHECK_DRAWS` at most) and per statistic
     (:data:`bayesfed.event_posterior.STATISTICS`) the observed mean over draws, the
     replications' mean and central 94% interval, and ``p_value`` = P(T_rep >= T_obs)."""
     pp = tree.posterior_predictive
-    out: dict[str, object] = {"draws": int(pp.sizes["chain"] * pp.sizes["draw"]),
+    out: dict[str, object] = {"draws": int(pp.sizes["replication"]),
                               "unit": "new schools' cells", "posterior": {}}
     for stat in pp["statistic"].to_numpy():
         obs = pp["check_observed"].sel(statistic=stat).to_numpy().ravel()
