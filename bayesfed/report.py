@@ -472,21 +472,22 @@ def prior_sensitivity_lines(fit: dict) -> list[str]:
     lines = ["### Prior sensitivity", "",
              "Power-scaling sensitivity (Kallioinen et al. 2024): how far each aggregate's "
              "posterior moves (cumulative Jensen-Shannon distance) when the prior or the "
-             f"likelihood is raised to a power near 1; values above {PSENSE_THRESHOLD} (in "
-             "bold) flag sensitivity. Power-scaled are the top-level priors (of the sampled "
+             f"likelihood is raised to a power near 1. A prior sensitivity above "
+             f"{PSENSE_THRESHOLD} (in bold) says the prior shapes the result; a likelihood "
+             "sensitivity above it with a low prior sensitivity is what informative data "
+             "look like, and both high together suggest a conflict between prior and data "
+             "(arviz-stats' diagnosis). Power-scaled are the top-level priors (of the sampled "
              "parameters, and of the cohort x year effects, gaps, leads and first effect, "
              "whose variances are fixed); the hierarchical parts (cohort deviations, "
              "random-walk steps, federation deviations) are the model's structure and are not "
              "scaled.", "",
              "| quantity | prior | likelihood | diagnosis |", "|---|---|---|---|"]
 
-    def value(v: float) -> str:
-        return f"**{v:.3f}**" if v > PSENSE_THRESHOLD else f"{v:.3f}"
-
     for name, row in table.items():
-        diagnosis = "none" if row["diagnosis"] == "✓" else row["diagnosis"]
-        lines.append(f"| {_att_name(name)} | {value(row['prior'])} | "
-                     f"{value(row['likelihood'])} | {diagnosis} |")
+        prior = (f"**{row['prior']:.3f}**" if row["prior"] > PSENSE_THRESHOLD
+                 else f"{row['prior']:.3f}")
+        diagnosis = "no prior sensitivity" if row["diagnosis"] == "✓" else row["diagnosis"]
+        lines.append(f"| {_att_name(name)} | {prior} | {row['likelihood']:.3f} | {diagnosis} |")
     return [*lines, ""]
 
 

@@ -194,6 +194,27 @@ def print_summary(name: str, summary: dict) -> None:
               f"width {v['width']:.3f}")
 
 
+def markdown(summaries: dict) -> str:
+    """The summaries as the Markdown tables of ``docs/validation.md``: one row per scenario
+    and model (overall), then one per year of each."""
+    lines = ["| scenario | model | studies | failed gates | coverage (se) | mean error (se) | "
+             "mean abs error | width |", "|---|---|---|---|---|---|---|---|"]
+    for key, v in summaries.items():
+        scenario, model = key.split(".")
+        a = v["all"]
+        lines.append(f"| {scenario} | {model} | {v['studies']} | {v['failed_gates']} | "
+                     f"{a['coverage']:.3f} ({a['coverage_se']:.3f}) | {a['mean_error']:+.3f} "
+                     f"({a['mean_error_se']:.3f}) | {a['mean_abs_error']:.3f} | "
+                     f"{a['width']:.3f} |")
+    lines += ["", "| scenario | model | " + " | ".join(f"k={k}" for k in range(6)) + " |",
+              "|---|---|" + "---|" * 6]
+    for key, v in summaries.items():
+        scenario, model = key.split(".")
+        cells = [f"{y['coverage']:.2f} / {y['mean_error']:+.3f}" for y in v["years"].values()]
+        lines.append(f"| {scenario} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=100, help="studies per scenario (stacked)")
@@ -204,14 +225,16 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=500,
                         help="draws (and warm-up) per chain, 4 chains")
     parser.add_argument("--report", action="store_true", help="only summarise the records")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the summaries as docs/validation.md's tables")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     summaries = {}
+    cache: dict = {}  # the stacked model compiled once (sample_reusing's key "stacked")
     for scenario in args.scenarios.split(","):
         for model, n in (("stacked", args.n), ("pooled", args.n_pooled)):
             path = OUT / f"{scenario}.{model}.jsonl"
             done = {r["seed"] for r in recorded(path)}
-            cache: dict = {}
             for seed in range(SEED_BASE[scenario], SEED_BASE[scenario] + n):
                 if args.report or seed in done:
                     continue
@@ -226,6 +249,8 @@ def main() -> None:
                 summaries[f"{scenario}.{model}"] = summarise(records)
                 print_summary(f"{scenario} / {model}", summaries[f"{scenario}.{model}"])
     (OUT / "summary.json").write_text(json.dumps(summaries, indent=1, sort_keys=True))
+    if args.markdown:
+        print(markdown(summaries))
     print(f"summary: {OUT / 'summary.json'}; gates {GATES}")
 
 

@@ -9,9 +9,10 @@ one thread), drawing the effects and saving the fit (the summary's cost shows en
 the process's maximum resident set size. A profile of bayesfed alone: the comparison with
 peers on the same data is ``bench/event_time_scale.py``.
 
-Run: ``.venv/bin/python bench/national_phases.py [DATA]`` (default
+Run: ``.venv/bin/python bench/national_phases.py [DATA [SPEC [DRAWS]]]`` (default
 ``out/bench/event_time/national.parquet``, made by ``bench/event_time_scale.py``, or
-``bayesfed simulate --scale national --seed 7 --out ...``).
+``bayesfed simulate --scale national --seed 7 --out ...``; the shipped event-time spec, either
+design; 1,000 draws and as many warm-up iterations per chain).
 """
 
 from __future__ import annotations
@@ -29,19 +30,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def main() -> None:
     import json
 
+    from bayesfed.event_posterior import posterior_draws
+    from bayesfed.event_stacked import build_stacked, resolve_stacked_priors
     from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
     from bayesfed.fit import FitOptions, fit_seed
     from bayesfed.reduce import reduce_file
     from bayesfed.sampling import _compile, sample
     from bayesfed.spec import load_spec
+    from bayesfed.stacked_design import stacked_data
     from bayesfed.store import save_fit
 
     phases: dict[str, float] = {"imports": time.perf_counter() - START}
     data = Path(sys.argv[1]) if len(sys.argv) > 1 else (
         ROOT / "out" / "bench" / "event_time" / "national.parquet")
-    spec = load_spec(ROOT / "models" / "event_time.toml")
+    spec = load_spec(Path(sys.argv[2]) if len(sys.argv) > 2
+                     else ROOT / "models" / "event_time.toml")
     event = spec.event_options
-    options = FitOptions()
+    draws = int(sys.argv[3]) if len(sys.argv) > 3 else FitOptions().draws
+    options = FitOptions(draws=draws, tune=draws)
 
     def phase(name: str, step):
         start = time.perf_counter()
@@ -51,15 +57,25 @@ def main() -> None:
 
     reduced = phase("read + validate + reduce", lambda: reduce_file(data, spec))
     stats = reduced.stats
-    parts = phase("build model", lambda: build_event_time_parts(
-        stats, resolve_event_priors(stats, spec.priors), event.effect_prior,
-        event.federation_deviations, event.type_effects))
+    if event.design == "stacked":
+        data = stacked_data(stats)
+        parts = phase("build model", lambda: build_stacked(
+            data, resolve_stacked_priors(data, spec.priors), event.effect_prior, event.shocks,
+            event.deviations))
+    else:
+        parts = phase("build model", lambda: build_event_time_parts(
+            stats, resolve_event_priors(stats, spec.priors), event.effect_prior,
+            event.deviations, event.type_effects))
     compiled = phase("compile", lambda: _compile(parts.model))
     seed = fit_seed(options.seed, spec.name, None)
     tree = phase("sample", lambda: sample(parts.model, draws=options.draws, tune=options.tune,
                                           chains=options.chains, seed=seed,
                                           compiled=compiled))
-    tree = phase("effect draws", lambda: add_effect_draws(parts, tree, seed=seed))
+    if event.design == "stacked":
+        tree = phase("effect draws", lambda: posterior_draws(parts, tree, seed=seed,
+                                                             weights=event.weights))
+    else:
+        tree = phase("effect draws", lambda: add_effect_draws(parts, tree, seed=seed))
     with tempfile.TemporaryDirectory() as folder:
         tree.attrs.update({"bayesfed_model": spec.name, "bayesfed_family": "event_time"})
         phase("save", lambda: save_fit(tree, Path(folder) / "event_time.nc"))

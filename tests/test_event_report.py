@@ -203,17 +203,17 @@ def test_prior_sensitivity_table_shows_each_aggregate(stacked):
     assert list(fit["prior_sensitivity"]) == list(names)
     assert [r[0] for r in table[1:]] == list(names.values())
     for row, (name, entry) in zip(table[1:], fit["prior_sensitivity"].items(), strict=True):
-        diagnosis = "none" if entry["diagnosis"] == "✓" else entry["diagnosis"]
+        diagnosis = ("no prior sensitivity" if entry["diagnosis"] == "✓"
+                     else entry["diagnosis"])
         assert row[1:] == [f"{entry['prior']:.3f}", f"{entry['likelihood']:.3f}",
                            diagnosis], name
-    assert "values above 0.05 (in bold) flag sensitivity" in block
+    assert "A prior sensitivity above 0.05 (in bold) says the prior shapes the result" in block
     assert "Kallioinen et al. 2024" in block
     assert "the hierarchical parts" in block and "are not scaled" in block
-    # the bold marks exactly the values above 0.05
+    # the bold marks exactly the prior sensitivities above 0.05, never a likelihood one
     for name, entry in fit["prior_sensitivity"].items():
-        for key in ("prior", "likelihood"):
-            bold = f"**{entry[key]:.3f}**" in block
-            assert bold == (entry[key] > 0.05), (name, key)
+        assert (f"**{entry['prior']:.3f}**" in block) == (entry["prior"] > 0.05), name
+        assert f"**{entry['likelihood']:.3f}**" not in block, name
 
 
 def test_cell_checks_loo_and_parameters(stacked):

@@ -330,6 +330,8 @@ def event_spec(tmp_path: Path, **event: object) -> Path:
     text = EVENT_SPEC.read_text()
     for key, value in event.items():
         shown = str(value).lower() if isinstance(value, bool) else str(value)
+        if f"\n{key} =" not in text:  # [event] is the file's last section
+            text = text.rstrip("\n") + f"\n{key} = {shown}\n"
         text = "\n".join(f"{key} = {shown}" if line.startswith(f"{key} =") else line
                          for line in text.splitlines())
     text = text.replace('federation = "federation_id"',
