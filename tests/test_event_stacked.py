@@ -425,3 +425,22 @@ def test_pre_trend_is_flagged_and_widens_the_sensitivity_intervals(shipped_fit, 
                                             strict=True):
         assert high - low > c_high - c_low
     assert sens["breakdown_m"] is not None and sens["breakdown_m"] < 0.5
+
+
+def test_without_a_federation_column_each_federated_school_is_its_own_unit():
+    frame = small_frame().drop(columns="federation")
+    _, data, parts = stacked(frame)
+    federated = sorted(frame.loc[frame.federated == 1, "school"].unique())
+    assert data.federation_unit == "school" and list(data.federations) == federated
+    assert list(parts.model.coords["federation"]) == federated
+
+
+def test_every_lead_the_data_have():
+    """With cohorts from three years before founding, leads = "all" gives the leads -3 and
+    -2 and a grid from -3 to 5."""
+    frame, _ = simulate(SimConfig(n_federations=10, pupils_per_school=10, years_before=3),
+                        seed=2)
+    spec = load_spec(EVENT_SPEC)
+    data = stacked_data(reduce_table(validate_table(frame, spec), spec).stats)
+    assert data.lead_years == (-3, -2) and data.years == tuple(range(-3, 6))
+    assert data.n_dropped == 0
