@@ -18,6 +18,7 @@ from bayesfed.errors import DataError, SpecError
 from bayesfed.event_design import build_event_design, cell_stats
 from bayesfed.event_posterior import cell_residuals, school_loglik
 from bayesfed.event_stacked import (
+    VARIANCE_FLOOR,
     block_prior,
     build_stacked,
     draw_function,
@@ -83,6 +84,7 @@ def dense_loglik(frame: pd.DataFrame, data, priors, point: dict, shocks="ar1",
     F = f.federated.to_numpy()
     school, fed = f.school.to_numpy(), f.federation.to_numpy()
     rho = 2 * point["shock_ar_01"] - 1 if shocks == "ar1" else 0.0
+    point = floored(point, priors, rho)
     mean = priors.level.mu + (x - data.x_mean[0]) * point["beta"][0]
     same_school = school[:, None] == school[None, :]
     cov = point["sigma"] ** 2 * np.eye(len(y))
@@ -120,6 +122,15 @@ def dense_loglik(frame: pd.DataFrame, data, priors, point: dict, shocks="ar1",
     D = ((F == 1)[:, None] & (k[:, None] == effects[None, :])).astype(float)
     cov += D @ c_delta @ D.T
     return float(multivariate_normal(mean, cov).logpdf(y))
+
+
+def floored(point: dict, priors, rho: float) -> dict:
+    """The point with the model's variance floor (VARIANCE_FLOOR) in the sds it applies to:
+    the cohort deviations', the steps' and the shocks' (whose omega^2 (1 - rho^2) is floored)."""
+    floor = (VARIANCE_FLOOR * priors.effect) ** 2
+    return point | {"sd_cohort_effect": np.sqrt(point["sd_cohort_effect"] ** 2 + floor),
+                    "tau_step": np.sqrt(point["tau_step"] ** 2 + floor),
+                    "sd_cell": np.sqrt(point["sd_cell"] ** 2 + floor / (1 - rho**2))}
 
 
 def potential(parts, point: dict) -> float:
@@ -171,10 +182,12 @@ def test_block_conditional_equals_dense_gaussian_conditioning():
         ei = list(FOUNDINGS).index(e[i])
         ti = data.years.index(k[i])
         Z[i, (where.mu if F[i] else where.gamma)[ei, ti]] = 1.0
-    rest = dense_cov_without_block(f, POINT)
+    rest = dense_cov_without_block(f, floored(POINT, resolve_stacked_priors(data),
+                                              2 * POINT["shock_ar_01"] - 1))
+    point = floored(POINT, priors, 2 * POINT["shock_ar_01"] - 1)
     Q = (prior.gram["gamma"] / priors.level.sigma**2 + prior.gram["effect"] / priors.effect**2
-         + prior.gram["eta"] / POINT["sd_cohort_effect"] ** 2
-         + prior.gram["step"] / POINT["tau_step"] ** 2)
+         + prior.gram["eta"] / point["sd_cohort_effect"] ** 2
+         + prior.gram["step"] / point["tau_step"] ** 2)
     C = np.linalg.inv(Q)
     resid = y - priors.level.mu - (x - data.x_mean[0]) * POINT["beta"][0]
     Cyy = Z @ C @ Z.T + rest
@@ -242,6 +255,7 @@ def test_school_loglik_equals_dense_conditional_density():
     priors = resolve_stacked_priors(data)
     where = parts.prior.layout
     rho = 2 * POINT["shock_ar_01"] - 1
+    point = floored(POINT, priors, rho)
     for j, school in enumerate(data.schools):
         f = frame[frame.school == school]
         k = f.years_since.to_numpy()
@@ -254,7 +268,7 @@ def test_school_loglik_equals_dense_conditional_density():
         mean = (priors.level.mu + (f.x.to_numpy() - data.x_mean[0]) * POINT["beta"][0]
                 + block)
         cov = (POINT["sigma"] ** 2 * np.eye(len(f)) + POINT["sd_school"] ** 2
-               + POINT["sd_cell"] ** 2 * rho ** np.abs(k[:, None] - k[None, :]))
+               + point["sd_cell"] ** 2 * rho ** np.abs(k[:, None] - k[None, :]))
         dense = multivariate_normal(mean, cov).logpdf(f.outcome.to_numpy())
         assert got[j] == pytest.approx(dense, rel=1e-10, abs=1e-8), school
 
