@@ -172,8 +172,8 @@ class StackedPriors:
         Prior of each founding-cohort x year effect :math:`\\gamma_{e,k}`.
     slopes : tuple of Normal, length n_coef
     effect : float
-        Sd of the Normal(0, .) priors of the gaps, leads and :math:`\\delta_0` (each
-        :math:`\\delta_k` when independent).
+        Sd of the Normal(0, .) priors of the gaps, leads, :math:`\\delta_0` and the random
+        walk's drift (each :math:`\\delta_k` when independent).
     tau_step, sd_cohort_effect, sd_federation_effect : float
         Scales of the HalfNormal priors of the step and heterogeneity sds.
     sd_school, sd_cell, sigma : float
