@@ -6,7 +6,9 @@ statistics (:func:`bayesfed.reduce.reduce_file`, batch by batch), building the P
 model, compiling it with nutpie, sampling (4 chains x 1,000 draws after 1,000 warm-up, BLAS
 one thread), drawing the effects and saving the fit (the summary's cost shows end to end in
 ``bench/event_time_scale.py``). Peak memory is
-the process's maximum resident set size. A profile of bayesfed alone: the comparison with
+the process's maximum resident set size. Also printed: the bulk ESS of each year's effect
+(ATT(k) in the stacked design, delta_k in the pooled one) and the leapfrog steps of the kept
+draws (gradients a draw). A profile of bayesfed alone: the comparison with
 peers on the same data is ``bench/event_time_scale.py``.
 
 Run: ``.venv/bin/python bench/national_phases.py [DATA [SPEC [DRAWS]]]`` (default
@@ -29,6 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def main() -> None:
     import json
+
+    import arviz as az
 
     from bayesfed.event_posterior import posterior_draws
     from bayesfed.event_stacked import build_stacked, resolve_stacked_priors
@@ -81,11 +85,18 @@ def main() -> None:
         phase("save", lambda: save_fit(tree, Path(folder) / "event_time.nc"))
     total = time.perf_counter() - START
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    effect = "att" if event.design == "stacked" else "delta"
+    ess = az.ess(tree, var_names=[effect], method="bulk").posterior[effect].to_numpy()
+    steps = int(tree.sample_stats["n_steps"].sum())  # leapfrog steps of the kept draws
     print(f"{data}: {reduced.n_input_rows:,} rows, {len(stats.cells):,} cells")
     for name, seconds in phases.items():
         print(f"  {name:<26} {seconds:6.1f} s")
     print(f"  {'total':<26} {total:6.1f} s, peak memory {peak:.2f} GB")
-    print(json.dumps({"phases": phases, "total": total, "peak_gb": peak}))
+    print(f"  {effect}(k) bulk ESS {', '.join(f'{v:.0f}' for v in ess)} of "
+          f"{options.chains * options.draws} draws; {steps:,} gradients in the kept draws "
+          f"({steps / (options.chains * options.draws):.1f} a draw)")
+    print(json.dumps({"phases": phases, "total": total, "peak_gb": peak,
+                      "ess_bulk": ess.tolist(), "gradients_kept": steps}))
 
 
 if __name__ == "__main__":
