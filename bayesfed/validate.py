@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -246,13 +245,14 @@ def _as_float(series: pd.Series) -> pd.Series:
             or pd.api.types.is_timedelta64_dtype(series.dtype)
             or isinstance(series.dtype, pd.PeriodDtype)):
         return pd.Series(np.nan, index=series.index)  # dates are not numbers
+    # No warning filter here: batches are checked in threads, and warnings.catch_warnings
+    # is process-wide, so a filter set in one thread could outlive the scan (left at "error"
+    # for the rest of the process). Complex values show in the dtype.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # e.g. complex values cast to real
-            values = pd.to_numeric(series, errors="coerce")
-            if pd.api.types.is_numeric_dtype(values.dtype) and values.dtype.kind != "c":
-                return values.astype(float)
-    except (ArithmeticError, TypeError, ValueError, Warning):
+        values = pd.to_numeric(series, errors="coerce")
+        if pd.api.types.is_numeric_dtype(values.dtype) and values.dtype.kind != "c":
+            return values.astype(float)
+    except (ArithmeticError, TypeError, ValueError):
         pass  # a value pandas cannot convert in bulk (an integer beyond float range)
     return pd.Series([_one_float(v) for v in series.to_numpy(dtype=object)],
                      index=series.index, dtype=float)

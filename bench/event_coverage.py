@@ -88,14 +88,17 @@ def fit_stacked(stats, spec, seed: int, draws: int, cache: dict):
     priors = resolve_stacked_priors(data, spec.priors)
     event = spec.event_options
 
-    def build():
-        cache["parts"] = build_stacked(data, priors, event.effect_prior, event.shocks,
-                                       event.deviations)
-        return cache["parts"].model
+    # the graph depends on the founding cohorts' count and the grid (a study may lack one)
+    key = ("stacked", len(data.foundings), data.years, data.coef_names)
 
-    tree = sample_reusing("stacked", build, container_values(data, priors), draws=draws,
+    def build():
+        cache[key] = build_stacked(data, priors, event.effect_prior, event.shocks,
+                                   event.deviations)
+        return cache[key].model
+
+    tree = sample_reusing(key, build, container_values(data, priors), draws=draws,
                           tune=draws, chains=4, seed=seed)
-    parts = cache["parts"]._replace(data=data, priors=priors)
+    parts = cache[key]._replace(data=data, priors=priors)
     tree = posterior_draws(parts, tree, seed=seed, weights=event.weights)
     tree.attrs["bayesfed_family"] = "event_time"
     return tree.posterior["att"], tree
@@ -262,7 +265,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     summaries = {}
-    cache: dict = {}  # the stacked model compiled once (sample_reusing's key "stacked")
+    cache: dict = {}  # the stacked model compiled once per structure (fit_stacked)
     for scenario in args.scenarios.split(","):
         for model, n in (("stacked", args.n), ("pooled", args.n_pooled)):
             path = OUT / f"{scenario}.{model}.jsonl"
