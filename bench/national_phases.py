@@ -62,9 +62,9 @@ def main() -> None:
     reduced = phase("read + validate + reduce", lambda: reduce_file(data, spec))
     stats = reduced.stats
     if event.design == "stacked":
-        data = stacked_data(stats)
+        stacked = stacked_data(stats)
         parts = phase("build model", lambda: build_stacked(
-            data, resolve_stacked_priors(data, spec.priors), event.effect_prior, event.shocks,
+            stacked, resolve_stacked_priors(stacked, spec.priors), event.effect_prior, event.shocks,
             event.deviations))
     else:
         parts = phase("build model", lambda: build_event_time_parts(
@@ -86,7 +86,7 @@ def main() -> None:
     total = time.perf_counter() - START
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     effect = "att" if event.design == "stacked" else "delta"
-    ess = az.ess(tree, var_names=[effect], method="bulk").posterior[effect].to_numpy()
+    ess = az.ess(tree, var_names=[effect], method="bulk")[effect].to_numpy()
     steps = int(tree.sample_stats["n_steps"].sum())  # leapfrog steps of the kept draws
     print(f"{data}: {reduced.n_input_rows:,} rows, {len(stats.cells):,} cells")
     for name, seconds in phases.items():
