@@ -25,7 +25,7 @@ weighted equally (``weights = "pupils"``). Printed: per year the realised ATT(k)
 simulator's truth), bayesfed's posterior mean, sd and 94% HDI, the saturated event study's
 estimate and standard error, the imputation estimate, the pooled model's, and the largest
 absolute difference between bayesfed and the saturated event study (the issue's bar: below
-0.03). Written to ``out/bench/did/agreement.<scenario>.json``.
+0.03). Written to ``out/bench/did/agreement.<scenario>.<federations>.json``.
 
 Run: ``.venv/bin/python bench/did_agreement.py [--federations 600] [--pupils 60] [--seed 21]
 [--scenario combined|cohort] [--did2s]``
@@ -204,7 +204,8 @@ def main() -> None:
               "n_pupils": len(frame), "rows": rows,
               "max_abs_difference": max(diffs), "below_0.03": verdict, "seconds": timing,
               "bayesfed_diagnostics": stacked["diagnostics"]}
-    (OUT / f"agreement.{args.scenario}.json").write_text(json.dumps(result, indent=1))
+    path = OUT / f"agreement.{args.scenario}.{args.federations}.json"
+    path.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
