@@ -182,9 +182,8 @@ def test_block_conditional_equals_dense_gaussian_conditioning():
         ei = list(FOUNDINGS).index(e[i])
         ti = data.years.index(k[i])
         Z[i, (where.mu if F[i] else where.gamma)[ei, ti]] = 1.0
-    rest = dense_cov_without_block(f, floored(POINT, resolve_stacked_priors(data),
-                                              2 * POINT["shock_ar_01"] - 1))
     point = floored(POINT, priors, 2 * POINT["shock_ar_01"] - 1)
+    rest = dense_cov_without_block(f, point)
     Q = (prior.gram["gamma"] / priors.level.sigma**2 + prior.gram["effect"] / priors.effect**2
          + prior.gram["eta"] / point["sd_cohort_effect"] ** 2
          + prior.gram["step"] / point["tau_step"] ** 2)
