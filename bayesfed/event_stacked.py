@@ -144,6 +144,7 @@ from bayesfed.event_design import REFERENCE_YEAR
 from bayesfed.priors import Normal, Scales, effect_sd, resolve_priors
 from bayesfed.spec import Priors
 from bayesfed.stacked_design import StackedData
+from bayesfed.stacked_kernel import stacked_loglik
 
 Shocks = Literal["ar1", "iid"]
 EffectPrior = Literal["random_walk", "independent"]
@@ -520,6 +521,7 @@ class Params(NamedTuple):
     sd_federation: pt.TensorVariable | None
     sd_cohort: pt.TensorVariable
     tau_step: pt.TensorVariable | None
+    shock_ar_01: pt.TensorVariable | None = None  # (rho + 1)/2 as sampled; None: iid shocks
 
 
 def marginal_loglik(cells, index, federation_founding, constants: dict, params: Params,
@@ -672,7 +674,7 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
         fed_founding = containers["federation_founding"]
         beta = pm.Normal("beta", mu=constants["slope_mu"], sigma=constants["slope_sigma"],
                          dims="predictor")
-        rho, one_minus_rho2 = 0.0, 1.0
+        rho, one_minus_rho2, rho01 = 0.0, 1.0, None
         if shocks == "ar1":
             rho01 = pm.Beta("shock_ar_01", alpha=_f64(priors.shock_ar),
                             beta=_f64(priors.shock_ar))
@@ -691,11 +693,33 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
             sd_cohort=pm.HalfNormal("sd_cohort_effect", sigma=constants["sd_cohort_effect"]),
             tau_step=(pm.HalfNormal("tau_step", sigma=constants["tau_step"])
                       if effect_prior == "random_walk" else None),
+            shock_ar_01=rho01,
         )
         marginal = marginal_loglik(cells, index, fed_founding, constants, params, prior,
                                    data.years, len(data.foundings), fed_founding.shape[0])
-        pm.Potential("marginal_loglik", marginal.loglik)
+        pm.Potential("marginal_loglik", fused_loglik(params, containers, prior, data))
     return StackedModel(model, marginal, data, priors, prior, federation_deviations, shocks)
+
+
+def fused_loglik(params: Params, containers: dict, prior: BlockPrior, data: StackedData
+                 ) -> pt.TensorVariable:
+    """:func:`marginal_loglik`'s log-likelihood from the fused kernel
+    (:mod:`bayesfed.stacked_kernel`: the same number, its gradient by hand, one pass over the
+    schools), what the sampler evaluates; ``containers`` are :func:`build_stacked`'s data."""
+    groups = ("gamma", "effect", "eta", "step")
+    rho01 = params.shock_ar_01 if params.shock_ar_01 is not None else pt.as_tensor(0.5)
+    loglik, _, _ = stacked_loglik(
+        params.beta, params.sigma, params.sd_cell, params.sd_school, rho01,
+        params.sd_federation if params.sd_federation is not None else pt.as_tensor(0.0),
+        params.sd_cohort,
+        params.tau_step if params.tau_step is not None else pt.as_tensor(1.0),
+        containers["school_cells"], containers["school_index"],
+        containers["federation_founding"], containers["stacked_constants"],
+        np.stack([prior.gram[g] for g in groups]),
+        np.array([prior.count[g] for g in groups], dtype=float),
+        np.array([k >= 0 for k in data.years], dtype=float),
+        np.int64(len(data.foundings)), np.float64(VARIANCE_FLOOR))
+    return loglik
 
 
 def draw_function(parts: StackedModel):
