@@ -1,8 +1,9 @@
 r"""One pass over the stacked event-time model's posterior draws: everything beside NUTS.
 
 For each posterior draw of the sampled parameters :math:`\psi` (:mod:`bayesfed.event_stacked`)
-one call of the compiled model gives the block's conditional :math:`N(G^{-1}b, G^{-1})`, each
-school's precision :math:`M_{u,j}` and log-determinant terms, and the residuals :math:`r`.
+one call of the fused kernel (:func:`bayesfed.stacked_kernel.draw_parts`) gives the block's
+conditional :math:`N(G^{-1}b, G^{-1})`, each school's precision :math:`M_{u,j}` and
+log-determinant terms, and the residuals :math:`r`.
 From them, per draw:
 
 * **exact draws** of the block :math:`x` and the federation deviations :math:`b`, so that
@@ -40,10 +41,8 @@ import xarray as xr
 from bayesfed.effects import WeightKind, att_variables, att_weights, weight_variables
 from bayesfed.event_stacked import (
     BlockLayout,
-    SchoolAlgebra,
-    StackedMarginal,
+    DrawParts,
     StackedModel,
-    apply_precision,
     draw_function,
     effect_variables,
 )
@@ -135,7 +134,7 @@ def _fixed_effects_prior(parts: StackedModel):
     return log_density
 
 
-def cell_residuals(out: StackedMarginal, x: np.ndarray, b: np.ndarray, data: StackedData,
+def cell_residuals(out: DrawParts, x: np.ndarray, b: np.ndarray, data: StackedData,
                    layout: BlockLayout) -> np.ndarray:
     """Each school's cell-mean residuals after the block and the deviations, shape (S, T):
     :math:`r_j` less :math:`\\mu_{e}` (federated) or :math:`\\tilde\\gamma_e` (matched)
@@ -143,8 +142,8 @@ def cell_residuals(out: StackedMarginal, x: np.ndarray, b: np.ndarray, data: Sta
 
     Parameters
     ----------
-    out : bayesfed.event_stacked.StackedMarginal
-        The compiled model's outputs at one draw (:func:`bayesfed.event_stacked.draw_function`).
+    out : bayesfed.event_stacked.DrawParts
+        The kernel's outputs at one draw (:func:`bayesfed.event_stacked.draw_function`).
     x : ndarray, shape (K,)
         A block draw.
     b : ndarray, shape (F,)
@@ -160,29 +159,24 @@ def cell_residuals(out: StackedMarginal, x: np.ndarray, b: np.ndarray, data: Sta
     return out.residual - block - deviation[:, None] * post[None, :]
 
 
-def school_loglik(out: StackedMarginal, e: np.ndarray, beta: np.ndarray, sigma: float,
-                  data: StackedData, shocks: str = "ar1") -> np.ndarray:
+def school_loglik(out: DrawParts, e: np.ndarray, beta: np.ndarray, sigma: float,
+                  data: StackedData) -> np.ndarray:
     """Each school's log-likelihood given the sampled parameters, the block and the
     deviations, its intercept and shocks integrated out (module docstring), shape (S,), nats.
 
     Parameters
     ----------
-    out : bayesfed.event_stacked.StackedMarginal
-        The compiled model's outputs at the draw.
+    out : bayesfed.event_stacked.DrawParts
+        The kernel's outputs at the draw.
     e : ndarray, shape (S, T)
         :func:`cell_residuals`.
     beta : ndarray, shape (n_coef,)
     sigma : float
     data : StackedData
-    shocks : {"ar1", "iid"}
-        The model's shocks (with ``"iid"`` the algebra has no ``B``).
     """
-    algebra = SchoolAlgebra(out.school_h, out.school_A,
-                            out.school_B if shocks == "ar1" else None, out.school_q,
-                            out.school_w, out.school_log_det)
     within = data.school_within
     W = within[:, 0, 0] - 2 * within[:, 1:, 0] @ beta + (within[:, 1:, 1:] @ beta) @ beta
-    quad = (e * apply_precision(algebra, e)).sum(axis=1)
+    quad = np.einsum("si,sij,sj->s", e, out.school_precision, e)
     return -0.5 * (data.n.sum(axis=1) * math.log(2 * math.pi * sigma**2) + W / sigma**2
                    + out.school_log_det + quad)
 
@@ -247,7 +241,7 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
                            + np.sqrt(w) * z_fed[c, d])
             e = cell_residuals(out, x[c, d], b[c, d], data, layout)
             loglik[c, d] = school_loglik(out, e, point[names["beta"]],
-                                         float(point[names["sigma"]]), data, parts.shocks)
+                                         float(point[names["sigma"]]), data)
             log_prior[c, d] = float(prior_fn(*point)), fixed_effects(x[c, d])
             if c * n_draws + d in replicated:
                 checks.append(_replicate(e, present, data.n, point, names, rng))

@@ -136,7 +136,6 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 import pymc as pm
-import pytensor
 import pytensor.tensor as pt
 import xarray as xr
 
@@ -144,7 +143,7 @@ from bayesfed.event_design import REFERENCE_YEAR
 from bayesfed.priors import Normal, Scales, effect_sd, resolve_priors
 from bayesfed.spec import Priors
 from bayesfed.stacked_design import StackedData
-from bayesfed.stacked_kernel import stacked_loglik
+from bayesfed.stacked_kernel import SCALARS, draw_parts, stacked_loglik
 
 Shocks = Literal["ar1", "iid"]
 EffectPrior = Literal["random_walk", "independent"]
@@ -489,26 +488,6 @@ def school_algebra(n, sigma, sd_cell, sd_school, rho, one_minus_rho2, T: int,
     return SchoolAlgebra(h, A, B, q, w, log_det)
 
 
-class StackedMarginal(NamedTuple):
-    """The integrated likelihood and what the exact draws of the block need."""
-
-    loglik: pt.TensorVariable  # scalar, nats
-    block_mean: pt.TensorVariable  # (K,): E[x | y, rest]
-    block_chol: pt.TensorVariable  # (K, K): lower Cholesky factor of the precision G
-    fed_w: pt.TensorVariable  # (F,): w_f (0 without federation deviations)
-    fed_Q: pt.TensorVariable  # (F, T): Q_f = sum_j M_j p
-    fed_pMr: pt.TensorVariable  # (F,): sum_j p' M_j r_j
-    school_h: pt.TensorVariable  # (S, T): the SchoolAlgebra of every school (B zero for
-    school_A: pt.TensorVariable  # (S, T)   independent shocks)
-    school_B: pt.TensorVariable  # (S, T)
-    school_q: pt.TensorVariable  # (S, T)
-    school_w: pt.TensorVariable  # (S,)
-    school_log_det: pt.TensorVariable  # (S,): each school's log-determinant terms
-    residual: pt.TensorVariable  # (S, T): r, the cell means less m and the predictors' part
-    prior_precision: pt.TensorVariable  # (K, K): Q
-    prior_log_det_cov: pt.TensorVariable  # scalar: log det Q^-1
-
-
 class Params(NamedTuple):
     """The sampled parameters the likelihood needs (tensors)."""
 
@@ -526,8 +505,11 @@ class Params(NamedTuple):
 
 def marginal_loglik(cells, index, federation_founding, constants: dict, params: Params,
                     prior: BlockPrior, years: tuple[int, ...], n_foundings: int,
-                    n_federations) -> StackedMarginal:
-    """The module docstring's log-likelihood, with the block's conditional posterior.
+                    n_federations) -> pt.TensorVariable:
+    """The module docstring's log-likelihood (nats) as a PyTensor graph: the reference the
+    fused kernel the sampler evaluates is checked against (:func:`reference_loglik`,
+    ``tests/test_stacked_kernel.py``), itself checked against the pupils' dense Gaussian
+    density (``tests/test_event_stacked.py``).
 
     Parameters
     ----------
@@ -597,18 +579,13 @@ def marginal_loglik(cells, index, federation_founding, constants: dict, params: 
     N = constants["n_pupils"]
     minus2 = (N * pt.log(2 * np.pi * params.sigma**2) + within / params.sigma**2 + log_det
               + quad + log_det_cov + 2 * pt.sum(pt.log(pt.diag(chol))) - pt.sum(half**2))
-    mean = pt.linalg.solve_triangular(chol.T, half, lower=False)
-    return StackedMarginal(-0.5 * minus2, mean, chol, fed_w, fed_Q, fed_pMr,
-                           *(algebra if algebra.B is not None  # no B: zeros in its place
-                             else algebra._replace(B=pt.zeros_like(algebra.A))),
-                           r, Q, log_det_cov)
+    return -0.5 * minus2
 
 
 class StackedModel(NamedTuple):
     """:func:`build_stacked`: the PyMC model and what the exact draws need."""
 
     model: pm.Model
-    marginal: StackedMarginal
     data: StackedData
     priors: StackedPriors
     prior: BlockPrior
@@ -670,8 +647,6 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
     with pm.Model(coords=_coords(data)) as model:
         containers = {name: pm.Data(name, value) for name, value in values.items()}
         constants = _unpack(containers["stacked_constants"], p)
-        cells, index = containers["school_cells"], containers["school_index"]
-        fed_founding = containers["federation_founding"]
         beta = pm.Normal("beta", mu=constants["slope_mu"], sigma=constants["slope_sigma"],
                          dims="predictor")
         rho, one_minus_rho2, rho01 = 0.0, 1.0, None
@@ -695,10 +670,47 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
                       if effect_prior == "random_walk" else None),
             shock_ar_01=rho01,
         )
-        marginal = marginal_loglik(cells, index, fed_founding, constants, params, prior,
-                                   data.years, len(data.foundings), fed_founding.shape[0])
         pm.Potential("marginal_loglik", fused_loglik(params, containers, prior, data))
-    return StackedModel(model, marginal, data, priors, prior, federation_deviations, shocks)
+    return StackedModel(model, data, priors, prior, federation_deviations, shocks)
+
+
+def reference_loglik(parts: StackedModel) -> pt.TensorVariable:
+    """:func:`marginal_loglik`'s graph on the model's own free variables and data containers
+    (not part of the model's density, which is the fused kernel's)."""
+    model, data = parts.model, parts.data
+    names = {v.name for v in model.free_RVs}
+    rho01 = model["shock_ar_01"] if "shock_ar_01" in names else None
+    params = Params(
+        beta=model["beta"], sigma=model["sigma"], sd_cell=model["sd_cell"],
+        sd_school=model["sd_school"],
+        rho=2 * rho01 - 1 if rho01 is not None else 0.0,
+        one_minus_rho2=4 * rho01 * (1 - rho01) if rho01 is not None else 1.0,
+        sd_federation=(model["sd_federation_effect"] if "sd_federation_effect" in names
+                       else None),
+        sd_cohort=model["sd_cohort_effect"],
+        tau_step=model["tau_step"] if "tau_step" in names else None, shock_ar_01=rho01)
+    constants = _unpack(model["stacked_constants"], len(data.coef_names))
+    return marginal_loglik(model["school_cells"], model["school_index"],
+                           model["federation_founding"], constants, params, parts.prior,
+                           data.years, len(data.foundings), len(data.federations))
+
+
+#: The block prior's groups in the order the fused kernel takes them.
+_GROUPS = ("gamma", "effect", "eta", "step")
+
+#: Values the fused kernel takes for parameters a variant of the model does not have: iid
+#: shocks (rho = 0), no federation deviations, independent effects (no step group).
+_ABSENT = {"shock_ar_01": 0.5, "sd_federation_effect": 0.0, "tau_step": 1.0}
+
+
+def _kernel_constants(prior: BlockPrior, data: StackedData) -> tuple:
+    """The fused kernel's structural inputs after the data containers: the block prior's grams
+    (4, K, K) and counts (4,), the post-founding indicator of the grid (T,), the number of
+    founding cohorts and :data:`VARIANCE_FLOOR`."""
+    return (np.stack([prior.gram[g] for g in _GROUPS]),
+            np.array([prior.count[g] for g in _GROUPS], dtype=float),
+            np.array([k >= 0 for k in data.years], dtype=float),
+            np.int64(len(data.foundings)), np.float64(VARIANCE_FLOOR))
 
 
 def fused_loglik(params: Params, containers: dict, prior: BlockPrior, data: StackedData
@@ -706,30 +718,52 @@ def fused_loglik(params: Params, containers: dict, prior: BlockPrior, data: Stac
     """:func:`marginal_loglik`'s log-likelihood from the fused kernel
     (:mod:`bayesfed.stacked_kernel`: the same number, its gradient by hand, one pass over the
     schools), what the sampler evaluates; ``containers`` are :func:`build_stacked`'s data."""
-    groups = ("gamma", "effect", "eta", "step")
-    rho01 = params.shock_ar_01 if params.shock_ar_01 is not None else pt.as_tensor(0.5)
+    def given(value, name):
+        return value if value is not None else pt.as_tensor(_ABSENT[name])
+
     loglik, _, _ = stacked_loglik(
-        params.beta, params.sigma, params.sd_cell, params.sd_school, rho01,
-        params.sd_federation if params.sd_federation is not None else pt.as_tensor(0.0),
-        params.sd_cohort,
-        params.tau_step if params.tau_step is not None else pt.as_tensor(1.0),
-        containers["school_cells"], containers["school_index"],
-        containers["federation_founding"], containers["stacked_constants"],
-        np.stack([prior.gram[g] for g in groups]),
-        np.array([prior.count[g] for g in groups], dtype=float),
-        np.array([k >= 0 for k in data.years], dtype=float),
-        np.int64(len(data.foundings)), np.float64(VARIANCE_FLOOR))
+        params.beta, params.sigma, params.sd_cell, params.sd_school,
+        given(params.shock_ar_01, "shock_ar_01"),
+        given(params.sd_federation, "sd_federation_effect"), params.sd_cohort,
+        given(params.tau_step, "tau_step"),
+        *(containers[name] for name in _CONTAINERS), *_kernel_constants(prior, data))
     return loglik
 
 
+#: The data containers in the order the fused kernel takes them.
+_CONTAINERS = ("school_cells", "school_index", "federation_founding", "stacked_constants")
+
+
+class DrawParts(NamedTuple):
+    """What the exact draws of one posterior draw need
+    (:func:`bayesfed.stacked_kernel.draw_parts`; shapes there)."""
+
+    loglik: float
+    block_mean: np.ndarray
+    block_chol: np.ndarray
+    fed_w: np.ndarray
+    fed_Q: np.ndarray
+    fed_pMr: np.ndarray
+    school_precision: np.ndarray
+    school_log_det: np.ndarray
+    residual: np.ndarray
+
+
 def draw_function(parts: StackedModel):
-    """A compiled function of the free variables' values (in ``model.free_RVs`` order) to
-    every :class:`StackedMarginal` output but the log-likelihood's gradient: what the exact draws,
-    the per-school log-likelihoods and the log prior of one posterior draw need
-    (:mod:`bayesfed.event_posterior`)."""
-    compiled = pytensor.function(list(parts.model.free_RVs), list(parts.marginal),
-                                 on_unused_input="ignore")
-    return lambda *values: StackedMarginal(*compiled(*values))
+    """A function of the free variables' values (in ``model.free_RVs`` order) to the
+    :class:`DrawParts` of that draw, from the fused kernel and the model's data containers
+    as they are when it is called (so a model whose containers were refilled is served)."""
+    model = parts.model
+    names = [v.name for v in model.free_RVs]
+    constants = _kernel_constants(parts.prior, parts.data)
+
+    def draw(*values) -> DrawParts:
+        point = _ABSENT | dict(zip(names, values, strict=True))
+        data = [model[name].get_value() for name in _CONTAINERS]
+        return DrawParts(*draw_parts(np.asarray(point["beta"], dtype=float),
+                                     *(float(point[n]) for n in SCALARS), *data, *constants))
+
+    return draw
 
 
 def effect_variables(x: np.ndarray, b: np.ndarray, data: StackedData, layout: BlockLayout,

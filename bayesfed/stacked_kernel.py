@@ -85,9 +85,9 @@ def _school_forward(h, c, rho, tau2, Jinv, M, q, work):
     f[T - 1] = a[T - 1]
     for i in range(T - 2, -1, -1):
         f[i] = a[i] - o2 / f[i + 1]
-    det_J = 1.0  # a product of T pivots, each between about 1e-16 and 1e8: one log a school
+    log_det_J = 0.0
     for i in range(T):
-        det_J *= d[i]
+        log_det_J += math.log(d[i])
         Jinv[i, i] = 1.0 / (d[i] + f[i] - a[i])
         f[i] = rho / (c * d[i])  # f no longer needed: the ratio -o / d_i
     for j in range(T):
@@ -107,7 +107,7 @@ def _school_forward(h, c, rho, tau2, Jinv, M, q, work):
     for i in range(T):
         for k in range(T):
             M[i, k] -= w * q[i] * q[k]
-    return s, w, math.log(det_J)
+    return s, w, log_det_J
 
 
 @numba.njit(cache=True)
@@ -160,38 +160,11 @@ def _school_backward(Mbar, h, c, rho, tau2, Jinv, q, s, w, work, P, PM):
 
 
 @numba.njit(cache=True)
-def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step,
-                    cells, index, federation_founding, constants, grams, counts, post,
-                    n_foundings, floor_scale):
-    r"""The stacked model's log-likelihood and its gradient (module docstring).
-
-    Parameters
-    ----------
-    beta : ndarray, shape (p,)
-    sigma, sd_cell, sd_school, sd_federation, sd_cohort, tau_step : float
-        Outcome units; ``sd_federation`` 0 without federation deviations, ``tau_step`` any
-        positive number for independent effects (its group in ``grams`` is empty).
-    rho01 : float
-        :math:`(\rho + 1)/2`; 0.5 for independent shocks.
-    cells, index, federation_founding, constants
-        :func:`bayesfed.event_stacked.container_values`.
-    grams : ndarray, shape (4, K, K)
-        :class:`bayesfed.event_stacked.BlockPrior` ``gram`` of ``gamma``, ``effect``, ``eta``,
-        ``step``; ``counts`` (4,) their ``count``.
-    post : ndarray, shape (T,)
-        1 for the grid years >= 0.
-    n_foundings : int
-    floor_scale : float
-        :data:`bayesfed.event_stacked.VARIANCE_FLOOR`.
-
-    Returns
-    -------
-    loglik : float
-        Nats.
-    grad_beta : ndarray, shape (p,)
-    grad_scalars : ndarray, shape (7,)
-        With respect to :data:`SCALARS`, in order.
-    """
+def _forward(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells,
+             index, federation_founding, constants, grams, counts, post, n_foundings,
+             floor_scale):
+    r"""The forward pass of :func:`loglik_and_grad` (same parameters): :math:`\ell` and what
+    the backward pass and the exact draws need."""
     S, T, width = cells.shape
     p = width - 2
     E = n_foundings
@@ -232,12 +205,12 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
     fed_Q = np.zeros((F, T))
     fed_s = np.zeros(F)
     fed_pMr = np.zeros(F)
-    minus2 = S * (T * math.log(c) - math.log(omr2))
+    log_dets = np.empty(S)
     quad = 0.0
     for j in range(S):
         s, w, log_det_J = _school_forward(h[j], c, rho, tau2, Jinvs[j], Ms[j], qs[j], work)
         ss[j], ws[j] = s, w
-        minus2 += log_det_J + math.log1p(tau2 * s)
+        log_dets[j] = T * math.log(c) - math.log(omr2) + log_det_J + math.log1p(tau2 * s)
         g = index[j, 0] + E * index[j, 1]
         group[j] = g
         M = Ms[j]
@@ -254,6 +227,7 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
             for k in range(T):
                 fed_Q[f, k] += Mp[k]
             fed_s[f] += _dot(post, Mp)
+    minus2 = log_dets.sum()
     fed_w = taub2 / (1.0 + taub2 * fed_s)
     for f in range(F):
         g = E + federation_founding[f]
@@ -294,7 +268,68 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
     minus2 += (n_pupils * math.log(2.0 * math.pi * sigma2) + within / sigma2 + quad
                - _dot(bvec, xhat))
 
+    return (minus2, h, r, Ms, Jinvs, qs, ss, ws, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr,
+            L, Ginv, xhat, XXb, within, variances)
+
+
+
+
+@numba.njit(cache=True)
+def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step,
+                    cells, index, federation_founding, constants, grams, counts, post,
+                    n_foundings, floor_scale):
+    r"""The stacked model's log-likelihood and its gradient (module docstring).
+
+    Parameters
+    ----------
+    beta : ndarray, shape (p,)
+    sigma, sd_cell, sd_school, sd_federation, sd_cohort, tau_step : float
+        Outcome units; ``sd_federation`` 0 without federation deviations, ``tau_step`` any
+        positive number for independent effects (its group in ``grams`` is empty).
+    rho01 : float
+        :math:`(\rho + 1)/2`; 0.5 for independent shocks.
+    cells, index, federation_founding, constants
+        :func:`bayesfed.event_stacked.container_values`.
+    grams : ndarray, shape (4, K, K)
+        :class:`bayesfed.event_stacked.BlockPrior` ``gram`` of ``gamma``, ``effect``, ``eta``,
+        ``step``; ``counts`` (4,) their ``count``.
+    post : ndarray, shape (T,)
+        1 for the grid years >= 0.
+    n_foundings : int
+    floor_scale : float
+        :data:`bayesfed.event_stacked.VARIANCE_FLOOR`.
+
+    Returns
+    -------
+    loglik : float
+        Nats.
+    grad_beta : ndarray, shape (p,)
+    grad_scalars : ndarray, shape (7,)
+        With respect to :data:`SCALARS`, in order.
+    """
+    S, T, width = cells.shape
+    p = width - 2
+    E = n_foundings
+    F = federation_founding.shape[0]
+    K = grams.shape[1]
+    head = 12
+    effect, n_pupils = constants[2], constants[10]
+    x_mean = constants[head + 2 * p: head + 3 * p]
+    Xy = constants[head + 3 * p: head + 4 * p]
+    floor = (floor_scale * effect) ** 2
+    sigma2, tau2, taub2 = sigma * sigma, sd_school * sd_school, sd_federation * sd_federation
+    rho = 2.0 * rho01 - 1.0
+    omr2 = 4.0 * rho01 * (1.0 - rho01)
+    c = sd_cell * sd_cell * omr2 + floor
+
+    (minus2, h, r, Ms, Jinvs, qs, ss, ws, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr, L, Ginv,
+     xhat, XXb, within, variances) = _forward(
+        beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells, index,
+        federation_founding, constants, grams, counts, post, n_foundings, floor_scale)
+
     # backward
+    work = np.empty((3, T))
+    vec = np.empty(T)
     grad = np.zeros(7)
     grad_beta = (2.0 * XXb - 2.0 * Xy) / sigma2
     for gi in (2, 3):
@@ -370,6 +405,37 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
     grad[3] = 2.0 * rho_bar + 4.0 * (1.0 - 2.0 * rho01) * omr2_bar
     grad[4] = 2.0 * sd_federation * taub2_bar
     return -0.5 * minus2, -0.5 * grad_beta, -0.5 * grad
+
+
+@numba.njit(cache=True)
+def draw_parts(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells,
+               index, federation_founding, constants, grams, counts, post, n_foundings,
+               floor_scale):
+    r"""What the exact draws of one posterior draw need (:mod:`bayesfed.event_posterior`);
+    parameters as :func:`loglik_and_grad`'s.
+
+    Returns
+    -------
+    loglik : float
+    block_mean : ndarray, shape (K,)
+        :math:`G^{-1} b`.
+    block_chol : ndarray, shape (K, K)
+        Lower Cholesky factor of the block's precision :math:`G`.
+    fed_w, fed_pMr : ndarray, shape (F,)
+        :math:`w_f` and :math:`\sum_{j \in f} p^	op M_j r_j`.
+    fed_Q : ndarray, shape (F, T)
+    school_precision : ndarray, shape (S, T, T)
+        Each school's :math:`M_u` (0 in the rows and columns of empty cells).
+    school_log_det : ndarray, shape (S,)
+        Each school's log-determinant terms.
+    residual : ndarray, shape (S, T)
+        :math:`r`.
+    """
+    (minus2, h, r, Ms, Jinvs, qs, ss, ws, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr, L, Ginv,
+     xhat, XXb, within, variances) = _forward(
+        beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells, index,
+        federation_founding, constants, grams, counts, post, n_foundings, floor_scale)
+    return -0.5 * minus2, xhat, L, fed_w, fed_Q, fed_pMr, Ms, log_dets, r
 
 
 class StackedLogLik(Op):

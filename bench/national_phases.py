@@ -3,7 +3,7 @@
 The steps of ``bayesfed fit models/event_time.toml --data DATA --out DIR`` run one after
 another in this process, each timed: imports, reading + validation + reduction to the cell
 statistics (:func:`bayesfed.reduce.reduce_file`, batch by batch), building the PyMC
-model, compiling it with nutpie, sampling (4 chains x 1,000 draws after 1,000 warm-up, BLAS
+model, compiling it with nutpie, sampling (4 chains x DRAWS draws after TUNE warm-up iterations, BLAS
 one thread), drawing the effects and saving the fit (the summary's cost shows end to end in
 ``bench/event_time_scale.py``). Peak memory is
 the process's maximum resident set size. Also printed: the bulk ESS of each year's effect
@@ -11,10 +11,10 @@ the process's maximum resident set size. Also printed: the bulk ESS of each year
 draws (gradients a draw). A profile of bayesfed alone: the comparison with
 peers on the same data is ``bench/event_time_scale.py``.
 
-Run: ``.venv/bin/python bench/national_phases.py [DATA [SPEC [DRAWS]]]`` (default
+Run: ``.venv/bin/python bench/national_phases.py [DATA [SPEC [DRAWS [TUNE]]]]`` (default
 ``out/bench/event_time/national.parquet``, made by ``bench/event_time_scale.py``, or
 ``bayesfed simulate --scale national --seed 7 --out ...``; the shipped event-time spec, either
-design; 1,000 draws and as many warm-up iterations per chain).
+design; 1,000 draws per chain, and as many warm-up iterations as draws unless TUNE is given).
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main() -> None:
                      else ROOT / "models" / "event_time.toml")
     event = spec.event_options
     draws = int(sys.argv[3]) if len(sys.argv) > 3 else FitOptions().draws
-    options = FitOptions(draws=draws, tune=draws)
+    tune = int(sys.argv[4]) if len(sys.argv) > 4 else draws
+    options = FitOptions(draws=draws, tune=tune)
 
     def phase(name: str, step):
         start = time.perf_counter()

@@ -22,6 +22,7 @@ from bayesfed.event_stacked import (
     block_prior,
     build_stacked,
     draw_function,
+    reference_loglik,
     resolve_stacked_priors,
 )
 from bayesfed.job import fit_command
@@ -133,10 +134,13 @@ def floored(point: dict, priors, rho: float) -> dict:
                     "sd_cell": np.sqrt(point["sd_cell"] ** 2 + floor / (1 - rho**2))}
 
 
-def potential(parts, point: dict) -> float:
+def potentials(parts, point: dict) -> tuple[float, float]:
+    """The reference graph's log-likelihood and the fused kernel's (the model's potential)."""
     inputs = list(parts.model.free_RVs)
-    fn = pytensor.function(inputs, parts.marginal.loglik, on_unused_input="ignore")
-    return float(fn(*(point[v.name] for v in inputs)))
+    fn = pytensor.function(inputs, [reference_loglik(parts), parts.model["marginal_loglik"]],
+                           on_unused_input="ignore")
+    graph, fused = fn(*(point[v.name] for v in inputs))
+    return float(graph), float(fused)
 
 
 @pytest.mark.parametrize("options", [
@@ -153,7 +157,9 @@ def test_marginal_equals_dense_gaussian(options):
     dense = dense_loglik(frame, data, priors, POINT, options.get("shocks", "ar1"),
                          options.get("federation_deviations", True),
                          options.get("effect_prior", "random_walk"))
-    assert potential(parts, POINT) == pytest.approx(dense, rel=1e-10, abs=1e-8)
+    graph, fused = potentials(parts, POINT)
+    assert graph == pytest.approx(dense, rel=1e-10, abs=1e-8)
+    assert fused == pytest.approx(dense, rel=1e-10, abs=1e-8)
 
 
 def test_block_conditional_equals_dense_gaussian_conditioning():
