@@ -92,13 +92,16 @@ term,
     + r^\top M r + \log\det Q^{-1} + \log\det G - b^\top G^{-1} b,
 
 with :math:`W(\beta)` the pooled within-cell sum of squares (as in :mod:`bayesfed.event_time`).
-Per gradient this costs :math:`O(J T^2)` for :math:`J` schools plus one Cholesky factorisation of
-:math:`G` (:math:`2ET + K + 1` rows: 86 for five cohorts and eight years), whatever the number
-of pupils. After sampling, :func:`bayesfed.event_posterior.posterior_draws` draws :math:`x`
+Per gradient this costs :math:`O(J T^3)` for :math:`J` schools plus one Cholesky factorisation
+of :math:`G` (:math:`2ET + K + 2` rows, the effects of years 0..K and the drift: 87 for five
+cohorts, eight years and K = 5), whatever the
+number of pupils. The sampler evaluates it and its gradient in one numba kernel
+(:mod:`bayesfed.stacked_kernel`, adjoint by hand); :func:`marginal_loglik` writes the same
+likelihood as a PyTensor graph, the reference the kernel's value and gradient are tested
+against. After sampling, :func:`bayesfed.event_posterior.posterior_draws` draws :math:`x`
 from :math:`N(G^{-1}b, G^{-1})` and then each :math:`b_f` from its Gaussian conditional, one
-per posterior draw.
-``tests/test_event_stacked.py`` checks the marginal against the dense Gaussian density of the
-pupils written directly from the model above.
+per posterior draw. ``tests/test_event_stacked.py`` checks the marginal (graph and kernel)
+against the dense Gaussian density of the pupils written directly from the model above.
 
 Priors
 ------

@@ -2,10 +2,13 @@
 
 Both event-time designs of the shipped spec are built on one study (default: the national
 study, ``out/bench/event_time/national.parquet``; any pupil table works), and the log density
-and its gradient compiled with PyTensor's numba backend (what nutpie samples) and its C
-backend, at the models' initial points, each timed over ``--calls`` calls after a warm-up
-call. Then the parts of the stacked likelihood, each compiled on its own with its gradient
-with respect to the variance parameters (numba): the per-school algebra of the shocks and the
+and its gradient compiled as one function (as nutpie does) with PyTensor's numba backend (what
+nutpie samples) and its C backend, BLAS one thread, at the models' initial points, each timed
+over ``--calls`` calls after a warm-up call: the pooled model, the stacked model as sampled
+(its likelihood the fused kernel, :mod:`bayesfed.stacked_kernel`) and the stacked model with
+the likelihood's PyTensor graph instead (:func:`bayesfed.event_stacked.reference_loglik`,
+PyTensor's gradient). Then the graph's parts, each compiled on its own with its gradient with
+respect to the variance parameters (numba): the per-school algebra of the shocks and the
 school intercept (``school_algebra``, its log-determinants), the quadratic form of the cell
 means (``apply_precision``), and the sums of the schools' precisions over the block's groups
 (``precision_sums``). Printed: milliseconds a call and the ratio to the pooled model's
@@ -24,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytensor
 import pytensor.tensor as pt
+from threadpoolctl import threadpool_limits
 
 from bayesfed import event_stacked
-from bayesfed.event_stacked import build_stacked, resolve_stacked_priors
+from bayesfed.event_stacked import build_stacked, reference_loglik, resolve_stacked_priors
 from bayesfed.event_time import build_event_time_parts, resolve_event_priors
 from bayesfed.reduce import reduce_file
 from bayesfed.spec import load_spec
@@ -44,11 +48,24 @@ def per_call(function, args, calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e3
 
 
-def model_gradient(model, mode: str, calls: int) -> float:
+def model_gradient(model, mode: str, calls: int, density=None) -> float:
+    """Milliseconds of one call of the log density and its gradient, compiled as one function
+    (as nutpie does); ``density``: another log density on the model's value variables."""
     point = model.initial_point()
-    logp = model.compile_logp(mode=mode)
-    dlogp = model.compile_dlogp(mode=mode)
-    return per_call(lambda p: (logp(p), dlogp(p)), [point], calls)
+    logp = model.logp() if density is None else density
+    fn = pytensor.function(model.value_vars,
+                           [logp, *pytensor.grad(logp, model.value_vars)], mode=mode)
+    args = [point[v.name] for v in model.value_vars]
+    return per_call(lambda *a: fn(*a), args, calls)
+
+
+def graph_density(parts):
+    """The stacked model's log density with the likelihood as the PyTensor graph
+    (:func:`bayesfed.event_stacked.reference_loglik`) in place of the fused kernel."""
+    model = parts.model
+    priors = model.logp(vars=model.free_RVs)
+    (graph,) = model.replace_rvs_by_values([reference_loglik(parts)])
+    return priors + graph
 
 
 def parts(data, calls: int) -> dict[str, float]:
@@ -94,15 +111,19 @@ def main() -> None:
     S, T, _ = data.cells.shape
     print(f"{args.data}: {S:,} schools x {T} grid years, {len(data.federations):,} "
           f"federations, {len(data.foundings)} founding cohorts")
-    stacked = build_stacked(data, resolve_stacked_priors(data, spec.priors), event.effect_prior,
-                            event.shocks, event.deviations).model
+    parts_ = build_stacked(data, resolve_stacked_priors(data, spec.priors), event.effect_prior,
+                           event.shocks, event.deviations)
     pooled = build_event_time_parts(stats, resolve_event_priors(stats, spec.priors),
                                     event.effect_prior).model
     times = {}
-    for mode, label in (("NUMBA", "numba"), ("FAST_RUN", "C")):
-        times[f"pooled, {label}"] = model_gradient(pooled, mode, args.calls)
-        times[f"stacked, {label}"] = model_gradient(stacked, mode, args.calls)
-    times |= {f"stacked part: {k}": v for k, v in parts(data, args.calls).items()}
+    with threadpool_limits(limits=1):  # as the sampler runs
+        for mode, label in (("NUMBA", "numba"), ("FAST_RUN", "C")):
+            times[f"pooled, {label}"] = model_gradient(pooled, mode, args.calls)
+            times[f"stacked, fused kernel, {label}"] = model_gradient(parts_.model, mode,
+                                                                      args.calls)
+            times[f"stacked, PyTensor graph, {label}"] = model_gradient(
+                parts_.model, mode, args.calls, graph_density(parts_))
+        times |= {f"graph part: {k}": v for k, v in parts(data, args.calls).items()}
     peer = times["pooled, numba"]
     print("log density + gradient, ms a call (ratio to the pooled model's, numba):")
     for name, ms in times.items():
