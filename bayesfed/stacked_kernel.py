@@ -447,11 +447,13 @@ class StackedLogLik(Op):
     __props__ = ()
 
     def make_node(self, *inputs):
+        """The node of :func:`loglik_and_grad`'s inputs (tensors or numbers)."""
         inputs = [pt.as_tensor_variable(x) for x in inputs]
         outputs = [pt.dscalar(), pt.dvector(), pt.dvector()]
         return Apply(self, inputs, outputs)
 
     def perform(self, node, inputs, output_storage):
+        """Run :func:`loglik_and_grad` (backends other than numba)."""
         scalars = [float(x) for x in inputs[1:8]]
         rest = [np.asarray(x) for x in inputs[8:15]]
         value, grad_beta, grad = loglik_and_grad(np.asarray(inputs[0], dtype=float), *scalars,
@@ -461,6 +463,8 @@ class StackedLogLik(Op):
         output_storage[2][0] = grad
 
     def pullback(self, inputs, outputs, cotangents):
+        """The gradient outputs times the log-likelihood's cotangent; the data inputs have
+        none."""
         g = cotangents[0]
         _, grad_beta, grad = outputs
         return ([g * grad_beta] + [g * grad[i] for i in range(7)]

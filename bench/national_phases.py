@@ -3,9 +3,9 @@
 The steps of ``bayesfed fit models/event_time.toml --data DATA --out DIR`` run one after
 another in this process, each timed: imports, reading + validation + reduction to the cell
 statistics (:func:`bayesfed.reduce.reduce_file`, batch by batch), building the PyMC
-model, compiling it with nutpie, sampling (4 chains x DRAWS draws after TUNE warm-up iterations, BLAS
-one thread), drawing the effects and saving the fit (the summary's cost shows end to end in
-``bench/event_time_scale.py``). Peak memory is
+model, compiling it with nutpie, sampling (4 chains x DRAWS draws after TUNE warm-up
+iterations, BLAS one thread), drawing the effects and saving the fit (the summary's cost shows
+end to end in ``bench/event_time_scale.py``). Peak memory is
 the process's maximum resident set size. Also printed: the bulk ESS of each year's effect
 (ATT(k) in the stacked design, delta_k in the pooled one) and the leapfrog steps of the kept
 draws (gradients a draw). A profile of bayesfed alone: the comparison with

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytensor
 import pytest
+from test_event_stacked import POINT, small_frame, stacked
 
 from bayesfed.event_stacked import reference_loglik
 from bayesfed.stacked_kernel import StackedLogLik
-from test_event_stacked import POINT, small_frame, stacked
 
 OPTIONS = [{}, {"shocks": "iid"}, {"federation_deviations": False},
            {"effect_prior": "independent"}]
