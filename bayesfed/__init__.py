@@ -4,8 +4,12 @@ The data flow, one module a step::
 
     spec (TOML -> ModelSpec) -> read (CSV/Parquet + column mapping) -> validate
     -> design -> models (PyMC) -> fit -> store (NetCDF) -> partition -> summarize -> report
+
+From Python: :func:`bayesfed.fit` and :func:`bayesfed.load` (:mod:`bayesfed.api`), imported
+when first used, so ``import bayesfed`` loads neither PyMC nor PyTensor nor matplotlib.
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -13,4 +17,13 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
-__all__ = ["__version__"]
+#: Names of the API, each imported from :mod:`bayesfed.api` on first use.
+_API = ("fit", "load", "Results", "model_spec")
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module("bayesfed.api"), name)
+    raise AttributeError(f"module 'bayesfed' has no attribute {name!r}")

@@ -39,7 +39,7 @@ def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
     seed : int
         Job seed.
     jobs : int
-        Fits run at once in worker processes (:func:`bayesfed.fit.run_job`); the numbers do
+        Fits run at once in worker processes (:func:`bayesfed.fitting.run_job`); the numbers do
         not depend on it.
 
     Returns

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 
 from bayesfed.distributed import reduce_dask
 from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
-from bayesfed.fit import FitOptions, fit_name, planned_fits, run_job
+from bayesfed.fitting import FitOptions, fit_name, planned_fits, run_job
 from bayesfed.plots import (
     RANK_EVENT_VARS,
     RANK_VARS,
@@ -26,9 +27,9 @@ from bayesfed.plots import (
 )
 from bayesfed.published import load_published
 from bayesfed.read import read_table
-from bayesfed.reduce import reduce_file
+from bayesfed.reduce import reduce_file, reduce_frame
 from bayesfed.report import Flavour, render_markdown
-from bayesfed.spec import load_spec
+from bayesfed.spec import ModelSpec, load_spec
 from bayesfed.store import load_fit, write_text
 from bayesfed.summarize import write_summary
 from bayesfed.validate import validate_table
@@ -45,9 +46,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """SHA-256 of a table in memory: its column names, dtypes and pandas' hash of each row."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def fit_command(
-    spec_paths: Sequence[Path],
-    data: Path,
+    spec_paths: Sequence[Path | ModelSpec],
+    data: Path | pd.DataFrame,
     out: Path,
     years: Sequence[int] | None,
     *,
@@ -66,10 +75,14 @@ def fit_command(
 ) -> Path:
     """Validate, fit every spec x year, save the fits and write ``summary.json``.
 
+    ``spec_paths`` are TOML files or specs already loaded; ``data`` a pupil table's path or
+    the table itself (a pandas DataFrame, read as its file would be:
+    :func:`bayesfed.reduce.reduce_frame`; never modified).
+
     Every spec is validated against the data (and every year) before the first fit starts,
     so a data or spec problem never costs sampling time. ``resume`` keeps the complete fits of
     an interrupted job and fits the rest, ``jobs`` fits in that many worker processes
-    (:func:`bayesfed.fit.run_job`). ``dask``, the address of a Dask scheduler, reduces a
+    (:func:`bayesfed.fitting.run_job`). ``dask``, the address of a Dask scheduler, reduces a
     Parquet dataset for each spec on the cluster's workers and runs the fits there
     (:mod:`bayesfed.distributed`; ``jobs`` is then the cluster's worker threads).
 
@@ -89,7 +102,10 @@ def fit_command(
     console = console or Console(quiet=True)
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a folder")
-    specs = [load_spec(p) for p in spec_paths]
+    specs = [p if isinstance(p, ModelSpec) else load_spec(p) for p in spec_paths]
+    if isinstance(data, pd.DataFrame) and dask is not None:
+        raise OutputError("--dask reduces a Parquet dataset on the cluster: give its path, "
+                          "not a table in memory")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise OutputError(f"two specs share a model name ({', '.join(names)}); their fit files "
@@ -104,7 +120,8 @@ def fit_command(
                 break
         options = FitOptions(draws=draws, tune=tune, chains=chains, seed=seed,
                              sampler=sampler, progress=console.is_terminal)
-        data_hash = file_sha256(data)
+        data_hash = (frame_sha256(data) if isinstance(data, pd.DataFrame)
+                     else file_sha256(data))
         try:
             run_job(tables, specs, years, out, options, data_hash, force=force, resume=resume,
                     jobs=jobs if client is None else max(1, sum(client.nthreads().values())),
@@ -150,7 +167,7 @@ def _connect(address: str):
         raise BayesfedError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
 
 
-def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
+def _tables(specs, data: Path | pd.DataFrame, years, drop_incomplete: bool, client) -> dict:
     """Model name -> the table each spec's fits need, every spec validated before any fit.
 
     A spec with the collapsed likelihood (the default) gets its statistics, reduced as the
@@ -162,14 +179,18 @@ def _tables(specs, data: Path, years, drop_incomplete: bool, client) -> dict:
     def needs_rows(spec) -> bool:
         return spec.model.family == "two_level" and spec.model.likelihood == "pupil_rows"
 
-    raw = read_table(data) if any(needs_rows(s) for s in specs) else None
+    in_memory = isinstance(data, pd.DataFrame)
+    source = "data" if in_memory else str(data)
+    raw = (data if in_memory else read_table(data)) if any(needs_rows(s) for s in specs) else None
     tables = {}
     for s in specs:
         if needs_rows(s):
             tables[s.name] = validate_table(raw, s, years=years,
-                                            drop_incomplete=drop_incomplete, source=str(data))
+                                            drop_incomplete=drop_incomplete, source=source)
             continue
-        if client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
+        if in_memory:
+            tables[s.name] = reduce_frame(data, s, years, drop_incomplete, source=source)
+        elif client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
             tables[s.name] = reduce_dask(client, data, s, years, drop_incomplete,
                                          source=str(data))
         else:

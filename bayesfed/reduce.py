@@ -37,7 +37,7 @@ from bayesfed.event_design import (
     finish_cells,
     merge_cell_parts,
 )
-from bayesfed.read import read_batches, table_columns
+from bayesfed.read import BATCH_ROWS, read_batches, table_columns
 from bayesfed.spec import ModelSpec
 from bayesfed.stacked_design import stacked_data
 from bayesfed.suffstats import GroupPart, SchoolSummary, group_part, merge_group_parts, summary_from
@@ -256,6 +256,30 @@ def reduce_file(path: str | Path, spec: ModelSpec, years: Sequence[int] | None =
         federated pupils.
     """
     rules, batches = file_rules(path, spec, years, drop_incomplete, source)
+    reducer = reducer_for(spec, rules.years)
+    return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
+
+
+def reduce_frame(frame: pd.DataFrame, spec: ModelSpec, years: Sequence[int] | None = None,
+                 drop_incomplete: bool = False, source: str = "data"
+                 ) -> Reduced | ReducedYears:
+    """:func:`reduce_file` of a table in memory: the same rules and the same statistics, the
+    frame's rows taken in batches of :data:`bayesfed.read.BATCH_ROWS` as a file's are read
+    (so a table gives the same numbers from memory as from its Parquet file). ``frame`` is
+    not modified."""
+    if spec.model.family == "event_time":
+        years = None
+    rules, problems = rules_for(frame.columns, spec, years, drop_incomplete, source)
+    columns = list(dict.fromkeys(rules.present.values()))
+
+    def batches() -> Iterable[pd.DataFrame]:
+        if len(frame) == 0:
+            yield frame[columns]
+        for start in range(0, len(frame), BATCH_ROWS):
+            yield frame.iloc[start:start + BATCH_ROWS][columns].reset_index(drop=True)
+
+    if problems:
+        raise column_error(rules, problems, len(frame))
     reducer = reducer_for(spec, rules.years)
     return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
 

@@ -169,7 +169,7 @@ def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
     ----------
     tree : xarray.DataTree
         Groups ``posterior``, ``sample_stats``, ``observed_data``, ``constant_data`` and the
-        provenance attributes written by :func:`bayesfed.fit.fit_one`.
+        provenance attributes written by :func:`bayesfed.fitting.fit_one`.
     path : str or Path
         Target ``.nc`` file.
     """

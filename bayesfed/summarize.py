@@ -226,7 +226,7 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     Parameters
     ----------
     tree : xarray.DataTree
-        A fit saved by :func:`bayesfed.fit.fit_one`.
+        A fit saved by :func:`bayesfed.fitting.fit_one`.
     reference : xarray.DataTree, optional
         The fit of the model's reference model on the same pupils.
     file : str
@@ -289,7 +289,7 @@ def _with_p_positive(stats: dict, draws: xr.DataArray) -> dict:
 
 
 def summarize_event_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
-    """Summary of an event-time fit (:func:`bayesfed.fit.fit_event_time`).
+    """Summary of an event-time fit (:func:`bayesfed.fitting.fit_event_time`).
 
     Returns
     -------

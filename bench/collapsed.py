@@ -36,7 +36,7 @@ import pymc as pm
 from threadpoolctl import threadpool_limits
 
 from bayesfed.design import Design
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.models import (
     add_school_draws,
     build_two_level,

@@ -36,7 +36,7 @@ def build_models(m2_only: bool) -> dict:
     """The two models, built as ``bayesfed fit`` builds them."""
     from bayesfed.event_design import cell_stats
     from bayesfed.event_time import build_event_time_parts, resolve_event_priors
-    from bayesfed.fit import design_for, event_design_for
+    from bayesfed.fitting import design_for, event_design_for
     from bayesfed.models import build_two_level_collapsed
     from bayesfed.priors import resolve_priors
     from bayesfed.read import read_table

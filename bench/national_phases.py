@@ -37,7 +37,7 @@ def main() -> None:
     from bayesfed.event_posterior import posterior_draws
     from bayesfed.event_stacked import build_stacked, resolve_stacked_priors
     from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
-    from bayesfed.fit import FitOptions, fit_seed
+    from bayesfed.fitting import FitOptions, fit_seed
     from bayesfed.reduce import reduce_file
     from bayesfed.sampling import _compile, sample
     from bayesfed.spec import load_spec

@@ -25,7 +25,7 @@ import numpy as np
 import pymc as pm
 
 from bayesfed.design import Design
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.models import build_two_level, school_values
 from bayesfed.priors import PriorSet, resolve_priors
 from bayesfed.read import read_table

@@ -74,7 +74,7 @@ import pytensor
 from threadpoolctl import threadpool_limits
 
 from bayesfed.compiled import compile_model
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.models import add_school_draws, build_two_level, build_two_level_collapsed
 from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table

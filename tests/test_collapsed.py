@@ -19,7 +19,7 @@ import xarray as xr
 
 from bayesfed import sampling
 from bayesfed.design import build_design
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.models import (
     add_school_draws,
     build_two_level,

@@ -25,7 +25,7 @@ from bayesfed import compiled as compiled_module
 from bayesfed.compiled import compile_model
 from bayesfed.event_design import build_event_design, cell_stats
 from bayesfed.event_time import build_event_time_parts
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.models import build_two_level_collapsed
 from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table

@@ -12,7 +12,7 @@ from distributed import Client, LocalCluster
 from bayesfed import job
 from bayesfed.distributed import reduce_dask
 from bayesfed.errors import DataError
-from bayesfed.fit import FitOptions, run_job
+from bayesfed.fitting import FitOptions, run_job
 from bayesfed.read import read_table
 from bayesfed.reduce import reduce_file
 from bayesfed.spec import load_spec

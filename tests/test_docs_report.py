@@ -27,7 +27,7 @@ import pytest
 import xarray as xr
 
 from bayesfed.checks import has_school_data, school_data
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.job import fit_command, report_command
 from bayesfed.read import read_table
 from bayesfed.spec import load_spec
@@ -42,7 +42,7 @@ SCREENSHOT = ROOT / "out" / "browser-check" / "report.png"
 
 
 def add_school_data(folder: Path, data: Path) -> None:
-    """Give fits made before fit.py stored the per-school statistics (bayesfed.checks) those
+    """Give fits made before fitting.py stored the per-school statistics (bayesfed.checks) those
     statistics, computed from the same data, and rewrite summary.json. A no-op for fits that
     already have them."""
     specs = {s.name: s for s in map(load_spec, SPECS)}

@@ -40,7 +40,7 @@ from typer.testing import CliRunner
 from bayesfed import validate
 from bayesfed.cli import app
 from bayesfed.errors import DataError, SpecError
-from bayesfed.fit import design_for
+from bayesfed.fitting import design_for
 from bayesfed.models import build_two_level
 from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table

@@ -22,7 +22,7 @@ from bayesfed.describe import describe, describe_file
 from bayesfed.errors import DataError
 from bayesfed.event_design import cell_stats
 from bayesfed.event_time import event_constants, resolve_event_priors
-from bayesfed.fit import FitOptions, design_for, event_design_for, fit_one
+from bayesfed.fitting import FitOptions, design_for, event_design_for, fit_one
 from bayesfed.models import collapsed_data
 from bayesfed.priors import resolve_priors
 from bayesfed.read import read_table

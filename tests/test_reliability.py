@@ -353,7 +353,7 @@ def test_same_numbers_in_fresh_processes_with_different_empty_caches(tmp_path, s
 
 
 def test_fit_files_record_what_reproduces_them(reference, study):
-    from bayesfed.fit import fit_seed
+    from bayesfed.fitting import fit_seed
     from bayesfed.job import file_sha256
 
     attrs = load_fit(reference / "M0_k1.nc").attrs

@@ -1,0 +1,140 @@
+"""The Python API (bayesfed.api): a fit from a frame in memory equals the command's fit of the
+same table's file, the result tables read summary.json, and importing bayesfed stays light."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesfed
+from bayesfed.errors import OutputError, SpecError
+from bayesfed.job import fit_command
+from bayesfed.store import load_fit
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "data" / "synthetic_study.parquet"
+OPTIONS = {"draws": 150, "tune": 150, "chains": 2, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def frame() -> pd.DataFrame:
+    return pd.read_parquet(STUDY)
+
+
+@pytest.fixture(scope="module")
+def in_memory(frame):
+    before = frame.copy(deep=True)
+    results = bayesfed.fit(frame, ["m0", "m2"], years=[0, 1], **OPTIONS)
+    pd.testing.assert_frame_equal(frame, before)  # the input is never modified
+    return results
+
+
+@pytest.fixture(scope="module")
+def from_file(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli")
+    fit_command([ROOT / "models" / "m0_empty.toml", ROOT / "models" / "m2_federation.toml"],
+                STUDY, out, [0, 1], **OPTIONS)
+    return out
+
+
+def test_import_loads_neither_pymc_nor_pytensor_nor_matplotlib():
+    code = ("import sys, bayesfed; bayesfed.fit; bayesfed.load; "
+            "print([m for m in ('pymc', 'pytensor', 'matplotlib', 'arviz', 'numba') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_frame_in_memory_gives_the_draws_of_its_file(in_memory, from_file):
+    files = sorted(p.name for p in from_file.glob("*.nc"))
+    assert files == sorted(p.name for p in in_memory.folder.glob("*.nc"))
+    assert files == ["M0_k0.nc", "M0_k1.nc", "M2_k0.nc", "M2_k1.nc"]
+    for name in files:
+        a = load_fit(in_memory.folder / name)["posterior"]
+        b = load_fit(from_file / name)["posterior"]
+        assert set(a.data_vars) == set(b.data_vars)
+        for var in a.data_vars:
+            np.testing.assert_array_equal(a[var].to_numpy(), b[var].to_numpy(), err_msg=var)
+    cli = json.loads((from_file / "summary.json").read_text())
+    params = {(f["model"], f["year"]): f["params"] for f in cli["fits"]}
+    for f in in_memory.fits:
+        assert f["params"] == params[(f["model"], f["year"])]
+
+
+def test_result_tables_hold_the_summary(in_memory):
+    effects = in_memory.effects()
+    assert list(effects[["model", "year", "estimand"]].itertuples(index=False, name=None)) == [
+        ("M2", 0, "federated"), ("M2", 1, "federated")]
+    m2 = {f["year"]: f["federation_effect"] for f in in_memory.fits if f["model"] == "M2"}
+    assert effects["mean"].tolist() == [m2[0]["mean"], m2[1]["mean"]]
+    assert (effects["hdi_low"] < effects["mean"]).all()
+    assert (effects["mean"] < effects["hdi_high"]).all()
+    shares = in_memory.partition().groupby(["model", "year"])["mean"].sum()
+    np.testing.assert_allclose(shares.to_numpy(), 1.0, rtol=1e-12)
+    summary = in_memory.summary()
+    assert {"intercept", "sigma", "sd_school", "federated"} <= set(summary["parameter"])
+    assert summary[["mean", "sd", "r_hat", "ess_bulk"]].notna().all().all()
+    diagnostics = in_memory.diagnostics()
+    assert len(diagnostics) == 4
+    assert {"ok", "max_r_hat", "min_ess_bulk", "divergences", "problems"} <= set(diagnostics)
+    tree = in_memory.tree("M2", 1)
+    assert "federated" in tree["posterior"]["predictor"].to_numpy()
+    with pytest.raises(KeyError, match="no fit of model 'M2' for year 7"):
+        in_memory.tree("M2", 7)
+    assert "M2 | 0 | federated" in in_memory._repr_markdown_()
+
+
+def test_save_and_load_round_trip(in_memory, tmp_path):
+    saved = in_memory.save(tmp_path / "kept")
+    loaded = bayesfed.load(tmp_path / "kept")
+    assert loaded.summary_json == in_memory.summary_json == saved.summary_json
+    assert not list((tmp_path / "kept").glob(".*"))  # no partial file left
+    text = loaded.report(title="API report")
+    assert text.startswith("# API report")
+    assert (tmp_path / "kept" / "report.md").exists()
+
+
+def test_a_column_mapping_renames_the_tables_columns(frame, in_memory):
+    renamed = frame.rename(columns={"gcse_score": "score"})
+    results = bayesfed.fit(renamed, "m0", years=[0], columns={"outcome": "score"}, **OPTIONS)
+    (fit,) = results.fits
+    (same,) = [f for f in in_memory.fits if (f["model"], f["year"]) == ("M0", 0)]
+    assert fit["params"] == same["params"]
+
+
+def test_unknown_model_and_empty_folder_are_clear_errors(tmp_path):
+    with pytest.raises(SpecError, match=r"model 'm9': not a shipped model \(m0, m1, m2, "
+                                        r"event_time\), a TOML file or a ModelSpec"):
+        bayesfed.fit(STUDY, "m9")
+    with pytest.raises(OutputError, match="holds no fit files"):
+        bayesfed.load(tmp_path)
+    with pytest.raises(TypeError, match="data must be a path"):
+        bayesfed.fit(42, "m0")
+
+
+def test_the_python_pages_examples_run(tmp_path, monkeypatch):
+    """docs/python.md's code blocks, one after another, from a folder with the repository's
+    data/ (what the page says: run from the repository's root)."""
+    page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert len(blocks) == 4
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/python.md", "exec"), namespace)
+    assert namespace["markdown"].startswith("# Year 0 and year 5")
+    assert (tmp_path / "out" / "python-example" / "M2_k5.nc").exists()
+    effects = namespace["results"].effects()
+    assert effects[["model", "year"]].to_numpy().tolist() == [["M2", 0], ["M2", 5]]
+    same = namespace["same"].fits[0]["params"]
+    (m0,) = [f for f in namespace["results"].fits if (f["model"], f["year"]) == ("M0", 0)]
+    assert same == m0["params"]
