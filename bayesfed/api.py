@@ -134,12 +134,14 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
 
 
 def load(folder: str | os.PathLike) -> Results:
-    """The :class:`Results` of a folder written by ``bayesfed fit`` or :meth:`bayesfed.api.Results.save`.
+    """The :class:`Results` of a folder written by ``bayesfed fit`` or
+    :meth:`bayesfed.api.Results.save`.
 
     Raises
     ------
     OutputError
-        The folder holds no fit files.
+        The folder holds no fit files, or one of them is damaged or not a bayesfed fit (the
+        message names it and the fix).
     """
     return Results(Path(folder))
 

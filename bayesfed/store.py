@@ -25,6 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 import xarray as xr
 
+from bayesfed.errors import OutputError
+
 #: Suffix of every temporary :func:`atomic_path` creates.
 TEMP_SUFFIX = ".tmp"
 
@@ -177,6 +179,26 @@ def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
     return write_with(path, lambda tmp: safe.to_netcdf(tmp, engine="h5netcdf"))
 
 
+@contextmanager
+def _reading_fit(path: str | Path) -> Iterator[None]:
+    """Turn a fit file that cannot be read into an :class:`OutputError` naming it and the
+    fix (a truncated copy or a foreign file fails deep inside h5py or xarray)."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputError(
+            f"{path} is not a bayesfed fit that can be read ({reason}): the file is damaged "
+            "(a copy cut short?) or was not written by bayesfed. Fit it again (`bayesfed fit "
+            "... --force`, or --resume to refit only what is missing) or move it out of the "
+            "folder") from None
+
+
+def _check_fit(attrs: dict) -> None:
+    if "bayesfed_model" not in attrs:
+        raise KeyError("no bayesfed provenance attributes")
+
+
 def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.DataTree:
     """Read a fit saved by :func:`save_fit` into memory (the file is closed again).
 
@@ -187,19 +209,37 @@ def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.Dat
         Read only these posterior variables (those the fit has) and the fit's attributes: a
         tree with the one group ``posterior``. A national fit's school draws are hundreds of
         megabytes; a reference model's variances are a few kilobytes. Default: everything.
+
+    Raises
+    ------
+    OutputError
+        The file is damaged or not a bayesfed fit.
     """
-    if posterior is None:
-        with xr.open_datatree(path, engine="h5netcdf") as tree:
-            return tree.load().copy()
-    with xr.open_dataset(path, group="posterior", engine="h5netcdf") as post:
-        out = xr.DataTree.from_dict(
-            {"posterior": post[[v for v in posterior if v in post]].load()})
-    out.attrs = fit_attrs(path)
+    with _reading_fit(path):
+        if posterior is None:
+            with xr.open_datatree(path, engine="h5netcdf") as tree:
+                _check_fit(tree.attrs)
+                if "posterior" not in tree.children:
+                    raise KeyError("no posterior group")
+                return tree.load().copy()
+        attrs = fit_attrs(path)
+        with xr.open_dataset(path, group="posterior", engine="h5netcdf") as post:
+            out = xr.DataTree.from_dict(
+                {"posterior": post[[v for v in posterior if v in post]].load()})
+    out.attrs = attrs
     return out
 
 
 def fit_attrs(path: str | Path) -> dict:
     """A saved fit's attributes (provenance: model, year, reference, ...), reading only the
-    file's root group."""
-    with xr.open_dataset(path, engine="h5netcdf") as root:
-        return dict(root.attrs)
+    file's root group.
+
+    Raises
+    ------
+    OutputError
+        The file is damaged or not a bayesfed fit.
+    """
+    with _reading_fit(path), xr.open_dataset(path, engine="h5netcdf") as root:
+        attrs = dict(root.attrs)
+        _check_fit(attrs)
+        return attrs

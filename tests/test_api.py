@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 
 import bayesfed
 from bayesfed.errors import OutputError, SpecError
-from bayesfed.job import fit_command
+from bayesfed.job import fit_command, report_command
 from bayesfed.store import load_fit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,3 +139,21 @@ def test_the_python_pages_examples_run(tmp_path, monkeypatch):
     same = namespace["same"].fits[0]["params"]
     (m0,) = [f for f in namespace["results"].fits if (f["model"], f["year"]) == ("M0", 0)]
     assert same == m0["params"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "foreign"])
+def test_a_damaged_fit_file_is_named_with_the_fix(in_memory, tmp_path, damage):
+    folder = in_memory.save(tmp_path / "fits").folder
+    target = folder / "M2_k1.nc"
+    if damage == "truncated":
+        target.write_bytes(target.read_bytes()[:5000])
+    else:
+        target.unlink()
+        xr.Dataset({"x": ("i", np.arange(3.0))}).to_netcdf(target, engine="h5netcdf")
+    expected = (rf"{re.escape(str(target))} is not a bayesfed fit that can be read \(.+\): the "
+                r"file is damaged \(a copy cut short\?\) or was not written by bayesfed\. Fit it "
+                r"again \(`bayesfed fit \.\.\. --force`")
+    with pytest.raises(OutputError, match=expected):
+        bayesfed.load(folder)
+    with pytest.raises(OutputError, match=expected):
+        report_command(folder)
