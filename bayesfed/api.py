@@ -3,6 +3,7 @@
 ::
 
     import bayesfed
+    frame = bayesfed.load_example()  # the shipped synthetic study, or your own table
     results = bayesfed.fit(frame, ["m0", "m1", "m2"], years=range(6), seed=1)
     results.effects()        # the federation effect by year, one row per (model, year)
     results.summary()        # every reported parameter of every fit, tidy
@@ -32,14 +33,10 @@ from pathlib import Path
 import pandas as pd
 
 from bayesfed.errors import OutputError, SpecError
+from bayesfed.shipped import SPECS, load_example, spec_path
+
+__all__ = ["Results", "fit", "load", "load_example", "model_spec"]
 from bayesfed.spec import ModelSpec, load_spec
-
-#: The specifications shipped in ``models/``, by short name.
-SHIPPED = {"m0": "m0_empty.toml", "m1": "m1_pupil.toml", "m2": "m2_federation.toml",
-           "event_time": "event_time.toml"}
-
-#: The folder of the shipped specifications.
-MODELS = Path(__file__).resolve().parent.parent / "models"
 
 #: Statistics of a parameter in ``summary.json``, in :meth:`Results.summary`'s column order.
 STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
@@ -47,8 +44,8 @@ STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail
 
 def model_spec(model: str | os.PathLike | ModelSpec,
                columns: Mapping[str, str] | None = None) -> ModelSpec:
-    """A model specification from a shipped name (``bayesfed.api.SHIPPED``), a TOML path or a spec,
-    with ``columns`` (role -> the table's column) overriding its ``[columns]``.
+    """A model specification from a shipped name (:data:`bayesfed.shipped.SPECS`), a TOML path
+    or a spec, with ``columns`` (role -> the table's column) overriding its ``[columns]``.
 
     Raises
     ------
@@ -57,12 +54,12 @@ def model_spec(model: str | os.PathLike | ModelSpec,
     """
     if isinstance(model, ModelSpec):
         spec = model
-    elif isinstance(model, str) and model.lower() in SHIPPED:
-        spec = load_spec(MODELS / SHIPPED[model.lower()])
+    elif isinstance(model, str) and model.lower() in SPECS:
+        spec = load_spec(spec_path(model.lower()))
     elif Path(model).suffix == ".toml" or Path(model).exists():
         spec = load_spec(Path(model))
     else:
-        raise SpecError(f"model {model!r}: not a shipped model ({', '.join(SHIPPED)}), a TOML "
+        raise SpecError(f"model {model!r}: not a shipped model ({', '.join(SPECS)}), a TOML "
                         "file or a ModelSpec")
     if columns:
         spec = spec.model_copy(update={"columns": {**spec.columns, **dict(columns)}})

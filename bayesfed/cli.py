@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bayesfed import shipped
 from bayesfed.errors import BayesfedError, DataError, DiagnosticsError, OutputError, SpecError
 from bayesfed.simulate import DEFAULT_SEED
 
@@ -31,12 +32,9 @@ app = typer.Typer(
 )
 console = Console()
 
-#: The repository's shipped files, used by ``demo``.
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_DATA = ROOT / "data" / "synthetic_study.parquet"
-SHIPPED_SPECS = tuple(ROOT / "models" / f for f in
-                      ("m0_empty.toml", "m1_pupil.toml", "m2_federation.toml",
-                       "event_time.toml"))
+#: The shipped files, used by ``demo`` (:mod:`bayesfed.shipped`).
+SHIPPED_DATA = shipped.example_path()
+SHIPPED_SPECS = tuple(shipped.spec_path(name) for name in shipped.SPECS)
 
 EXIT_INPUT = 3
 EXIT_OUTPUT = 4

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bayesfed import shipped
 from bayesfed.errors import BayesfedError
 
 #: Where the transcription lives in a source checkout.
-DEFAULT_PATH = Path(__file__).resolve().parent.parent / "data" / "published_tables.csv"
+DEFAULT_PATH = shipped.folder("data") / "published_tables.csv"
 
 _DTYPES = {
     "table": "Int64",

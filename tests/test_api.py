@@ -111,6 +111,10 @@ def test_a_column_mapping_renames_the_tables_columns(frame, in_memory):
     assert fit["params"] == same["params"]
 
 
+def test_the_example_is_the_shipped_study(frame):
+    pd.testing.assert_frame_equal(bayesfed.load_example(), frame)
+
+
 def test_unknown_model_and_empty_folder_are_clear_errors(tmp_path):
     with pytest.raises(SpecError, match=r"model 'm9': not a shipped model \(m0, m1, m2, "
                                         r"event_time\), a TOML file or a ModelSpec"):
@@ -122,12 +126,10 @@ def test_unknown_model_and_empty_folder_are_clear_errors(tmp_path):
 
 
 def test_the_python_pages_examples_run(tmp_path, monkeypatch):
-    """docs/python.md's code blocks, one after another, from a folder with the repository's
-    data/ (what the page says: run from the repository's root)."""
+    """docs/python.md's code blocks, one after another, in an empty folder."""
     page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
     assert len(blocks) == 4
-    (tmp_path / "data").symlink_to(ROOT / "data")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
