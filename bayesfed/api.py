@@ -33,6 +33,7 @@ from pathlib import Path
 import pandas as pd
 
 from bayesfed.errors import OutputError, SpecError
+from bayesfed.formula import is_formula, spec_from_formula
 from bayesfed.shipped import SPECS, load_example, spec_path
 
 __all__ = ["Results", "fit", "load", "load_example", "model_spec"]
@@ -43,15 +44,21 @@ STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail
 
 
 def model_spec(model: str | os.PathLike | ModelSpec,
-               columns: Mapping[str, str] | None = None) -> ModelSpec:
-    """A model specification from a shipped name (:data:`bayesfed.shipped.SPECS`), a TOML path
-    or a spec, with ``columns`` (role -> the table's column) overriding its ``[columns]``.
+               columns: Mapping[str, str] | None = None, name: str | None = None
+               ) -> ModelSpec:
+    """A model specification from a shipped name (:data:`bayesfed.shipped.SPECS`), a formula
+    (:mod:`bayesfed.formula`), a TOML path or a spec, with ``columns`` (role -> the table's
+    column) overriding its ``[columns]`` and ``name`` its name (a formula's default:
+    ``"formula"``; fit files and each fit's seed derive from the name).
 
     Raises
     ------
     SpecError
-        An unknown name or a file that is not a valid specification.
+        An unknown name, a formula the two-level family cannot fit, or a file that is not a
+        valid specification.
     """
+    if is_formula(model):
+        return spec_from_formula(model, name or "formula", columns)
     if isinstance(model, ModelSpec):
         spec = model
     elif isinstance(model, str) and model.lower() in SPECS:
@@ -59,10 +66,12 @@ def model_spec(model: str | os.PathLike | ModelSpec,
     elif Path(model).suffix == ".toml" or Path(model).exists():
         spec = load_spec(Path(model))
     else:
-        raise SpecError(f"model {model!r}: not a shipped model ({', '.join(SPECS)}), a TOML "
-                        "file or a ModelSpec")
+        raise SpecError(f"model {model!r}: not a shipped model ({', '.join(SPECS)}), a "
+                        "formula, a TOML file or a ModelSpec")
     if columns:
         spec = spec.model_copy(update={"columns": {**spec.columns, **dict(columns)}})
+    if name is not None:
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"name": name})})
     return spec
 
 
@@ -82,7 +91,8 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
         years: Iterable[int] | None = None, columns: Mapping[str, str] | None = None,
         draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
         sampler: str = "nutpie", drop_incomplete: bool = False,
-        out: str | os.PathLike | None = None, jobs: int = 1) -> Results:
+        out: str | os.PathLike | None = None, jobs: int = 1, name: str | None = None
+        ) -> Results:
     """Fit models to a pupil table: ``bayesfed fit`` from Python.
 
     Parameters
@@ -90,8 +100,9 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     data : path, pandas or polars DataFrame, or Arrow table
         The pupil table (:doc:`the schema </data>`); never modified.
     model : str, path, ModelSpec, or a list of them
-        A shipped model (``"m0"``, ``"m1"``, ``"m2"``, ``"event_time"``), a TOML
-        specification or a spec.
+        A shipped model (``"m0"``, ``"m1"``, ``"m2"``, ``"event_time"``), a two-level formula
+        such as ``"gcse_score ~ fsm + C(sen) + ks2 + federated + (1 | school_id)"``
+        (:mod:`bayesfed.formula`), a TOML specification or a spec.
     years : iterable of int, optional
         Years since founding, each fitted separately by the two-level models (None: the whole
         table as one); the event-time model fits every year at once.
@@ -99,6 +110,8 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
         Role -> the table's column, over each spec's ``[columns]``.
     draws, tune, chains, seed, sampler, drop_incomplete, jobs
         As ``bayesfed fit``'s options.
+    name : str, optional
+        The model's name (one model only; a formula's default is ``"formula"``).
     out : path, optional
         Folder for the fit files and ``summary.json`` (default: a temporary folder, removed
         with the :class:`Results`; :meth:`bayesfed.api.Results.save` keeps them).
@@ -115,7 +128,10 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     from bayesfed.job import fit_command
 
     models = list(model) if isinstance(model, (list, tuple)) else [model]
-    specs = [model_spec(m, columns) for m in models]
+    if name is not None and len(models) != 1:
+        raise SpecError("name= renames one model; give each of several models its name in "
+                        "its specification (bayesfed.model_spec(model, name=...))")
+    specs = [model_spec(m, columns, name) for m in models]
     table = _table(data)
     temporary = out is None
     folder = Path(tempfile.mkdtemp(prefix="bayesfed-")) if temporary else Path(out)

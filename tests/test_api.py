@@ -117,7 +117,8 @@ def test_the_example_is_the_shipped_study(frame):
 
 def test_unknown_model_and_empty_folder_are_clear_errors(tmp_path):
     with pytest.raises(SpecError, match=r"model 'm9': not a shipped model \(m0, m1, m2, "
-                                        r"event_time\), a TOML file or a ModelSpec"):
+                                        r"event_time\), a formula, a TOML file or a "
+                                        r"ModelSpec"):
         bayesfed.fit(STUDY, "m9")
     with pytest.raises(OutputError, match="holds no fit files"):
         bayesfed.load(tmp_path)
@@ -129,7 +130,7 @@ def test_the_python_pages_examples_run(tmp_path, monkeypatch):
     """docs/python.md's code blocks, one after another, in an empty folder."""
     page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
@@ -138,6 +139,9 @@ def test_the_python_pages_examples_run(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "python-example" / "M2_k5.nc").exists()
     effects = namespace["results"].effects()
     assert effects[["model", "year"]].to_numpy().tolist() == [["M2", 0], ["M2", 5]]
+    (formula,) = namespace["m2"].fits
+    (toml,) = [f for f in namespace["results"].fits if (f["model"], f["year"]) == ("M2", 5)]
+    assert formula["params"] == toml["params"]
     same = namespace["same"].fits[0]["params"]
     (m0,) = [f for f in namespace["results"].fits if (f["model"], f["year"]) == ("M0", 0)]
     assert same == m0["params"]
@@ -159,3 +163,38 @@ def test_a_damaged_fit_file_is_named_with_the_fix(in_memory, tmp_path, damage):
         bayesfed.load(folder)
     with pytest.raises(OutputError, match=expected):
         report_command(folder)
+
+
+M2_FORMULA = ("gcse_score ~ fsm + idaci + male + C(sen) + non_white_british + ks2 + federated"
+              " + (1 | school_id)")
+
+
+def test_a_formula_gives_the_draws_of_the_toml_spec(frame, in_memory):
+    results = bayesfed.fit(frame, M2_FORMULA, years=[0], name="M2",
+                           columns={"federation": "federation_id"}, **OPTIONS)
+    a = load_fit(results.folder / "M2_k0.nc")["posterior"]
+    b = load_fit(in_memory.folder / "M2_k0.nc")["posterior"]
+    assert set(a.data_vars) == set(b.data_vars)
+    for var in a.data_vars:
+        np.testing.assert_array_equal(a[var].to_numpy(), b[var].to_numpy(), err_msg=var)
+    spec = bayesfed.model_spec(M2_FORMULA)
+    assert spec.name == "formula"
+    assert spec.predictors.school == ["federated"]
+    assert spec.categorical["sen"].reference == "none"
+
+
+@pytest.mark.parametrize(("formula", "message"), [
+    ("gcse_score ~ fsm + (1 + ks2 | school_id)",
+     "the two-level family has exactly one random intercept, (1 | school); random slopes and "
+     "other groupings are not supported"),
+    ("gcse_score ~ fsm:ks2 + (1 | school_id)",
+     "term fsm:ks2 is an interaction; the two-level family takes main effects only"),
+    ("gcse_score ~ 0 + fsm + (1 | school_id)",
+     "has no intercept: the two-level family always has one"),
+    ("gcse_score ~ C(ks2) + (1 | school_id)",
+     "C(ks2): ks2 is not a categorical column of the schema; declare its levels in a TOML "
+     "specification ([categorical.ks2])"),
+])
+def test_a_formula_the_family_cannot_fit_is_refused(formula, message):
+    with pytest.raises(SpecError, match=re.escape(message)):
+        bayesfed.fit(STUDY, formula)
