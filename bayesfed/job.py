@@ -30,7 +30,7 @@ from bayesfed.read import read_table
 from bayesfed.reduce import reduce_file, reduce_frame
 from bayesfed.report import Flavour, render_markdown
 from bayesfed.spec import ModelSpec, load_spec
-from bayesfed.store import load_fit, write_text
+from bayesfed.store import folder_lock, load_fit, write_text
 from bayesfed.summarize import write_summary
 from bayesfed.validate import validate_table
 
@@ -110,8 +110,8 @@ def fit_command(
     if len(set(names)) != len(names):
         raise OutputError(f"two specs share a model name ({', '.join(names)}); their fit files "
                           "would overwrite each other")
-    # the cluster, if any, reduces an event-time spec's table and runs the fits
-    with _connect(dask) if dask is not None else nullcontext() as client:
+    # one job a folder; the cluster, if any, reduces an event-time spec's table and runs the fits
+    with folder_lock(out), _connect(dask) if dask is not None else nullcontext() as client:
         tables = _tables(specs, data, years, drop_incomplete, client)
         for table in tables.values():
             if table.n_dropped:
@@ -134,7 +134,7 @@ def fit_command(
             console.print(f"interrupted: {done} of {len(plan)} fits are complete in {out}; the "
                           "same command with --resume fits the rest")
             raise
-    path = write_summary(out)
+        path = write_summary(out)
     summary = json.loads(path.read_text())
     failed = [f for f in summary["fits"] if not f["diagnostics"]["ok"]]
     console.print(f"wrote {len(summary['fits'])} fits and {path}")

@@ -122,6 +122,54 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+def lock_path(folder: str | Path) -> Path:
+    """The lock file of a folder a job writes to (:func:`folder_lock`): a hidden file beside
+    it, so the folder holds only the job's outputs."""
+    folder = Path(folder)
+    return folder.parent / f".{folder.name}.bayesfed.lock"
+
+
+@contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """Hold a folder for one job: a second job aimed at it while this one runs is refused.
+
+    The lock is an exclusive ``flock`` on :func:`lock_path`, which the operating system
+    releases when the holder's process ends, however it ends: a killed job leaves no stuck
+    lock (its file stays beside the folder, naming the last holder's pid, and means nothing by
+    itself; the next job takes it). A job that ends removes the file. The folder itself is
+    not created here.
+
+    Raises
+    ------
+    OutputError
+        Another process holds the folder; the message names it.
+    """
+    import fcntl
+
+    path = lock_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+", encoding="utf-8")  # held open: the lock lives with it
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputError(f"another bayesfed job ({holder}) is writing to {folder}: wait "
+                              "for it to finish, or give this job another output folder"
+                              ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)  # still held: no other job has it
+    finally:
+        handle.close()  # closing the descriptor releases the lock
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Write text (UTF-8) atomically; returns ``path``."""
     with atomic_path(path) as tmp:

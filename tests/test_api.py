@@ -4,7 +4,9 @@ same table's file, the result tables read summary.json, and importing bayesfed s
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ import xarray as xr
 import bayesfed
 from bayesfed.errors import OutputError, SpecError
 from bayesfed.job import fit_command, report_command
-from bayesfed.store import load_fit
+from bayesfed.store import folder_lock, load_fit, lock_path
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "data" / "synthetic_study.parquet"
@@ -198,3 +200,37 @@ def test_a_formula_gives_the_draws_of_the_toml_spec(frame, in_memory):
 def test_a_formula_the_family_cannot_fit_is_refused(formula, message):
     with pytest.raises(SpecError, match=re.escape(message)):
         bayesfed.fit(STUDY, formula)
+
+
+def test_a_second_job_on_a_folder_in_use_is_refused(tmp_path):
+    out = tmp_path / "fits"
+    message = (f"another bayesfed job (pid {os.getpid()}) is writing to {out}: wait for it to "
+               "finish, or give this job another output folder")
+    with folder_lock(out):
+        with pytest.raises(OutputError, match=re.escape(message)):
+            bayesfed.fit(STUDY, "m0", years=[0], out=out, **OPTIONS)
+        run = subprocess.run([sys.executable, "-m", "bayesfed", "fit",
+                              ROOT / "models" / "m0_empty.toml", "--data", STUDY, "--out", out,
+                              "--years", "0"], capture_output=True, text=True)
+        assert run.returncode == 4
+        assert "another bayesfed job" in run.stdout + run.stderr
+    assert not out.exists() and not lock_path(out).exists()
+
+
+def test_a_killed_job_leaves_no_stuck_lock(tmp_path):
+    out = tmp_path / "fits"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from bayesfed.store import folder_lock\n"
+         f"with folder_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=rf"another bayesfed job \(pid {holder.pid}\)"):
+            with folder_lock(out):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.communicate()
+    assert lock_path(out).exists()  # the killed job's file stays ...
+    with folder_lock(out):  # ... and the next job takes it
+        pass
