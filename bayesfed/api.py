@@ -247,6 +247,46 @@ class Results:
         raise KeyError(f"no fit of model {model!r} for year {year!r}; the fits are "
                        + ", ".join(f"{f['model']} {f['year']}" for f in self.fits))
 
+    def plot_effects(self):
+        """The federation effect by year since founding (event-time model, per-year fits and
+        the paper's Table 5): a matplotlib Figure."""
+        from bayesfed.plots import federation_trajectory_figure
+        from bayesfed.published import load_published
+
+        return _figure(federation_trajectory_figure(self.summary_json, load_published()),
+                       "no fit has a federation effect")
+
+    def plot_partition(self):
+        """The school and pupil shares of the variance, per year and two-level model, beside
+        REML and the paper's Table 3: a matplotlib Figure."""
+        from bayesfed.plots import variance_partition_figure
+        from bayesfed.published import load_published
+
+        return _figure(variance_partition_figure(self.summary_json, load_published()),
+                       "no two-level fit")
+
+    def plot_event_study(self):
+        """The stacked event-time model's event study (ATT(k), each cohort, the leads): a
+        matplotlib Figure."""
+        from bayesfed.plots import event_study_figure
+
+        return _figure(event_study_figure(self.summary_json), "no stacked event-time fit")
+
+    def plot_sensitivity(self):
+        """The stacked event-time model's sensitivity analysis: a matplotlib Figure."""
+        from bayesfed.plots import sensitivity_figure
+
+        return _figure(sensitivity_figure(self.summary_json),
+                       "no stacked event-time fit with leads")
+
+    def plot_predictive(self, model: str):
+        """The posterior predictive check of one two-level model, per year: a matplotlib
+        Figure."""
+        from bayesfed.plots import predictive_figure
+
+        return _figure(predictive_figure(self.summary_json, model),
+                       f"no fit of model {model!r} with predictive checks")
+
     def report(self, title: str | None = None) -> str:
         """The Markdown report of ``bayesfed report`` (written with its figures into the
         folder, as the command does), as text."""
@@ -283,6 +323,14 @@ class Results:
 
     def __repr__(self) -> str:
         return f"Results({str(self.folder)!r}: {len(self.fits)} fits)"
+
+
+def _figure(drawn, missing: str):
+    """The figure of a ``bayesfed.plots`` ``*_figure`` function, or a ValueError saying what
+    the results lack."""
+    if drawn is None:
+        raise ValueError(f"nothing to draw: {missing}")
+    return drawn[0]
 
 
 def _effect_row(model: str, year: int | None, estimand: str, stats: dict) -> dict:

@@ -15,16 +15,14 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import xarray as xr  # noqa: E402
-
-from bayesfed.published import published_rows  # noqa: E402
-from bayesfed.store import write_bytes  # noqa: E402
+from bayesfed.published import published_rows
+from bayesfed.store import write_bytes
 
 #: Dots per inch of the saved PNGs.
 DPI = 120
@@ -33,12 +31,57 @@ DPI = 120
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return write_bytes(path, buffer.getvalue())
+
+
+def _save_pyplot(fig, path: Path) -> Path:
+    """:func:`_save` of a figure arviz-plots made through pyplot, closed after."""
+    import matplotlib.pyplot as plt
+
+    try:
+        return _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _written(drawn: tuple[Figure, str] | None, path: Path) -> tuple[Path, str] | None:
+    """A ``*_figure`` function's figure written to ``path`` (PNG, atomically): the file and
+    its alt text, or None when there was nothing to draw."""
+    if drawn is None:
+        return None
+    fig, alt = drawn
+    return _save(fig, path), alt
 
 
 def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
                           ) -> tuple[Path, str] | None:
+    """:func:`federation_trajectory_figure` written to ``path``."""
+    return _written(federation_trajectory_figure(summary, published), path)
+
+
+def event_study(summary: dict, path: Path) -> tuple[Path, str] | None:
+    """:func:`event_study_figure` written to ``path``."""
+    return _written(event_study_figure(summary), path)
+
+
+def sensitivity_intervals(summary: dict, path: Path) -> tuple[Path, str] | None:
+    """:func:`sensitivity_figure` written to ``path``."""
+    return _written(sensitivity_figure(summary), path)
+
+
+def variance_partition(summary: dict, published: pd.DataFrame, path: Path
+                       ) -> tuple[Path, str] | None:
+    """:func:`variance_partition_figure` written to ``path``."""
+    return _written(variance_partition_figure(summary, published), path)
+
+
+def predictive_bands(summary: dict, model: str, path: Path) -> tuple[Path, str] | None:
+    """:func:`predictive_figure` written to ``path``."""
+    return _written(predictive_figure(summary, model), path)
+
+
+def federation_trajectory_figure(summary: dict, published: pd.DataFrame
+                                 ) -> tuple[Figure, str] | None:
     """The federation effect by year since founding: joint event-time model, per-year fits and
     the paper's Table 5, with 94% intervals.
 
@@ -51,13 +94,11 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
     published : DataFrame
         :func:`bayesfed.published.load_published`; Table 5's ``federated`` rows are drawn as
         estimate +- 1.88 SE (a 94% normal interval).
-    path : Path
-        PNG to write.
 
     Returns
     -------
-    (Path, str) or None
-        The file and its alt text; None when no fit has a federation effect. Without an
+    (Figure, str) or None
+        The figure and its alt text; None when no fit has a federation effect. Without an
         event-time fit the per-year fits and the paper are drawn alone.
     """
     joint = next((f for f in summary["fits"] if f.get("family") == "event_time"), None)
@@ -66,7 +107,8 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
                 and "federation_effect" in f and f["year"] is not None]
     if joint is None and not per_year:
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
     years = sorted({f["year"] for f in per_year})
     if joint is not None:
         effects = joint["federation_effect"]
@@ -111,7 +153,7 @@ def federation_trajectory(summary: dict, published: pd.DataFrame, path: Path
         if not paper.empty else []
     alt = ("Federation effect by year since founding: " + ", ".join(shown[:-1])
            + (" and " if len(shown) > 1 else "") + shown[-1] + ".")
-    return _save(fig, path), alt
+    return fig, alt
 
 
 def _stacked(summary: dict) -> dict | None:
@@ -126,7 +168,7 @@ def _errorbar(ax, x, stats: list[dict], **kwargs) -> None:
                       [s["hdi_high"] - s["mean"] for s in stats]], **kwargs)
 
 
-def event_study(summary: dict, path: Path) -> tuple[Path, str] | None:
+def event_study_figure(summary: dict) -> tuple[Figure, str] | None:
     """Event-study figure of the stacked event-time model.
 
     ATT(k), the average effect on the federated pupils (or federations) by year since founding
@@ -136,8 +178,8 @@ def event_study(summary: dict, path: Path) -> tuple[Path, str] | None:
 
     Returns
     -------
-    (Path, str) or None
-        None when ``summary`` has no stacked event-time fit.
+    (Figure, str) or None
+        The figure and its alt text; None when ``summary`` has no stacked event-time fit.
     """
     fit = _stacked(summary)
     if fit is None:
@@ -146,8 +188,9 @@ def event_study(summary: dict, path: Path) -> tuple[Path, str] | None:
     leads = sorted((k for k in effects if int(k) < 0), key=int)
     years = sorted((k for k in effects if int(k) >= 0), key=int)
     by_cohort, leads_by = fit["federation_effect_by_cohort"], fit.get("leads_by_cohort", {})
-    fig, ax = plt.subplots(figsize=(7.5, 4.4))
-    colours = plt.get_cmap("viridis")
+    fig = Figure(figsize=(7.5, 4.4))
+    ax = fig.subplots()
+    colours = colormaps["viridis"]
     cohorts = sorted(by_cohort)
     for i, e in enumerate(cohorts):
         cells = {**leads_by.get(e, {}), **by_cohort[e]}
@@ -186,10 +229,10 @@ def event_study(summary: dict, path: Path) -> tuple[Path, str] | None:
            + f"; each of the {len(cohorts)} founding cohorts' ATT(e,k)"
            + (" and leads" if leads_by else "") + " as thin lines; a horizontal line at zero "
            f"and the reference year {ref}, zero by definition, marked by an open circle.")
-    return _save(fig, path), alt
+    return fig, alt
 
 
-def sensitivity_intervals(summary: dict, path: Path) -> tuple[Path, str] | None:
+def sensitivity_figure(summary: dict) -> tuple[Figure, str] | None:
     """The sensitivity analysis of the stacked event-time model
     (:func:`bayesfed.effects.sensitivity`): for each M of the grid, the interval of the
     average effect (thick) and of each ATT(k) (thin, offset), a line at 0 and the breakdown
@@ -208,8 +251,9 @@ def sensitivity_intervals(summary: dict, path: Path) -> tuple[Path, str] | None:
     years = sorted(s["att"], key=int)
     step = float(np.diff(np.sort(grid)).min()) if len(grid) > 1 else 1.0
     width = 0.7 * step / (len(years) + 1)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    colours = plt.get_cmap("viridis")
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    colours = colormaps["viridis"]
     for i, k in enumerate(years):
         offset = (i + 1) * width
         low, high = np.array(s["att"][k]).T
@@ -243,15 +287,15 @@ def sensitivity_intervals(summary: dict, path: Path) -> tuple[Path, str] | None:
               "zero, lies beyond the grid (named in the title)." if beyond else
               f" and a dashed red vertical line at the breakdown value M = {m:.2f}, where the "
               "average's interval first covers zero."))
-    return _save(fig, path), alt
+    return fig, alt
 
 
 def _two_level(summary: dict) -> list[dict]:
     return [f for f in summary["fits"] if f.get("family", "two_level") == "two_level"]
 
 
-def variance_partition(summary: dict, published: pd.DataFrame, path: Path
-                       ) -> tuple[Path, str] | None:
+def variance_partition_figure(summary: dict, published: pd.DataFrame
+                              ) -> tuple[Figure, str] | None:
     """Shares of the residual variance between schools and between pupils, per year and model.
 
     One stacked bar per (year, two-level model): the school share (posterior mean, with its 94%
@@ -260,8 +304,8 @@ def variance_partition(summary: dict, published: pd.DataFrame, path: Path
 
     Returns
     -------
-    (Path, str) or None
-        None when the folder has no two-level fit.
+    (Figure, str) or None
+        The figure and its alt text; None when the folder has no two-level fit.
     """
     fits = _two_level(summary)
     if not fits:
@@ -269,9 +313,9 @@ def variance_partition(summary: dict, published: pd.DataFrame, path: Path
     models = sorted({f["model"] for f in fits})
     years = sorted({f["year"] for f in fits}, key=lambda y: -1 if y is None else y)
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(min(9.0, max(5.0, 0.4 * len(years) * len(models) + 2)),
-                                    4.5))
-    colours = plt.get_cmap("tab10")
+    fig = Figure(figsize=(min(9.0, max(5.0, 0.4 * len(years) * len(models) + 2)), 4.5))
+    ax = fig.subplots()
+    colours = colormaps["tab10"]
     labelled = set()
     for m, model in enumerate(models):
         for i, year in enumerate(years):
@@ -310,23 +354,23 @@ def variance_partition(summary: dict, published: pd.DataFrame, path: Path
            "below the share between pupils; REML shares as black dashes"
            + (" and the paper's Table 3 shares as grey diamonds" if "paper" in labelled else "")
            + ".")
-    return _save(fig, path), alt
+    return fig, alt
 
 
-def predictive_bands(summary: dict, model: str, path: Path) -> tuple[Path, str] | None:
+def predictive_figure(summary: dict, model: str) -> tuple[Figure, str] | None:
     """Posterior predictive check of one model, per year: sorted observed school means and
     within-school sds against the 94% band of the replications of each rank.
 
     Returns
     -------
-    (Path, str) or None
-        None when no fit of ``model`` has ``predictive`` checks.
+    (Figure, str) or None
+        The figure and its alt text; None when no fit of ``model`` has ``predictive`` checks.
     """
     fits = [f for f in _two_level(summary) if f["model"] == model and "predictive" in f]
     if not fits:
         return None
-    fig, axes = plt.subplots(len(fits), 2, figsize=(8.0, 1.9 * len(fits) + 0.9),
-                             squeeze=False, layout="constrained")
+    fig = Figure(figsize=(8.0, 1.9 * len(fits) + 0.9), layout="constrained")
+    axes = fig.subplots(len(fits), 2, squeeze=False)
     for row, fit in enumerate(fits):
         for col, (key, label) in enumerate((("school_means", "school mean outcome"),
                                             ("within_sds", "within-school sd"))):
@@ -347,7 +391,7 @@ def predictive_bands(summary: dict, model: str, path: Path) -> tuple[Path, str] 
            "dots over "
            "the shaded 94% band of each rank in replications for new schools of the same "
            "sizes and compositions.")
-    return _save(fig, path), alt
+    return fig, alt
 
 
 def _rank_figure(posterior: xr.Dataset, path: Path, rows: list[str], cols: list[str],
@@ -359,7 +403,7 @@ def _rank_figure(posterior: xr.Dataset, path: Path, rows: list[str], cols: list[
                                  aes={"color": ["chain"], "overlay": ["chain"]})
     pc = azp.plot_rank(xr.DataTree.from_dict({"posterior": posterior}), plot_collection=pc,
                        backend="matplotlib")
-    return _save(pc.viz["figure"].item(), path)
+    return _save_pyplot(pc.viz["figure"].item(), path)
 
 
 RANK_ALT = ("Each panel shows, for one parameter, each chain's fractional-rank difference "
@@ -439,7 +483,7 @@ def rank_event_time(tree: xr.DataTree, path: Path) -> tuple[Path, str]:
                                  aes={"color": ["chain"], "overlay": ["chain"]})
     pc = azp.plot_rank(xr.DataTree.from_dict({"posterior": data}), plot_collection=pc,
                        backend="matplotlib")
-    _save(pc.viz["figure"].item(), path)
+    _save_pyplot(pc.viz["figure"].item(), path)
     alt = (f"Rank plots of the event-time model {tree.attrs['bayesfed_model']}, one panel "
            "each for " + "; ".join(panels) + ". " + RANK_ALT)
     return path, alt

@@ -95,6 +95,19 @@ def test_result_tables_hold_the_summary(in_memory):
     assert "M2 | 0 | federated" in in_memory._repr_markdown_()
 
 
+def test_plot_methods_return_figures(in_memory):
+    from matplotlib.figure import Figure
+
+    effects = in_memory.plot_effects()
+    assert isinstance(effects, Figure)
+    points = effects.axes[0].containers  # error bars: the per-year fits, the paper
+    assert len(points) == 2
+    assert isinstance(in_memory.plot_partition(), Figure)
+    assert len(in_memory.plot_predictive("M2").axes) == 4  # two years x two statistics
+    with pytest.raises(ValueError, match="nothing to draw: no stacked event-time fit"):
+        in_memory.plot_event_study()
+
+
 def test_save_and_load_round_trip(in_memory, tmp_path):
     saved = in_memory.save(tmp_path / "kept")
     loaded = bayesfed.load(tmp_path / "kept")
@@ -132,7 +145,7 @@ def test_the_python_pages_examples_run(tmp_path, monkeypatch):
     """docs/python.md's code blocks, one after another, in an empty folder."""
     page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
