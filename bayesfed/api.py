@@ -11,11 +11,11 @@
     results.save("fits/")    # the files `bayesfed fit` writes
     bayesfed.load("fits/")   # the same results again
 
-:func:`fit` runs the job of ``bayesfed fit`` (:func:`bayesfed.job.fit_command`): the same
+:func:`fit` runs the job of ``bayesfed fit`` (:func:`bayesfed.jobs.commands.fit_command`): the same
 validation before any sampling, the same fits and files, the same numbers for the same seed and
 data, whether the table is a file or a frame in memory. :class:`Results` reads the job's
 ``summary.json`` (the numbers every report prints, computed once by
-:mod:`bayesfed.summarize`) into DataFrames; ``report()`` is the Markdown report of
+:mod:`bayesfed.posterior.summarize`) into DataFrames; ``report()`` is the Markdown report of
 ``bayesfed report``. Intervals are the summary's: highest-density intervals at
 ``summary["prob"]`` (94%).
 """
@@ -33,11 +33,11 @@ from pathlib import Path
 import pandas as pd
 
 from bayesfed.errors import OutputError, SpecError
-from bayesfed.formula import is_formula, spec_from_formula
-from bayesfed.shipped import SPECS, load_example, spec_path
+from bayesfed.inputs.formula import is_formula, spec_from_formula
+from bayesfed.inputs.shipped import SPECS, load_example, spec_path
 
 __all__ = ["Results", "fit", "load", "load_example", "model_spec"]
-from bayesfed.spec import ModelSpec, load_spec
+from bayesfed.inputs.spec import ModelSpec, load_spec
 
 #: Statistics of a parameter in ``summary.json``, in :meth:`Results.summary`'s column order.
 STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
@@ -46,8 +46,8 @@ STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail
 def model_spec(model: str | os.PathLike | ModelSpec,
                columns: Mapping[str, str] | None = None, name: str | None = None
                ) -> ModelSpec:
-    """A model specification from a shipped name (:data:`bayesfed.shipped.SPECS`), a formula
-    (:mod:`bayesfed.formula`), a TOML path or a spec, with ``columns`` (role -> the table's
+    """A model specification from a shipped name (:data:`bayesfed.inputs.shipped.SPECS`), a formula
+    (:mod:`bayesfed.inputs.formula`), a TOML path or a spec, with ``columns`` (role -> the table's
     column) overriding its ``[columns]`` and ``name`` its name (a formula's default:
     ``"formula"``; fit files and each fit's seed derive from the name).
 
@@ -102,7 +102,7 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     model : str, path, ModelSpec, or a list of them
         A shipped model (``"m0"``, ``"m1"``, ``"m2"``, ``"event_time"``), a two-level formula
         such as ``"gcse_score ~ fsm + C(sen) + ks2 + federated + (1 | school_id)"``
-        (:mod:`bayesfed.formula`), a TOML specification or a spec.
+        (:mod:`bayesfed.inputs.formula`), a TOML specification or a spec.
     years : iterable of int, optional
         Years since founding, each fitted separately by the two-level models (None: the whole
         table as one); the event-time model fits every year at once.
@@ -125,7 +125,7 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     SpecError, DataError
         Before any sampling, as ``bayesfed fit``.
     """
-    from bayesfed.job import fit_command
+    from bayesfed.jobs.commands import fit_command
 
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     if name is not None and len(models) != 1:
@@ -180,7 +180,7 @@ class Results:
         path = folder / "summary.json"
         if not path.exists() or path.stat().st_mtime_ns < max(f.stat().st_mtime_ns
                                                                for f in fits):
-            from bayesfed.summarize import write_summary
+            from bayesfed.posterior.summarize import write_summary
 
             write_summary(folder)
         self.summary_json: dict = json.loads(path.read_text())
@@ -250,8 +250,8 @@ class Results:
     def plot_effects(self):
         """The federation effect by year since founding (event-time model, per-year fits and
         the paper's Table 5): a matplotlib Figure."""
-        from bayesfed.plots import federation_trajectory_figure
-        from bayesfed.published import load_published
+        from bayesfed.inputs.published import load_published
+        from bayesfed.report.plots import federation_trajectory_figure
 
         return _figure(federation_trajectory_figure(self.summary_json, load_published()),
                        "no fit has a federation effect")
@@ -259,8 +259,8 @@ class Results:
     def plot_partition(self):
         """The school and pupil shares of the variance, per year and two-level model, beside
         REML and the paper's Table 3: a matplotlib Figure."""
-        from bayesfed.plots import variance_partition_figure
-        from bayesfed.published import load_published
+        from bayesfed.inputs.published import load_published
+        from bayesfed.report.plots import variance_partition_figure
 
         return _figure(variance_partition_figure(self.summary_json, load_published()),
                        "no two-level fit")
@@ -268,13 +268,13 @@ class Results:
     def plot_event_study(self):
         """The stacked event-time model's event study (ATT(k), each cohort, the leads): a
         matplotlib Figure."""
-        from bayesfed.plots import event_study_figure
+        from bayesfed.report.plots import event_study_figure
 
         return _figure(event_study_figure(self.summary_json), "no stacked event-time fit")
 
     def plot_sensitivity(self):
         """The stacked event-time model's sensitivity analysis: a matplotlib Figure."""
-        from bayesfed.plots import sensitivity_figure
+        from bayesfed.report.plots import sensitivity_figure
 
         return _figure(sensitivity_figure(self.summary_json),
                        "no stacked event-time fit with leads")
@@ -282,7 +282,7 @@ class Results:
     def plot_predictive(self, model: str):
         """The posterior predictive check of one two-level model, per year: a matplotlib
         Figure."""
-        from bayesfed.plots import predictive_figure
+        from bayesfed.report.plots import predictive_figure
 
         return _figure(predictive_figure(self.summary_json, model),
                        f"no fit of model {model!r} with predictive checks")
@@ -290,7 +290,7 @@ class Results:
     def report(self, title: str | None = None) -> str:
         """The Markdown report of ``bayesfed report`` (written with its figures into the
         folder, as the command does), as text."""
-        from bayesfed.job import report_command
+        from bayesfed.jobs.commands import report_command
 
         return report_command(self.folder, title=title).read_text(encoding="utf-8")
 
@@ -326,7 +326,7 @@ class Results:
 
 
 def _figure(drawn, missing: str):
-    """The figure of a ``bayesfed.plots`` ``*_figure`` function, or a ValueError saying what
+    """The figure of a ``bayesfed.report.plots`` ``*_figure`` function, or a ValueError saying what
     the results lack."""
     if drawn is None:
         raise ValueError(f"nothing to draw: {missing}")

@@ -19,9 +19,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bayesfed import shipped
 from bayesfed.errors import BayesfedError, DataError, DiagnosticsError, OutputError, SpecError
-from bayesfed.simulate import DEFAULT_SEED
+from bayesfed.inputs import shipped
+from bayesfed.inputs.simulate import DEFAULT_SEED
 
 app = typer.Typer(
     name="bayesfed",
@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 console = Console()
 
-#: The shipped files, used by ``demo`` (:mod:`bayesfed.shipped`).
+#: The shipped files, used by ``demo`` (:mod:`bayesfed.inputs.shipped`).
 SHIPPED_DATA = shipped.example_path()
 SHIPPED_SPECS = tuple(shipped.spec_path(name) for name in shipped.SPECS)
 
@@ -97,8 +97,8 @@ def simulate(
     """Write a synthetic federation study calibrated to the paper, with its true parameters."""
     from dataclasses import replace
 
-    from bayesfed.simulate import SimConfig, write_study
-    from bayesfed.simulate import simulate as run
+    from bayesfed.inputs.simulate import SimConfig, write_study
+    from bayesfed.inputs.simulate import simulate as run
 
     if scale not in ("paper", "national"):
         raise typer.BadParameter("use 'paper' or 'national'", param_hint="--scale")
@@ -126,8 +126,8 @@ def validate(
         help="Drop rows with missing values in needed columns (and say how many).")] = False,
 ) -> None:
     """Check a pupil table against a model specification and summarise it."""
-    from bayesfed.describe import describe_file
-    from bayesfed.spec import load_spec
+    from bayesfed.design.describe import describe_file
+    from bayesfed.inputs.spec import load_spec
 
     model = load_spec(spec)
     summary = describe_file(data, model, years=parse_years(years),
@@ -192,7 +192,7 @@ def fit(
              "fits there (they must see --data and --out). Needs bayesfed[dask].")] = None,
 ) -> None:
     """Fit models to a pupil table, save each fit as NetCDF and write summary.json."""
-    from bayesfed.job import fit_command
+    from bayesfed.jobs.commands import fit_command
 
     if sampler not in ("nutpie", "pymc"):
         raise typer.BadParameter("use 'nutpie' or 'pymc'", param_hint="--sampler")
@@ -219,7 +219,7 @@ def report(
 ) -> None:
     """Write a report of a fit folder: the paper's Tables 3-5 beside the posterior, figures,
     predictive checks, model comparison and diagnostics."""
-    from bayesfed.job import report_command
+    from bayesfed.jobs.commands import report_command
 
     if format not in ("markdown", "docs"):
         raise typer.BadParameter("use 'markdown' or 'docs'", param_hint="--format")
@@ -237,7 +237,7 @@ def demo(
         min=1, help="Fits run at once, as in `bayesfed fit --jobs`.")] = 1,
 ) -> None:
     """The main job: fit M0, M1 and M2 for years 0-5 to the shipped study and report."""
-    from bayesfed.demo import run_demo
+    from bayesfed.jobs.demo import run_demo
 
     report = run_demo(out, data=SHIPPED_DATA, specs=SHIPPED_SPECS, console=console, jobs=jobs)
     console.print(f"\n[bold green]demo finished[/bold green]: report written to {report}")

@@ -13,6 +13,7 @@ runs, and leaves those of live writers alone.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -33,9 +34,12 @@ TEMP_SUFFIX = ".tmp"
 #: A temporary's name: ``.<target name>.<pid>.<random>.tmp``.
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 
-#: The process's umask, read once (setting it is the only way to read it).
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read at the first write (setting it is the only way to read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextmanager
@@ -52,7 +56,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # as an ordinary file, not mkstemp's owner-only 0600
+        os.chmod(tmp, 0o666 & ~_umask())  # as an ordinary file, not mkstemp's owner-only 0600
         _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -219,7 +223,7 @@ def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
     ----------
     tree : xarray.DataTree
         Groups ``posterior``, ``sample_stats``, ``observed_data``, ``constant_data`` and the
-        provenance attributes written by :func:`bayesfed.fitting.fit_one`.
+        provenance attributes written by :func:`bayesfed.jobs.fitting.fit_one`.
     path : str or Path
         Target ``.nc`` file.
     """

@@ -35,20 +35,20 @@ import nutpie
 import pymc as pm
 from threadpoolctl import threadpool_limits
 
-from bayesfed.design import Design
-from bayesfed.fitting import design_for
-from bayesfed.models import (
+from bayesfed.design.columns import Design
+from bayesfed.design.suffstats import school_stats
+from bayesfed.inputs.read import read_table
+from bayesfed.inputs.spec import load_spec
+from bayesfed.inputs.validate import validate_table
+from bayesfed.jobs.fitting import design_for
+from bayesfed.modelling.priors import PriorSet, resolve_priors
+from bayesfed.modelling.two_level import (
     add_school_draws,
     build_two_level,
     build_two_level_collapsed,
     marginal_loglik,
 )
-from bayesfed.priors import PriorSet, resolve_priors
-from bayesfed.read import read_table
-from bayesfed.sampling import _compile
-from bayesfed.spec import load_spec
-from bayesfed.suffstats import school_stats
-from bayesfed.validate import validate_table
+from bayesfed.sampling.nuts import _compile
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 1
@@ -69,7 +69,7 @@ def build_uncentred(design: Design, priors: PriorSet) -> pm.Model:
 
 
 def run(model: pm.Model, draws: int, tune: int) -> tuple[object, float, float]:
-    """Compile and sample with nutpie as :func:`bayesfed.sampling.sample` does, timing the
+    """Compile and sample with nutpie as :func:`bayesfed.sampling.nuts.sample` does, timing the
     two apart: (tree, compile seconds, sampling seconds)."""
     with threadpool_limits(limits=1):
         start = time.perf_counter()

@@ -10,7 +10,7 @@ identical bits.
 
 Options: ``fastmath`` (nutpie, numba with fast-math: PyTensor's default), ``ieee`` (nutpie,
 numba with fast-math off), ``bayesfed`` (``ieee`` with nutpie's C wrappers cached,
-:mod:`bayesfed.compiled`: what ``bayesfed fit`` runs), ``nocache`` (``ieee`` with numba's
+:mod:`bayesfed.sampling.compiled`: what ``bayesfed fit`` runs), ``nocache`` (``ieee`` with numba's
 cache disabled), ``pymc_c`` (PyMC's NUTS on PyTensor's C backend, ``mode="CVM"``),
 ``pymc_ieee`` (PyMC's NUTS on numba with fast-math off: ``bayesfed fit --sampler pymc``).
 PyMC's lines report compile and sampling together. Run:
@@ -34,14 +34,14 @@ OPTIONS = ("fastmath", "ieee", "bayesfed", "nocache", "pymc_c", "pymc_ieee")
 
 def build_models(m2_only: bool) -> dict:
     """The two models, built as ``bayesfed fit`` builds them."""
-    from bayesfed.event_design import cell_stats
-    from bayesfed.event_time import build_event_time_parts, resolve_event_priors
-    from bayesfed.fitting import design_for, event_design_for
-    from bayesfed.models import build_two_level_collapsed
-    from bayesfed.priors import resolve_priors
-    from bayesfed.read import read_table
-    from bayesfed.spec import load_spec
-    from bayesfed.validate import validate_table
+    from bayesfed.design.cells import cell_stats
+    from bayesfed.inputs.read import read_table
+    from bayesfed.inputs.spec import load_spec
+    from bayesfed.inputs.validate import validate_table
+    from bayesfed.jobs.fitting import design_for, event_design_for
+    from bayesfed.modelling.event_pooled import build_event_time_parts, resolve_event_priors
+    from bayesfed.modelling.priors import resolve_priors
+    from bayesfed.modelling.two_level import build_two_level_collapsed
 
     raw = read_table(ROOT / "data" / "synthetic_study.parquet")
     m2 = load_spec(ROOT / "models" / "m2_federation.toml")
@@ -73,7 +73,7 @@ def child(option: str, m2_only: bool) -> None:
     import pytensor
     from threadpoolctl import threadpool_limits
 
-    from bayesfed.compiled import compile_model
+    from bayesfed.sampling.compiled import compile_model
 
     flags = {"numba__fastmath": option == "fastmath"}
     if option == "nocache":

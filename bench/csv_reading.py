@@ -2,10 +2,10 @@
 
 The national study (``bayesfed simulate --scale national``, 4.5 million pupils) written once as
 CSV beside its Parquet file; then, in one process, one after another: reading the CSV in
-batches of :data:`bayesfed.read.BATCH_ROWS` rows with bayesfed's reader (Arrow's, after its
+batches of :data:`bayesfed.inputs.read.BATCH_ROWS` rows with bayesfed's reader (Arrow's, after its
 first pass checking that it reads the file as pandas would) and with pandas' chunked reader
 (bayesfed's fallback), and reading + validating + reducing the event-time spec's table
-(:func:`bayesfed.reduce.reduce_file`) from the CSV and from the Parquet file. Prints
+(:func:`bayesfed.design.reduce.reduce_file`) from the CSV and from the Parquet file. Prints
 seconds, ratios, and whether the CSV's cell statistics equal the Parquet's.
 
 Run: ``.venv/bin/python bench/csv_reading.py [PARQUET]`` (default
@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from bayesfed import read
-from bayesfed.reduce import reduce_file
-from bayesfed.spec import load_spec
+from bayesfed.design.reduce import reduce_file
+from bayesfed.inputs import read
+from bayesfed.inputs.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

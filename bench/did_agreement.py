@@ -8,7 +8,7 @@ federations (600 by default: about 1,440 schools) with one matched school each, 
 pupils a school and cohort. Fitted by
 
 - bayesfed's default event-time model (stacked design), through the Python API the command
-  line uses (``bayesfed.job.fit_command``), and its earlier pooled design for contrast;
+  line uses (``bayesfed.jobs.commands.fit_command``), and its earlier pooled design for contrast;
 - the saturated event study on the same stacked comparisons, with pyfixest (:func:`saturated`:
   one coefficient per founding cohort and year since founding, school and founding cohort x
   calendar-year fixed effects, standard errors clustered by school), the frequentist
@@ -44,9 +44,9 @@ import numpy as np
 import pandas as pd
 import pyfixest as pf
 
-from bayesfed.job import fit_command
-from bayesfed.simulate import SimConfig, simulate, write_study
-from bayesfed.spec import load_spec
+from bayesfed.inputs.simulate import SimConfig, simulate, write_study
+from bayesfed.inputs.spec import load_spec
+from bayesfed.jobs.commands import fit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench" / "did"

@@ -4,8 +4,9 @@ Each scenario simulates studies with the paper's design (31 federations with the
 schools, founding years 2004-2008, cohorts from two years before to five after founding;
 ``--pupils`` a school and cohort instead of about 230, to keep the run short) and fits
 
-- ``stacked``: the default event-time model (``bayesfed.event_stacked``), and
-- ``pooled``: the earlier model (``[event] design = "pooled"``, ``bayesfed.event_time``),
+- ``stacked``: the default event-time model (``bayesfed.modelling.event_stacked``), and
+- ``pooled``: the earlier model (``[event] design = "pooled"``,
+``bayesfed.modelling.event_pooled``),
 
 recording, per study and year since founding k, the realised average effect on the federated
 pupils ATT(k) (the simulator's truth, ``truth["att"]["pupils"]``), the posterior mean and the
@@ -43,17 +44,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bayesfed.event_posterior import posterior_draws
-from bayesfed.event_stacked import build_stacked, container_values, resolve_stacked_priors
-from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
-from bayesfed.partition import hdi_summary
-from bayesfed.reduce import reduce_table
-from bayesfed.sampling import sample, sample_reusing
-from bayesfed.simulate import SimConfig, simulate
-from bayesfed.spec import load_spec, spec_from_dict
-from bayesfed.stacked_design import stacked_data
-from bayesfed.summarize import GATES, diagnostics
-from bayesfed.validate import validate_table
+from bayesfed.design.reduce import reduce_table
+from bayesfed.design.stacked import stacked_data
+from bayesfed.inputs.simulate import SimConfig, simulate
+from bayesfed.inputs.spec import load_spec, spec_from_dict
+from bayesfed.inputs.validate import validate_table
+from bayesfed.modelling.event_pooled import (
+    add_effect_draws,
+    build_event_time_parts,
+    resolve_event_priors,
+)
+from bayesfed.modelling.event_stacked import build_stacked, container_values, resolve_stacked_priors
+from bayesfed.posterior.event_draws import posterior_draws
+from bayesfed.posterior.partition import hdi_summary
+from bayesfed.posterior.summarize import GATES, diagnostics
+from bayesfed.sampling.nuts import sample, sample_reusing
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench" / "coverage"

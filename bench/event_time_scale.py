@@ -74,17 +74,18 @@ def write_event_csv(study: Path, csv: Path) -> None:
     """The pupils of bayesfed's event design as a CSV for the peers: ``y``, ``school``,
     ``cohort``, the coded pupil predictors, ``federated``, ``lead_m2``, ``effect_0..K``.
 
-    Built with bayesfed's own reading, validation and :func:`bayesfed.fitting.event_design_for`,
-    so the peers fit exactly the pupils and event-year coding bayesfed fits.
+    Built with bayesfed's own reading, validation and
+    :func:`bayesfed.jobs.fitting.event_design_for`, so the peers fit exactly the pupils and
+    event-year coding bayesfed fits.
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    from bayesfed.fitting import event_design_for
-    from bayesfed.read import read_table
-    from bayesfed.spec import load_spec
-    from bayesfed.validate import validate_table
+    from bayesfed.inputs.read import read_table
+    from bayesfed.inputs.spec import load_spec
+    from bayesfed.inputs.validate import validate_table
+    from bayesfed.jobs.fitting import event_design_for
 
     spec = load_spec(SPEC)
     design = event_design_for(validate_table(read_table(study), spec), spec)

@@ -2,7 +2,7 @@
 
 The steps of ``bayesfed fit models/event_time.toml --data DATA --out DIR`` run one after
 another in this process, each timed: imports, reading + validation + reduction to the cell
-statistics (:func:`bayesfed.reduce.reduce_file`, batch by batch), building the PyMC
+statistics (:func:`bayesfed.design.reduce.reduce_file`, batch by batch), building the PyMC
 model, compiling it with nutpie, sampling (4 chains x DRAWS draws after TUNE warm-up
 iterations, BLAS one thread), drawing the effects and saving the fit (the summary's cost shows
 end to end in ``bench/event_time_scale.py``). Peak memory is
@@ -34,14 +34,18 @@ def main() -> None:
 
     import arviz as az
 
-    from bayesfed.event_posterior import posterior_draws
-    from bayesfed.event_stacked import build_stacked, resolve_stacked_priors
-    from bayesfed.event_time import add_effect_draws, build_event_time_parts, resolve_event_priors
-    from bayesfed.fitting import FitOptions, fit_seed
-    from bayesfed.reduce import reduce_file
-    from bayesfed.sampling import _compile, sample
-    from bayesfed.spec import load_spec
-    from bayesfed.stacked_design import stacked_data
+    from bayesfed.design.reduce import reduce_file
+    from bayesfed.design.stacked import stacked_data
+    from bayesfed.inputs.spec import load_spec
+    from bayesfed.jobs.fitting import FitOptions, fit_seed
+    from bayesfed.modelling.event_pooled import (
+        add_effect_draws,
+        build_event_time_parts,
+        resolve_event_priors,
+    )
+    from bayesfed.modelling.event_stacked import build_stacked, resolve_stacked_priors
+    from bayesfed.posterior.event_draws import posterior_draws
+    from bayesfed.sampling.nuts import _compile, sample
     from bayesfed.store import save_fit
 
     phases: dict[str, float] = {"imports": time.perf_counter() - START}

@@ -7,7 +7,7 @@ random intercepts) on one year of the shipped synthetic study, each sampled with
 - ``non_centred``: u_j = intercept + z_j' gamma + sd_school * e_j, e_j ~ N(0, 1);
 - ``centred_u``: u_j ~ N(intercept + z_j' gamma, sd_school) sampled directly;
 - ``school_mean`` (bayesfed's): the centred school mean at the school's own composition,
-  m_j = u_j + xbar_j' beta (see ``bayesfed/models.py``).
+  m_j = u_j + xbar_j' beta (see ``bayesfed/modelling/two_level.py``).
 
 Prints, per version, wall seconds (compile + sample), bulk ESS of the federation effect,
 sd_school and sigma, the minimum bulk ESS over all coefficients, max R-hat, and the ratio of
@@ -24,14 +24,14 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-from bayesfed.design import Design
-from bayesfed.fitting import design_for
-from bayesfed.models import build_two_level, school_values
-from bayesfed.priors import PriorSet, resolve_priors
-from bayesfed.read import read_table
-from bayesfed.sampling import sample
-from bayesfed.spec import load_spec
-from bayesfed.validate import validate_table
+from bayesfed.design.columns import Design
+from bayesfed.inputs.read import read_table
+from bayesfed.inputs.spec import load_spec
+from bayesfed.inputs.validate import validate_table
+from bayesfed.jobs.fitting import design_for
+from bayesfed.modelling.priors import PriorSet, resolve_priors
+from bayesfed.modelling.two_level import build_two_level, school_values
+from bayesfed.sampling.nuts import sample
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,8 +6,8 @@ study (year 5 by default: 14,710 pupils, 77 schools), the same pupils for every 
 run:
 
 - ``bayesfed``: the collapsed likelihood (``build_two_level_collapsed``: school intercepts
-  integrated out), nutpie as :mod:`bayesfed.sampling` runs it (numba fast-math off, nutpie's
-  C wrappers cached by :mod:`bayesfed.compiled`), the school
+  integrated out), nutpie as :mod:`bayesfed.sampling.nuts` runs it (numba fast-math off, nutpie's
+  C wrappers cached by :mod:`bayesfed.sampling.compiled`), the school
   intercepts drawn afterwards by ``add_school_draws`` (timed with the sampling). Its set-up
   time includes validating the table and building the design.
 - ``pymc_rows``: bayesfed's pupil-row PyMC model (``build_two_level``, one likelihood term per
@@ -73,13 +73,17 @@ import pymc as pm
 import pytensor
 from threadpoolctl import threadpool_limits
 
-from bayesfed.compiled import compile_model
-from bayesfed.fitting import design_for
-from bayesfed.models import add_school_draws, build_two_level, build_two_level_collapsed
-from bayesfed.priors import resolve_priors
-from bayesfed.read import read_table
-from bayesfed.spec import ModelSpec, load_spec
-from bayesfed.validate import validate_table
+from bayesfed.inputs.read import read_table
+from bayesfed.inputs.spec import ModelSpec, load_spec
+from bayesfed.inputs.validate import validate_table
+from bayesfed.jobs.fitting import design_for
+from bayesfed.modelling.priors import resolve_priors
+from bayesfed.modelling.two_level import (
+    add_school_draws,
+    build_two_level,
+    build_two_level_collapsed,
+)
+from bayesfed.sampling.compiled import compile_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "models" / "m2_federation.toml"

@@ -5,14 +5,14 @@ study, ``out/bench/event_time/national.parquet``; any pupil table works), and th
 and its gradient compiled as one function (as nutpie does) with PyTensor's numba backend (what
 nutpie samples) and its C backend, BLAS one thread, at the models' initial points, each timed
 over ``--calls`` calls after a warm-up call: the pooled model, the stacked model as sampled
-(its likelihood the fused kernel, :mod:`bayesfed.stacked_kernel`) and the stacked model with
-the likelihood's PyTensor graph instead (:func:`bayesfed.event_stacked.reference_loglik`,
-PyTensor's gradient). Then the graph's parts, each compiled on its own with its gradient with
-respect to the variance parameters (numba): the per-school algebra of the shocks and the
-school intercept (``school_algebra``, its log-determinants), the quadratic form of the cell
-means (``apply_precision``), and the sums of the schools' precisions over the block's groups
-(``precision_sums``). Printed: milliseconds a call and the ratio to the pooled model's
-gradient (the peer, measured in the same run).
+(its likelihood the fused kernel, :mod:`bayesfed.modelling.stacked_kernel`) and the stacked model
+with the likelihood's PyTensor graph instead
+(:func:`bayesfed.modelling.event_stacked.reference_loglik`, PyTensor's gradient). Then the graph's
+parts, each compiled on its own with its gradient with respect to the variance parameters (numba):
+the per-school algebra of the shocks and the school intercept (``school_algebra``, its
+log-determinants), the quadratic form of the cell means (``apply_precision``), and the sums of the
+schools' precisions over the block's groups (``precision_sums``). Printed: milliseconds a call and
+the ratio to the pooled model's gradient (the peer, measured in the same run).
 
 Run: ``.venv/bin/python bench/stacked_gradient.py [DATA] [--calls 40]``. Figures:
 ``docs/benchmarks.md``.
@@ -29,12 +29,12 @@ import pytensor
 import pytensor.tensor as pt
 from threadpoolctl import threadpool_limits
 
-from bayesfed import event_stacked
-from bayesfed.event_stacked import build_stacked, reference_loglik, resolve_stacked_priors
-from bayesfed.event_time import build_event_time_parts, resolve_event_priors
-from bayesfed.reduce import reduce_file
-from bayesfed.spec import load_spec
-from bayesfed.stacked_design import stacked_data
+from bayesfed.design.reduce import reduce_file
+from bayesfed.design.stacked import stacked_data
+from bayesfed.inputs.spec import load_spec
+from bayesfed.modelling import event_stacked
+from bayesfed.modelling.event_pooled import build_event_time_parts, resolve_event_priors
+from bayesfed.modelling.event_stacked import build_stacked, reference_loglik, resolve_stacked_priors
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,7 +61,7 @@ def model_gradient(model, mode: str, calls: int, density=None) -> float:
 
 def graph_density(parts):
     """The stacked model's log density with the likelihood as the PyTensor graph
-    (:func:`bayesfed.event_stacked.reference_loglik`) in place of the fused kernel."""
+    (:func:`bayesfed.modelling.event_stacked.reference_loglik`) in place of the fused kernel."""
     model = parts.model
     priors = model.logp(vars=model.free_RVs)
     (graph,) = model.replace_rvs_by_values([reference_loglik(parts)])

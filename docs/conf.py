@@ -63,7 +63,7 @@ nitpick_ignore_regex = [
 ]
 # Private helpers named in public docstrings (not documented, so not resolvable).
 nitpick_ignore = [
-    ("py:func", "_fixed_effects"),  # bayesfed.event_time.Terms
+    ("py:func", "_fixed_effects"),  # bayesfed.modelling.event_pooled.Terms
 ]
 
 html_theme = "furo"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bayesfed.spec import load_spec
+from bayesfed.inputs.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

@@ -18,7 +18,7 @@ import xarray as xr
 
 import bayesfed
 from bayesfed.errors import OutputError, SpecError
-from bayesfed.job import fit_command, report_command
+from bayesfed.jobs.commands import fit_command, report_command
 from bayesfed.store import folder_lock, load_fit, lock_path
 
 ROOT = Path(__file__).resolve().parent.parent

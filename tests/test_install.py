@@ -27,7 +27,7 @@ def test_the_wheel_in_a_fresh_environment_runs_the_demo(tmp_path):
     run(python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", wheel)
     away = tmp_path / "elsewhere"
     away.mkdir()
-    out = run(python, "-c", "import bayesfed, bayesfed.shipped as s; "
+    out = run(python, "-c", "import bayesfed, bayesfed.inputs.shipped as s; "
               "print(bayesfed.load_example().shape, s.folder('models'))", cwd=away)
     assert out.startswith("(118208, 15) ")
     assert "site-packages/bayesfed/_shipped/models" in out

@@ -3,17 +3,17 @@
 Directives (usable from MyST Markdown as ```` ```{name} ````):
 
 ``bayesfed-roles``
-    The pupil-table roles, from :data:`bayesfed.schema.ROLES`, with the column each has in the
+    The pupil-table roles, from :data:`bayesfed.inputs.schema.ROLES`, with the column each has in the
     shipped synthetic study (the mapping of ``models/m2_federation.toml``, checked against the
     Parquet file's columns).
 ``bayesfed-spec-keys CLASS``
     The keys of one section of a model specification (a pydantic model of
-    :mod:`bayesfed.spec`): type and default come from the class; the content gives one
+    :mod:`bayesfed.inputs.spec`): type and default come from the class; the content gives one
     ``key: meaning`` line per key (with ``:from-docstring:``, the meanings come from the
     class docstring's numpydoc ``Attributes``), and a key documented but absent from the
     class, or present but undocumented, is a build warning (so a strict build fails).
 ``bayesfed-spec-example``
-    A TOML block shown as such, and validated with :func:`bayesfed.spec.spec_from_dict` at
+    A TOML block shown as such, and validated with :func:`bayesfed.inputs.spec.spec_from_dict` at
     build time: an example that the spec schema rejects is a build warning.
 ``bayesfed-cli``
     The reference of the ``bayesfed`` command, from the typer app itself: usage, arguments and
@@ -73,15 +73,15 @@ class _MarkdownDirective(SphinxDirective):
 
 
 class RolesTable(_MarkdownDirective):
-    """The roles of :data:`bayesfed.schema.ROLES` as a table."""
+    """The roles of :data:`bayesfed.inputs.schema.ROLES` as a table."""
 
     has_content = False
 
     def run(self) -> list[nodes.Node]:
         import pyarrow.parquet as pq
 
-        from bayesfed.schema import ROLES
-        from bayesfed.spec import load_spec
+        from bayesfed.inputs.schema import ROLES
+        from bayesfed.inputs.spec import load_spec
 
         spec = load_spec(SHIPPED_SPEC)
         shipped = set(pq.read_schema(SHIPPED_DATA).names)
@@ -214,7 +214,7 @@ class SpecExample(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         from bayesfed.errors import SpecError
-        from bayesfed.spec import spec_from_dict
+        from bayesfed.inputs.spec import spec_from_dict
 
         text = "\n".join(self.content)
         self.env.note_dependency(str(ROOT / "bayesfed" / "spec.py"))

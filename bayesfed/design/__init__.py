@@ -1,0 +1,1 @@
+"""Design and sufficient statistics: pupils to matrices and mergeable moments; imports inputs."""

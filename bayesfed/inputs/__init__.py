@@ -1,0 +1,1 @@
+"""Reading and validation: tables, specifications and shipped files in; imports no stage."""

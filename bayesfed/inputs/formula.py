@@ -1,0 +1,107 @@
+"""A two-level model written as a formula, lme4/bambi style, turned into a specification.
+
+``"gcse_score ~ fsm + idaci + male + C(sen) + non_white_british + ks2 + federated +
+(1 | school_id)"`` is M2 of the paper: the outcome column on the left, predictor columns on
+the right, a categorical one in ``C()``, and one school random intercept ``(1 | school)``.
+The formula is parsed by `formulae <https://bambinos.github.io/formulae/>`_ (bambi's parser),
+and the terms become a :class:`~bayesfed.inputs.spec.ModelSpec` of family ``two_level``: the same
+model, validation and numbers as the TOML specification with the same terms and name
+(``tests/test_api.py``). A predictor is school-level when its column's role is (``federated``);
+a categorical role in ``C()`` gets the schema's levels, the first the reference, as a TOML
+``[categorical]`` table would declare them. What the two-level family cannot fit yet
+(interactions, transformations, random slopes, a model without intercept) is refused with a
+:class:`~bayesfed.errors.SpecError` saying so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from bayesfed.errors import SpecError
+from bayesfed.inputs.schema import ROLES
+from bayesfed.inputs.spec import ModelSpec, spec_from_dict
+
+_CATEGORICAL = re.compile(r"^C\(\s*(\w+)\s*\)$")
+
+
+def is_formula(text: object) -> bool:
+    """Whether a model argument is a formula (a string with ``~``)."""
+    return isinstance(text, str) and "~" in text
+
+
+def spec_from_formula(formula: str, name: str = "formula",
+                      columns: Mapping[str, str] | None = None) -> ModelSpec:
+    """The ``two_level`` specification of a formula (module docstring).
+
+    Parameters
+    ----------
+    formula : str
+    name : str
+        The model's name (fit files ``<name>_k<year>.nc``; each fit's seed derives from it).
+    columns : mapping of str to str, optional
+        Further roles -> columns (e.g. ``{"federation": "federation_id"}``); the formula's own
+        outcome and school columns come first.
+
+    Raises
+    ------
+    SpecError
+        The formula cannot be parsed, or asks for what the two-level family does not fit.
+    """
+    import formulae
+    from formulae.terms.terms import GroupSpecificTerm, Intercept, Term
+
+    where = f"formula {formula!r}"
+    try:
+        model = formulae.model_description(formula)
+    except Exception as exc:  # formulae's parse errors have several types
+        raise SpecError(f"{where} cannot be parsed: {exc}") from None
+    if model.response is None:
+        raise SpecError(f"{where} has no outcome: write it left of ~")
+    outcome = _variable(model.response.term, where, "the outcome")
+    if not any(isinstance(t, Intercept) for t in model.common_terms):
+        raise SpecError(f"{where} has no intercept: the two-level family always has one")
+    groups = [t for t in model.group_terms if isinstance(t, GroupSpecificTerm)]
+    if len(groups) != 1 or not isinstance(groups[0].expr, Intercept):
+        raise SpecError(f"{where}: the two-level family has exactly one random intercept, "
+                        "(1 | school); random slopes and other groupings are not supported")
+    school = _variable(groups[0].factor, where, "the grouping factor")
+    pupil, school_level, categorical = [], [], {}
+    for term in model.common_terms:
+        if isinstance(term, Intercept):
+            continue
+        if not isinstance(term, Term) or len(term.components) != 1:
+            names = ":".join(str(c.name) for c in getattr(term, "components", []))
+            raise SpecError(f"{where}: term {names or term} is an interaction; the two-level "
+                            "family takes main effects only")
+        component = term.components[0]
+        text = str(component.name)
+        match = _CATEGORICAL.match(text)
+        if match:
+            column = match.group(1)
+            role = ROLES.get(column)
+            if role is None or role.kind != "category":
+                raise SpecError(f"{where}: C({column}): {column} is not a categorical column "
+                                "of the schema; declare its levels in a TOML specification "
+                                f"([categorical.{column}])")
+            categorical[column] = {"levels": list(role.levels), "reference": role.levels[0]}
+        elif re.fullmatch(r"\w+", text):
+            column = text
+        else:
+            raise SpecError(f"{where}: term {text} transforms a column; add the transformed "
+                            "column to the table instead")
+        role = ROLES.get(column)
+        (school_level if role is not None and role.level == "school" else pupil).append(column)
+    data = {"model": {"name": name, "family": "two_level",
+                      "description": f"From the formula {formula}"},
+            "columns": {**dict(columns or {}), "outcome": outcome, "school": school},
+            "predictors": {"pupil": pupil, "school": school_level},
+            "categorical": categorical}
+    return spec_from_dict(data, source=where)
+
+
+def _variable(term, where: str, what: str) -> str:
+    components = getattr(term, "components", [])
+    if len(components) != 1 or not re.fullmatch(r"\w+", str(components[0].name)):
+        raise SpecError(f"{where}: {what} must be one column, not {term}")
+    return str(components[0].name)

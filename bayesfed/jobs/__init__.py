@@ -1,0 +1,1 @@
+"""Jobs: the stages run in order for a table and its specifications; imports every stage."""

@@ -1,0 +1,1 @@
+"""PyMC models and every prior, built from sufficient statistics; imports inputs and design."""

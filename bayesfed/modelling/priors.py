@@ -1,0 +1,302 @@
+r"""Priors of the two-level model: data-scaled defaults and the precedence of overrides.
+
+Every prior is resolved to numbers before a model is built, so that the numbers can be
+recorded with the fit (:meth:`PriorSet.as_dict`) and a report can show exactly what was
+assumed.
+
+Defaults
+--------
+With :math:`s_y` the sample standard deviation of the outcome (denominator ``n - 1``, outcome
+units) and :math:`s_k` that of the ``k``-th column of ``X`` over pupils:
+
+=====================  ==================================================  ====================
+parameter              default prior                                       units
+=====================  ==================================================  ====================
+``intercept``          :math:`\mathrm{Normal}(\bar y,\; 2.5\, s_y)`        outcome
+``beta[k]``            :math:`\mathrm{Normal}(0,\; 2.5\, s_y / s_k)`       outcome per unit x_k
+``beta[federated]``    :math:`\mathrm{Normal}(0,\; e\, s_y)`, e = 1        outcome
+``sd_school``          :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+``sigma``              :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+=====================  ==================================================  ====================
+
+Why these:
+
+* They are the weakly informative, scale-invariant defaults of rstanarm and bambi: a slope's
+  prior standard deviation says that a one-standard-deviation change of ``x_k`` is unlikely to
+  move the outcome by more than about 5 (2 x 2.5) outcome standard deviations. Rescaling the
+  outcome or a predictor rescales the prior with it, so results do not depend on units.
+* A 0/1 dummy (a flag, or one level of a treatment-coded categorical term) is scaled by its
+  sample standard deviation :math:`\sqrt{p(1-p)}` (times ``n/(n-1)``), like any other column:
+  a rare level gets a wider prior on its coefficient, matching the fact that its effect is
+  allowed to be larger per unit of ``x``. School-level columns are scaled by their standard
+  deviation over pupils, the same quantity REML's design uses.
+* The federation effect (the ``federated`` coefficient) is stated in units of the outcome's
+  standard deviation, :math:`\mathrm{Normal}(0, e\, s_y)` with :math:`e` =
+  :data:`EFFECT_SD` (``[priors] effect_sd``): an effect of a school-level change beyond two
+  pupil standard deviations is implausible. The event-time models' effects, leads and gaps
+  take the same prior (:mod:`bayesfed.modelling.event_stacked`), so the per-year and joint effects
+  are judged against the same prior.
+* Both standard deviations get :math:`\mathrm{HalfNormal}(s_y)`: each level's variance can at
+  most be of the order of the total variance, and the prior still puts appreciable mass near
+  zero, so a school variance close to zero is not ruled out.
+
+Precedence
+----------
+Each number (a Normal's ``mu`` and ``sigma`` separately, a HalfNormal's ``sigma``) is taken from
+the first source that sets it:
+
+1. the ``overrides`` argument of :func:`resolve_priors` (a :class:`~bayesfed.inputs.spec.Priors`,
+   e.g. built by the command line);
+2. the spec's ``[priors]`` section;
+3. the data-scaled default above.
+
+Within one source, a coefficient's own entry ``slope.<name>`` comes before ``slopes`` (the
+entry for every slope). ``<name>`` is a coefficient name (``sen[statemented]``) or a term
+name (``sen``, which covers each of its levels); a coefficient name comes before its term.
+Sources come before specificity: an override's ``slopes`` beats the spec's ``slope.fsm``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from bayesfed.design.columns import Design
+from bayesfed.design.suffstats import SchoolSummary, summary_of
+from bayesfed.errors import SpecError
+from bayesfed.inputs.spec import NormalPrior, Priors
+
+#: Multiplier of the outcome's standard deviation in the Normal priors' scales.
+SCALE = 2.5
+
+#: Sd of the federation effect's Normal(0, .) prior, in units of the outcome's sd.
+EFFECT_SD = 1.0
+
+#: The coefficient whose prior is the federation effect's.
+FEDERATION_TERM = "federated"
+
+
+@dataclass(frozen=True)
+class Normal:
+    """Parameters of a Normal prior.
+
+    Attributes
+    ----------
+    mu : float
+        Mean, in the parameter's units.
+    sigma : float
+        Standard deviation (> 0), in the parameter's units.
+    """
+
+    mu: float
+    sigma: float
+
+
+@dataclass(frozen=True)
+class PriorSet:
+    """Resolved priors of one two-level model on one design.
+
+    Attributes
+    ----------
+    intercept : Normal
+        Prior of the intercept (outcome units).
+    coef_names : tuple of str, length n_coef
+        Coefficient names, in the design's order.
+    slopes : tuple of Normal, length n_coef
+        Prior of each coefficient (outcome units per unit of the predictor).
+    sd_school : float
+        Scale of the HalfNormal prior of the school standard deviation (outcome units).
+    sigma : float
+        Scale of the HalfNormal prior of the pupil standard deviation (outcome units).
+    """
+
+    intercept: Normal
+    coef_names: tuple[str, ...]
+    slopes: tuple[Normal, ...]
+    sd_school: float
+    sigma: float
+
+    @property
+    def slope_mu(self) -> np.ndarray:
+        """Prior means of the coefficients, shape (n_coef,)."""
+        return np.array([s.mu for s in self.slopes], dtype=float)
+
+    @property
+    def slope_sigma(self) -> np.ndarray:
+        """Prior standard deviations of the coefficients, shape (n_coef,)."""
+        return np.array([s.sigma for s in self.slopes], dtype=float)
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``name -> number`` mapping, suitable for NetCDF attributes and JSON.
+
+        Keys are ``prior.intercept.mu``, ``prior.intercept.sigma``, ``prior.beta[NAME].mu``,
+        ``prior.beta[NAME].sigma`` for each coefficient, ``prior.sd_school.sigma`` and
+        ``prior.sigma.sigma``.
+        """
+        out = {"prior.intercept.mu": self.intercept.mu,
+               "prior.intercept.sigma": self.intercept.sigma}
+        for name, s in zip(self.coef_names, self.slopes, strict=True):
+            out[f"prior.beta[{name}].mu"] = s.mu
+            out[f"prior.beta[{name}].sigma"] = s.sigma
+        out["prior.sd_school.sigma"] = self.sd_school
+        out["prior.sigma.sigma"] = self.sigma
+        return out
+
+
+@dataclass(frozen=True)
+class Scales:
+    """What the data-scaled default priors need of the pupils.
+
+    Attributes
+    ----------
+    pupils : int
+        How many pupils.
+    y_mean, sd_y : float
+        Mean and standard deviation (ddof 1) of the outcome over the pupils (outcome units).
+    sd_x : ndarray, shape (n_coef,)
+        Standard deviation (ddof 1) of each predictor column.
+    coef_names : tuple of str
+    """
+
+    pupils: int
+    y_mean: float
+    sd_y: float
+    sd_x: np.ndarray
+    coef_names: tuple[str, ...]
+
+
+def scales_of(data: Design | SchoolSummary) -> Scales:
+    """The :class:`Scales` of a design's pupils, or of a summary of them (the same numbers up
+    to rounding: :meth:`bayesfed.design.suffstats.SchoolSummary.total_cov`)."""
+    summary = summary_of(data)
+    names = summary.coef_names
+    if summary.n_pupils < 2:
+        return Scales(summary.n_pupils, math.nan, math.nan, np.full(len(names), math.nan), names)
+    sd = np.sqrt(np.diagonal(summary.total_cov()))
+    return Scales(summary.n_pupils, float(summary.n @ summary.y_mean / summary.n_pupils),
+                  float(sd[0]), sd[1:], names)
+
+
+def default_priors(data: Design | SchoolSummary | Scales, effect_sd: float = EFFECT_SD
+                   ) -> PriorSet:
+    """The data-scaled default priors (see the module docstring).
+
+    Parameters
+    ----------
+    data : Design, SchoolSummary or Scales
+        A design (``y`` (n_pupils,) and ``X`` (n_pupils, n_coef)), its summary or the scales
+        of its pupils.
+    effect_sd : float
+        Sd of the ``federated`` coefficient's prior, in units of the outcome's sd.
+
+    Returns
+    -------
+    PriorSet
+
+    Raises
+    ------
+    SpecError
+        The outcome or a predictor column is constant (its scale would be zero).
+    """
+    scales = data if isinstance(data, Scales) else scales_of(data)
+    if scales.pupils < 2:
+        raise SpecError("default priors need at least two pupils")
+    sd_y, sd_x = scales.sd_y, scales.sd_x
+    constant = [n for n, s in zip(scales.coef_names, sd_x, strict=True) if not s > 0]
+    if not sd_y > 0 or constant:
+        what = "the outcome" if not sd_y > 0 else f"predictor column(s) {constant}"
+        raise SpecError(f"{what} constant: the data-scaled default priors are undefined")
+    return PriorSet(
+        intercept=Normal(scales.y_mean, SCALE * sd_y),
+        coef_names=scales.coef_names,
+        slopes=tuple(Normal(0.0, float(effect_sd * sd_y if name == FEDERATION_TERM
+                                       else SCALE * sd_y / s))
+                     for name, s in zip(scales.coef_names, sd_x, strict=True)),
+        sd_school=sd_y,
+        sigma=sd_y,
+    )
+
+
+def effect_sd(sources: list[Priors]) -> float:
+    """The effect prior's sd in outcome-sd units: the first source's ``effect_sd`` that is set,
+    else :data:`EFFECT_SD`."""
+    return _pick([s.effect_sd for s in sources], EFFECT_SD)
+
+
+def _term(coef: str) -> str:
+    """Term of a coefficient name: ``sen[statemented]`` -> ``sen``, ``fsm`` -> ``fsm``."""
+    return coef.split("[", 1)[0]
+
+
+def _slope_entries(priors: Priors, coef: str) -> list[NormalPrior]:
+    """One source's entries for a coefficient, most specific first."""
+    entries = [priors.slope[k] for k in (coef, _term(coef)) if k in priors.slope]
+    return entries + ([priors.slopes] if priors.slopes is not None else [])
+
+
+def _pick(values: list[float | None], default: float) -> float:
+    """The first value that is set, else the default."""
+    return float(next((v for v in values if v is not None), default))
+
+
+def _check_slope_names(priors: Priors, design: Design | SchoolSummary | Scales,
+                       source: str) -> None:
+    known = {*design.coef_names, *map(_term, design.coef_names)}
+    unknown = sorted(set(priors.slope) - known)
+    if unknown:
+        raise SpecError(f"{source} priors.slope names no coefficient of this model: {unknown} "
+                        f"(coefficients: {list(design.coef_names)})")
+
+
+def resolve_priors(
+    design: Design | SchoolSummary | Scales, spec_priors: Priors,
+    overrides: Priors | None = None
+) -> PriorSet:
+    """Resolve every prior: ``overrides`` > ``spec_priors`` > data-scaled default.
+
+    Parameters
+    ----------
+    design : Design, SchoolSummary or Scales
+        The model's arrays, their per-school summary or their scales (:class:`Scales`); set
+        the defaults' scales and the coefficient names.
+    spec_priors : Priors
+        The spec's ``[priors]`` section.
+    overrides : Priors, optional
+        Call-time overrides, e.g. from the command line.
+
+    Returns
+    -------
+    PriorSet
+
+    Raises
+    ------
+    SpecError
+        A ``slope`` entry names no coefficient or term of ``design``, or the outcome or a
+        column of ``X`` is constant (see :func:`default_priors`).
+    """
+    named = [("spec", spec_priors)] if overrides is None else [("override", overrides),
+                                                              ("spec", spec_priors)]
+    for name, source in named:
+        _check_slope_names(source, design, name)
+    sources = [source for _, source in named]
+    default = default_priors(design, effect_sd(sources))
+
+    def normal(entries: list[NormalPrior], fallback: Normal) -> Normal:
+        return Normal(_pick([e.mu for e in entries], fallback.mu),
+                      _pick([e.sigma for e in entries], fallback.sigma))
+
+    intercept = normal([s.intercept for s in sources if s.intercept is not None],
+                       default.intercept)
+    slopes = tuple(
+        normal([e for s in sources for e in _slope_entries(s, coef)], fallback)
+        for coef, fallback in zip(design.coef_names, default.slopes, strict=True)
+    )
+    return PriorSet(
+        intercept=intercept,
+        coef_names=design.coef_names,
+        slopes=slopes,
+        sd_school=_pick([s.sd_school.sigma for s in sources if s.sd_school], default.sd_school),
+        sigma=_pick([s.sigma.sigma for s in sources if s.sigma], default.sigma),
+    )

@@ -1,0 +1,1 @@
+"""Posterior numbers and verdicts from the draws; imports inputs, design, modelling, sampling."""

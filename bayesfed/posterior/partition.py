@@ -1,0 +1,186 @@
+r"""Variance partitions of two-level models, computed per posterior draw.
+
+The one place where school and pupil variances become shares. Every function takes posterior
+draws (an :class:`xarray.Dataset`, or a ``DataTree`` group such as ``tree.posterior``, with
+dims ``chain`` and ``draw``) and returns one value per draw, so that any summary of a share
+(mean, HDI) is a summary of its posterior, not a ratio of posterior means.
+
+With :math:`\tau` = ``sd_school`` and :math:`\sigma` = ``sigma``:
+
+* variance partition coefficient (:func:`vpc`): :math:`\tau^2 / (\tau^2 + \sigma^2)`, the
+  share of the residual variance that lies between schools (three shares when the
+  event-time model's school-by-cohort sd :math:`\omega` = ``sd_cell`` is present);
+* proportional reduction in variance (:func:`variance_explained`), the paper's "variance
+  explained" at each level: :math:`1 - \tau^2_{\mathrm{model}} / \tau^2_{\mathrm{reference}}` and
+  :math:`1 - \sigma^2_{\mathrm{model}} / \sigma^2_{\mathrm{reference}}`;
+* Rights & Sterba (2019) decomposition (:func:`decomposition`) of the model-implied total
+  variance :math:`\beta^\top \Sigma_X \beta + \tau^2 + \sigma^2` into the fixed part, the school
+  part and the pupil part.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+from arviz import hdi
+
+from bayesfed.design.columns import Design
+from bayesfed.design.suffstats import SchoolSummary, summary_of
+
+#: Dims of one posterior draw.
+SAMPLE_DIMS = ("chain", "draw")
+
+
+def vpc(posterior: xr.Dataset) -> xr.Dataset:
+    r"""Variance partition coefficients: the shares of the residual variance at each level.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        With ``sd_school`` and ``sigma`` (outcome units), dims (chain, draw); for the
+        three-level event-time model also ``sd_cell`` (:math:`\omega`, school-by-cohort).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``school`` = :math:`\tau^2/(\tau^2+\sigma^2)` and ``pupil`` = 1 - ``school``, shares in
+        [0, 1], dims (chain, draw); with ``sd_cell``, ``school``, ``cell`` and ``pupil`` are
+        :math:`\tau^2`, :math:`\omega^2` and :math:`\sigma^2` over
+        :math:`\tau^2+\omega^2+\sigma^2`.
+    """
+    parts = {"school": posterior["sd_school"] ** 2}
+    if "sd_cell" in posterior:
+        parts["cell"] = posterior["sd_cell"] ** 2
+    parts["pupil"] = posterior["sigma"] ** 2
+    total = sum(parts.values())
+    return xr.Dataset({level: var / total for level, var in parts.items()})
+
+
+def _flat_draws(da: xr.DataArray, n: int) -> np.ndarray:
+    """The first ``n`` draws of a scalar-per-draw variable, chain by chain, shape (n,)."""
+    return da.transpose(*SAMPLE_DIMS).to_numpy().reshape(-1)[:n]
+
+
+def variance_explained(reference_posterior: xr.Dataset, posterior: xr.Dataset) -> xr.Dataset:
+    r"""Proportional reduction in variance at each level relative to a reference model.
+
+    ``school`` = :math:`1 - \tau^2_{\mathrm{model}}/\tau^2_{\mathrm{reference}}` and ``pupil`` =
+    :math:`1 - \sigma^2_{\mathrm{model}}/\sigma^2_{\mathrm{reference}}`: the paper's variance
+    explained by the model's predictors (e.g. M1 against the empty model M0).
+
+    The two models are fitted separately, so their posteriors are independent. Draws are paired
+    by position: each posterior's (chain, draw) is flattened chain by chain to one ``sample``
+    dim and draw ``i`` of the model is paired with draw ``i`` of the reference. Because MCMC
+    draws are (after convergence) exchangeable draws of each marginal posterior, the pairs are
+    draws from the product of the two posteriors and the ratio's distribution is that of the
+    ratio of independent variables. When the counts differ only the first ``n`` draws of each
+    are used, ``n`` the smaller count (the tail of the longer run, i.e. whole later chains, is
+    dropped; what is kept is still a valid set of draws from that posterior).
+
+    A negative value is not a bug: it means the model's variance at that level is LARGER than
+    the reference's. Adding pupil predictors can raise the school variance when the pupils'
+    composition differs between schools (e.g. schools whose intake is disadvantaged but whose
+    results are average have a larger adjusted school effect). Report it as it is.
+
+    Parameters
+    ----------
+    reference_posterior, posterior : xarray.Dataset
+        Posterior draws of the reference and the model, each with ``sd_school`` and ``sigma``
+        (outcome units), dims (chain, draw).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``school`` and ``pupil``, dims (sample,), length ``n``; values in (-inf, 1].
+    """
+    n = min(reference_posterior["sigma"].size, posterior["sigma"].size)
+    out = {}
+    for level, name in (("school", "sd_school"), ("pupil", "sigma")):
+        ref = _flat_draws(reference_posterior[name], n) ** 2
+        mod = _flat_draws(posterior[name], n) ** 2
+        out[level] = ("sample", 1 - mod / ref)
+    return xr.Dataset(out, coords={"sample": np.arange(n)})
+
+
+def decomposition(posterior: xr.Dataset, design: Design) -> xr.Dataset:
+    """Rights & Sterba shares for a fit of ``design`` (see :func:`decomposition_from_cov`)."""
+    names = tuple(str(v) for v in posterior["beta"]["predictor"].to_numpy()) \
+        if "beta" in posterior else ()
+    if names != design.coef_names:
+        raise ValueError(f"posterior coefficients {list(names)} differ from the design's "
+                         f"{list(design.coef_names)}")
+    return decomposition_from_cov(posterior, predictor_cov(design))
+
+
+def predictor_cov(data: Design | SchoolSummary) -> np.ndarray:
+    """Sample covariance matrix (denominator ``n - 1``) of the predictors over pupils, from a
+    design or its summary (:meth:`bayesfed.design.suffstats.SchoolSummary.total_cov`).
+
+    Returns
+    -------
+    ndarray, shape (n_coef, n_coef)
+    """
+    return summary_of(data).total_cov()[1:, 1:]
+
+
+def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray) -> xr.Dataset:
+    r"""Rights & Sterba (2019) shares of the model-implied total variance, per draw.
+
+    The total variance of a pupil's outcome implied by a random-intercept model is
+    :math:`\beta^\top \Sigma_X \beta + \tau^2 + \sigma^2`, with :math:`\Sigma_X` the sample
+    covariance matrix of the predictors over pupils (:func:`predictor_cov`, stored with each
+    fit). Each part is divided by the total.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        With ``sd_school``, ``sigma`` (chain, draw) and, when there are predictors, ``beta``
+        (chain, draw, predictor) in the order of ``x_cov``'s rows.
+    x_cov : ndarray, shape (n_coef, n_coef)
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (chain, draw), shares in [0, 1]: ``fixed`` (predictors; 0 without predictors),
+        ``school``, ``pupil`` (summing to 1), ``r2_marginal`` (= ``fixed``) and
+        ``r2_conditional`` (= ``fixed`` + ``school``).
+    """
+    school = posterior["sd_school"] ** 2
+    pupil = posterior["sigma"] ** 2
+    fixed = xr.zeros_like(school)
+    if x_cov.size:
+        b = posterior["beta"].transpose(..., "predictor").to_numpy()
+        fixed = fixed + np.einsum("...i,ij,...j->...", b, x_cov, b)
+    total = fixed + school + pupil
+    out = xr.Dataset({"fixed": fixed / total, "school": school / total, "pupil": pupil / total})
+    out["r2_marginal"] = out["fixed"]
+    out["r2_conditional"] = out["fixed"] + out["school"]
+    return out
+
+
+def hdi_summary(da: xr.DataArray, prob: float = 0.94) -> dict[str, float]:
+    """Mean, standard deviation and highest-density interval of a scalar-per-draw quantity.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        One value per draw; every dim is treated as a sample dim (e.g. (chain, draw) or
+        (sample,)).
+    prob : float
+        Probability mass of the HDI, in (0, 1).
+
+    Returns
+    -------
+    dict
+        ``mean``, ``sd`` (denominator ``n - 1``, as ArviZ's summary), ``hdi_low`` and
+        ``hdi_high`` (ArviZ's HDI, "nearest" method), in ``da``'s units.
+    """
+    if not 0 < prob < 1:
+        raise ValueError(f"prob must lie in (0, 1), got {prob}")
+    interval = hdi(da, prob=prob, dim=list(da.dims))
+    return {
+        "mean": float(da.mean()),
+        "sd": float(da.std(ddof=1)),
+        "hdi_low": float(interval.sel(ci_bound="lower")),
+        "hdi_high": float(interval.sel(ci_bound="upper")),
+    }

@@ -1,0 +1,586 @@
+"""Summaries of saved fits: parameters, variance partitions, federation effect, diagnostics.
+
+:func:`summarize_dir` reads every fit file in a folder and returns the content of
+``summary.json``: ``{"bayesfed_version": ..., "prob": 0.94, "gates": {...}, "fits": [...]}``
+with, for every fit,
+
+- ``model``, ``year`` (int, or null when no year was selected), ``n_pupils``, ``n_schools``;
+- ``terms``: ``intercept`` then the coefficient names in the spec's order (JSON objects are
+  written with sorted keys, so this list keeps the reporting order);
+- ``params``: ``intercept``, each coefficient by name (``fsm``, ``sen[school_action]``,
+  ``federated``), ``sd_school`` and ``sigma``, each with ``mean``, ``sd``, ``hdi_low``,
+  ``hdi_high`` (94% HDI), ``ess_bulk``, ``ess_tail``, ``r_hat``, ``mcse_mean``;
+- ``variance_partition``: ``school`` and ``pupil`` shares (0-1) with mean, sd and HDI;
+- ``variance_explained``: when the model names a reference model fitted in the same folder for
+  the same year, the proportional reduction in variance at ``school`` and ``pupil`` level;
+- ``decomposition``: shares of the model-implied total variance (``fixed``, ``school``,
+  ``pupil``, ``r2_marginal``, ``r2_conditional``);
+- ``federation_effect``: for a model with a ``federated`` coefficient, its summary plus
+  ``p_positive`` = P(effect > 0);
+- ``reml``: the REML fit of the same model to the same pupils (estimates, SEs, variances),
+  with its ``variance_partition`` and ``variance_explained`` (point values, 0-1); only
+  ``error`` when the REML fit failed its checks;
+- ``diagnostics``: ``divergences``, ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail``,
+  ``min_bfmi``, ``problems`` (plain-language list) and ``ok``;
+- ``sampling_seconds``, ``sampler``, ``seed``, ``data_sha256``, ``file``;
+- ``predictive`` and ``loo``: prior and posterior predictive checks and leave-one-school-out
+  cross-validation (:mod:`bayesfed.posterior.checks`), for a two-level fit whose file stores the
+  per-school statistics they need.
+
+The top level also holds ``loo_comparison``: per year, the models fitted to the same pupils
+ranked by their leave-one-school-out expected log predictive density.
+
+Numbers come from :mod:`bayesfed.posterior.partition` (shares) and ArviZ (summaries, diagnostics);
+this module only collects them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import arviz as az
+import arviz_stats as azs
+import numpy as np
+import xarray as xr
+
+from bayesfed import __version__
+from bayesfed.inputs.spec import ModelSpec
+from bayesfed.posterior.checks import (
+    compare_loo,
+    has_school_data,
+    loo_school,
+    loo_summary,
+    predictive_checks,
+    psis_loo,
+)
+from bayesfed.posterior.effects import sensitivity
+from bayesfed.posterior.partition import (
+    decomposition_from_cov,
+    hdi_summary,
+    variance_explained,
+    vpc,
+)
+from bayesfed.store import fit_attrs, load_fit, write_json
+
+#: Probability mass of every reported interval.
+PROB = 0.94
+
+#: Diagnostic gates: a fit breaking any of them is marked failed (``diagnostics.ok`` false).
+#: ``min_bfmi``: the energy Bayesian fraction of missing information of every chain (E-BFMI,
+#: Betancourt 2016); below 0.3 the momentum resampling explores the energy poorly (heavy
+#: tails, funnels) even when R-hat and ESS look fine.
+GATES = {"max_r_hat": 1.01, "min_ess_bulk": 400, "min_ess_tail": 400, "divergences": 0,
+         "min_bfmi": 0.3}
+
+#: Parameters whose convergence is checked: the free ones and ``u``, every school's intercept.
+CHECKED = ("intercept", "beta", "sd_school", "sigma", "school_mean", "u")
+
+#: Reported parameters, in order; ``beta`` is expanded to one entry per coefficient.
+REPORTED = ("intercept", "beta", "sd_school", "sigma")
+
+
+def _num(x: float) -> float | None:
+    """A JSON-safe float (NaN becomes null)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+#: Fields of a parameter's summary, and the ArviZ summary rows they come from.
+_FIELDS = {"mean": "mean", "sd": "sd", "hdi_low": f"hdi{round(PROB * 100)}_lb",
+           "hdi_high": f"hdi{round(PROB * 100)}_ub", "ess_bulk": "ess_bulk",
+           "ess_tail": "ess_tail", "r_hat": "r_hat", "mcse_mean": "mcse_mean"}
+
+
+def param_summaries(tree: xr.DataTree, names: tuple[str, ...] = REPORTED
+                    ) -> dict[str, dict[str, float | None]]:
+    """ArviZ summary of parameters, one entry per element.
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+    names : tuple of str
+        Posterior variables (those absent are skipped). A variable with one dim besides chain
+        and draw gives one entry per coordinate, keyed by the coordinate's label
+        (``beta`` -> ``fsm``, ``delta`` -> ``"3"``); a scalar is keyed by its name.
+
+    Returns
+    -------
+    dict
+        ``name -> {mean, sd, hdi_low, hdi_high, ess_bulk, ess_tail, r_hat, mcse_mean}``.
+    """
+    names = [v for v in names if v in tree.posterior]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a stuck chain: NaN, kept as null
+        table = az.summary(tree, var_names=names, kind="all", ci_prob=PROB, ci_kind="hdi",
+                           round_to="none", fmt="xarray")
+    out: dict[str, dict[str, float | None]] = {}
+    for var in names:
+        da = table[var]
+        dims = [d for d in da.dims if d != "summary"]
+        entries = [(var, da)] if not dims else [
+            (str(label), da.sel({dims[0]: label})) for label in da[dims[0]].to_numpy()]
+        for name, stats in entries:
+            out[name] = {k: _num(stats.sel(summary=v)) for k, v in _FIELDS.items()}
+    return out
+
+
+def diagnostics(tree: xr.DataTree) -> dict[str, object]:
+    """Convergence diagnostics over every free parameter, and the gate verdict.
+
+    Returns
+    -------
+    dict
+        ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (None when
+        undefined, e.g. a chain that never moved; over all
+        elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and
+        ``u``; of every posterior variable for an event-time fit), ``min_bfmi`` (the smallest
+        E-BFMI of any chain, from ``sample_stats.energy`` by ``arviz.bfmi``; None when
+        undefined or the fit has no energy), ``problems`` (list of str) and ``ok`` (bool).
+    """
+    checked = CHECKED if tree.attrs.get("bayesfed_family", "two_level") == "two_level" \
+        else tuple(tree.posterior.data_vars)
+    names = [v for v in checked if v in tree.posterior]
+    # a chain that never moved has zero variance: its R-hat and ESS are undefined (NaN), which
+    # is reported as a failed gate, not a NumPy warning
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rhat = az.rhat(tree, var_names=names)
+        ess_bulk = az.ess(tree, var_names=names, method="bulk")
+        ess_tail = az.ess(tree, var_names=names, method="tail")
+        bfmi = (az.bfmi(tree.sample_stats["energy"]) if "energy" in tree.sample_stats
+                else None)
+
+    def extreme(ds: xr.Dataset, fn) -> float | None:
+        values = np.concatenate([np.ravel(ds[v].to_numpy()) for v in ds.data_vars])
+        return None if not np.isfinite(values).all() else float(fn(values))
+
+    out: dict[str, object] = {
+        "divergences": int(tree.sample_stats["diverging"].sum()),
+        "max_r_hat": extreme(rhat, np.max),
+        "min_ess_bulk": extreme(ess_bulk, np.min),
+        "min_ess_tail": extreme(ess_tail, np.min),
+        "min_bfmi": None if bfmi is None or not np.isfinite(bfmi).all() else float(bfmi.min()),
+    }
+    problems = []
+    if out["divergences"] > GATES["divergences"]:
+        problems.append(f"{out['divergences']} divergent transitions")
+    if out["max_r_hat"] is None:
+        problems.append("R-hat undefined (a chain did not move)")
+    elif not out["max_r_hat"] <= GATES["max_r_hat"]:
+        problems.append(f"R-hat {out['max_r_hat']:.3f} > {GATES['max_r_hat']}")
+    for key, kind in (("min_ess_bulk", "bulk ESS"), ("min_ess_tail", "tail ESS")):
+        if out[key] is None:
+            problems.append(f"{kind} undefined (a chain did not move)")
+        elif not out[key] >= GATES[key]:
+            problems.append(f"{kind} {out[key]:.0f} < {GATES[key]}")
+    if bfmi is not None and out["min_bfmi"] is None:
+        problems.append("E-BFMI undefined (a chain did not move)")
+    elif bfmi is not None and not out["min_bfmi"] >= GATES["min_bfmi"]:
+        low = ", ".join(str(c) for c in bfmi["chain"].to_numpy()[bfmi < GATES["min_bfmi"]])
+        problems.append(f"E-BFMI {out['min_bfmi']:.2f} < {GATES['min_bfmi']} (chain {low})")
+    out["problems"] = problems
+    out["ok"] = not problems
+    return out
+
+
+def _attr_json(tree: xr.DataTree, key: str) -> dict:
+    return json.loads(tree.attrs[key])
+
+
+def reml_point(reml: dict) -> xr.Dataset:
+    """REML variances as a one-draw "posterior" (chain 1, draw 1), so that the variance
+    partitions of :mod:`bayesfed.posterior.partition` apply to them unchanged."""
+    return xr.Dataset({name: (("chain", "draw"), [[np.sqrt(reml[var])]])
+                       for name, var in (("sd_school", "var_school"), ("sigma", "var_pupil"))})
+
+
+def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, object]:
+    """The fit's REML results plus its variance partition (and reduction vs the reference;
+    None at a level where the reference's REML variance is 0)."""
+    reml = _attr_json(tree, "bayesfed_reml")
+    if "error" in reml:
+        return reml
+    point = reml_point(reml)
+    reml["variance_partition"] = {k: float(v.squeeze()) for k, v in vpc(point).items()}
+    ref_reml = None if reference is None else _attr_json(reference, "bayesfed_reml")
+    if ref_reml is not None and "error" not in ref_reml:
+        # a reference variance of 0 (REML on the boundary) leaves that level's reduction
+        # undefined: None, not an infinity
+        with np.errstate(divide="ignore", invalid="ignore"):
+            explained = variance_explained(reml_point(ref_reml), point)
+        reml["variance_explained"] = {k: float(v.squeeze()) if np.isfinite(v).all() else None
+                                      for k, v in explained.items()}
+    return reml
+
+
+def fit_year(attrs: Mapping[str, object]) -> int | None:
+    """The year since founding a fit selected (from the fit's attributes), or None."""
+    text = str(attrs["bayesfed_year"])
+    return int(text) if text else None
+
+
+#: What a fit's summary reads of its reference model's fit, besides its attributes.
+REFERENCE_VARS = ("sd_school", "sigma")
+
+
+def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
+                  file: str = "") -> dict[str, object]:
+    """Summary of one fit (see the module docstring for the fields).
+
+    Parameters
+    ----------
+    tree : xarray.DataTree
+        A fit saved by :func:`bayesfed.jobs.fitting.fit_one`.
+    reference : xarray.DataTree, optional
+        The fit of the model's reference model on the same pupils.
+    file : str
+        The fit's file name, recorded in the summary.
+    """
+    if tree.attrs.get("bayesfed_family", "two_level") == "event_time":
+        if tree.attrs.get("bayesfed_design", "pooled") == "stacked":
+            return summarize_stacked_fit(tree, file)
+        return summarize_event_fit(tree, file)
+    post = tree.posterior.to_dataset()
+    params = param_summaries(tree)
+    cov = tree.constant_data["x_cov"].to_numpy()
+    shares = decomposition_from_cov(post, cov)
+    out: dict[str, object] = {
+        **_common(tree, file),
+        "terms": [n for n in params if n not in ("sd_school", "sigma")],
+        "params": params,
+        "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
+        "decomposition": {k: hdi_summary(v, PROB) for k, v in shares.items()},
+        "diagnostics": diagnostics(tree),
+        "reml": reml_summary(tree, reference),
+    }
+    if reference is not None:
+        ref_post = reference.posterior.to_dataset()
+        out["reference"] = str(reference.attrs["bayesfed_model"])
+        out["variance_explained"] = {k: hdi_summary(v, PROB) for k, v in
+                                     variance_explained(ref_post, post).items()}
+    if "beta" in post and "federated" in post["beta"]["predictor"].to_numpy():
+        draws = post["beta"].sel(predictor="federated")
+        out["federation_effect"] = {**hdi_summary(draws, PROB),
+                                    "p_positive": float((draws > 0).mean())}
+    return out
+
+
+def _common(tree: xr.DataTree, file: str) -> dict[str, object]:
+    """What every fit's summary starts with: which model, data size, sampler and provenance."""
+    options = _attr_json(tree, "bayesfed_options")
+    return {
+        "model": str(tree.attrs["bayesfed_model"]),
+        "family": str(tree.attrs.get("bayesfed_family", "two_level")),
+        "year": fit_year(tree.attrs),
+        "file": file,
+        "n_pupils": int(tree.attrs["bayesfed_n_pupils"]),
+        "n_schools": int(tree.attrs["bayesfed_n_schools"]),
+        "sampling_seconds": float(tree.attrs["sampling_seconds"]),
+        "sampler": options["sampler"],
+        "seed": options["fit_seed"],
+        "draws": options["draws"] * options["chains"],
+        "data_sha256": str(tree.attrs["bayesfed_data_sha256"]),
+    }
+
+
+#: Scalar parameters of the event-time model reported in ``params`` (those present).
+EVENT_SCALARS = ("federated_gap", "sd_school", "sd_cell", "sigma", "tau_step",
+                 "sd_federation_effect", "sd_type")
+
+
+def _with_p_positive(stats: dict, draws: xr.DataArray) -> dict:
+    return {**stats, "p_positive": float((draws > 0).mean())}
+
+
+def summarize_event_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
+    """Summary of an event-time fit (:func:`bayesfed.jobs.fitting.fit_event_time`).
+
+    Returns
+    -------
+    dict
+        The fields every fit has (``model``, ``family`` = ``"event_time"``, ``year`` null,
+        sizes, sampler, provenance, ``diagnostics``) plus ``terms``; ``params``
+        (``intercept``, coefficients and :data:`EVENT_SCALARS`); ``federation_effect``
+        keyed by year since founding (``"0"`` ..) and lead (``"-2"`` ..), each a parameter
+        summary plus ``p_positive``; ``reference_year`` (-1); ``trajectory``
+        (``p_last_gt_first`` = P(delta_K > delta_0), ``first``, ``last``); ``pre_trend``
+        (``leads``, ``flagged``: some lead's 94% HDI excludes 0); ``variance_partition``
+        (``school``, ``cell``, ``pupil`` shares); ``type_effect`` (type -> summary plus
+        ``p_positive``) when modelled; ``n_cells``, ``n_cohorts``, ``n_dropped``,
+        ``n_federations``.
+    """
+    post = tree.posterior.to_dataset()
+    params = param_summaries(tree, ("intercept", "beta", *EVENT_SCALARS))
+    effects = param_summaries(tree, ("lead", "delta"))
+    effect_draws = {str(k): post["lead"].sel(lead_year=k) for k in post["lead"]["lead_year"]
+                    .to_numpy()} | {str(k): post["delta"].sel(event_year=k)
+                                    for k in post["delta"]["event_year"].to_numpy()}
+    years = [str(k) for k in post["delta"]["event_year"].to_numpy()]
+    leads = [str(k) for k in post["lead"]["lead_year"].to_numpy()]
+    out: dict[str, object] = {
+        **_common(tree, file),
+        "terms": [n for n in params if n not in EVENT_SCALARS],
+        "params": params,
+        "federation_effect": {k: _with_p_positive(effects[k], effect_draws[k])
+                              for k in (*leads, *years)},
+        "reference_year": -1,
+        "trajectory": {"first": years[0], "last": years[-1], "p_last_gt_first": float(
+            (effect_draws[years[-1]] > effect_draws[years[0]]).mean())},
+        "pre_trend": {"leads": leads, "flagged": any(
+            not effects[k]["hdi_low"] <= 0.0 <= effects[k]["hdi_high"] for k in leads)},
+        "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
+        "diagnostics": diagnostics(tree),
+    }
+    for key in ("n_cells", "n_cohorts", "n_dropped", "n_federations"):
+        out[key] = int(tree.attrs[f"bayesfed_{key}"])
+    if "type_effect" in post:
+        types = param_summaries(tree, ("type_effect",))
+        out["type_effect"] = {k: _with_p_positive(types[k], post["type_effect"].sel(
+            federation_type=k)) for k in types}
+    return out
+
+
+#: Scalar parameters of the stacked event-time model reported in ``params`` (those present).
+STACKED_SCALARS = ("sd_school", "sd_cell", "sigma", "shock_ar", "sd_federation_effect",
+                   "sd_cohort_effect", "tau_step")
+
+
+def _by_outer(tree: xr.DataTree, var: str, outer: str) -> dict[str, dict[str, dict]]:
+    """Summaries of a (chain, draw, outer, inner) variable: ``outer label -> inner label ->``
+    the :data:`_FIELDS` plus ``p_positive``."""
+    draws = tree.posterior[var]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        table = az.summary(tree, var_names=[var], kind="all", ci_prob=PROB, ci_kind="hdi",
+                           round_to="none", fmt="xarray")[var]
+    inner = next(d for d in table.dims if d not in ("summary", outer))
+    out: dict[str, dict[str, dict]] = {}
+    for a in table[outer].to_numpy():
+        out[str(a)] = {}
+        for b in table[inner].to_numpy():
+            cell = table.sel({outer: a, inner: b})
+            out[str(a)][str(b)] = {k: _num(cell.sel(summary=v)) for k, v in _FIELDS.items()} | {
+                "p_positive": float((draws.sel({outer: a, inner: b}) > 0).mean())}
+    return out
+
+
+def prior_sensitivity(tree: xr.DataTree, names: tuple[str, ...] = ("att", "att_average")
+                      ) -> dict[str, dict[str, object]]:
+    """Power-scaling sensitivity (Kallioinen et al. 2024, ``arviz_stats.psense_summary``) of
+    the effect aggregates to the prior and to the likelihood (the fit's ``log_prior`` and
+    ``log_likelihood`` groups: :mod:`bayesfed.posterior.event_draws`).
+
+    Returns
+    -------
+    dict
+        ``name -> {prior, likelihood, diagnosis}``: the cumulative Jensen-Shannon distance of
+        the posterior under power-scaling of each part (above 0.05: sensitive), and
+        arviz-stats' reading (``"✓"``, ``"potential strong prior / weak likelihood"`` or
+        ``"potential prior-data conflict"``). Names are ``att[k]`` and ``att_average``.
+    """
+    table = azs.psense_summary(tree, var_names=list(names), round_to=6)
+    return {str(name): {"prior": float(row["prior"]), "likelihood": float(row["likelihood"]),
+                        "diagnosis": str(row["diagnosis"])} for name, row in table.iterrows()}
+
+
+def event_checks(tree: xr.DataTree) -> dict[str, object]:
+    """The stacked model's predictive checks of new schools' cells: ``draws`` (replications,
+    :data:`bayesfed.posterior.event_draws.CHECK_DRAWS` at most) and per statistic
+    (:data:`bayesfed.posterior.event_draws.STATISTICS`) the observed mean over draws, the
+    replications' mean and central 94% interval, and ``p_value`` = P(T_rep >= T_obs)."""
+    pp = tree.posterior_predictive
+    out: dict[str, object] = {"draws": int(pp.sizes["replication"]),
+                              "unit": "new schools' cells", "posterior": {}}
+    for stat in pp["statistic"].to_numpy():
+        obs = pp["check_observed"].sel(statistic=stat).to_numpy().ravel()
+        rep = pp["check_replicated"].sel(statistic=stat).to_numpy().ravel()
+        low, high = np.quantile(rep, [(1 - PROB) / 2, (1 + PROB) / 2])
+        out["posterior"][str(stat)] = {"observed": float(obs.mean()), "mean": float(rep.mean()),
+                                       "low": float(low), "high": float(high),
+                                       "p_value": float((rep >= obs).mean())}
+    return out
+
+
+def summarize_stacked_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
+    """Summary of a stacked event-time fit (:mod:`bayesfed.modelling.event_stacked`).
+
+    Returns
+    -------
+    dict
+        The fields every fit has plus ``design`` (``"stacked"``); ``terms`` and ``params``
+        (coefficients and :data:`STACKED_SCALARS`); ``federation_effect`` keyed by year since
+        founding (``"0"`` ..: :math:`ATT(k)`) and lead (``"-2"`` ..: aggregated leads), each a
+        parameter summary plus ``p_positive``; ``federation_effect_by_cohort`` (founding year
+        -> year -> the same, :math:`ATT(e,k)`) and ``leads_by_cohort``; ``att_average`` (the
+        mean of :math:`ATT(k)` over k); ``weights`` (``kind``; ``by_year``: year -> founding
+        year -> :math:`w(e,k)`; ``federated_pupils``: the same layout, counts); ``gap`` (the
+        federated-vs-matched gap of each founding cohort in year -1); ``reference_year``
+        (-1); ``trajectory``; ``pre_trend`` (``leads``, ``flagged``: some aggregated lead's
+        94% HDI excludes 0); ``sensitivity`` (:func:`bayesfed.posterior.effects.sensitivity`);
+        ``prior_sensitivity`` (:func:`prior_sensitivity`); ``variance_partition``
+        (``school``, ``cell``, ``pupil``); ``predictive`` (:func:`event_checks`);
+        ``deviation_unit``; ``n_cells``,
+        ``n_cohorts``, ``n_foundings``, ``n_dropped``, ``n_federations``.
+    """
+    post = tree.posterior.to_dataset()
+    params = param_summaries(tree, ("beta", *STACKED_SCALARS))
+    effects = param_summaries(tree, ("lead_att", "att"))
+    draws = {str(k): post["lead_att"].sel(lead_year=k) for k in post["lead_year"].to_numpy()}
+    draws |= {str(k): post["att"].sel(event_year=k) for k in post["event_year"].to_numpy()}
+    years = [str(k) for k in post["event_year"].to_numpy()]
+    leads = [str(k) for k in post["lead_year"].to_numpy()]
+    weights = tree.constant_data.to_dataset()
+    average = param_summaries(tree, ("att_average",))["att_average"]
+    out: dict[str, object] = {
+        **_common(tree, file),
+        "design": "stacked",
+        "terms": [n for n in params if n not in STACKED_SCALARS],
+        "params": params,
+        "federation_effect": {k: _with_p_positive(effects[k], draws[k]) for k in (*leads, *years)},
+        "federation_effect_by_cohort": _by_outer(tree, "att_cohort", "founding"),
+        "leads_by_cohort": _by_outer(tree, "lead", "founding") if leads else {},
+        "att_average": _with_p_positive(average, post["att_average"]),
+        "gap": {k: v for k, v in param_summaries(tree, ("federated_gap",)).items()},
+        "weights": {"kind": str(tree.attrs["bayesfed_weights"]),
+                    "by_year": {str(k): {str(e): float(weights["att_weight"].sel(
+                        founding=e, year=k)) for e in weights["founding"].to_numpy()}
+                                for k in weights["year"].to_numpy()},
+                    "federated_pupils": {str(k): {str(e): int(weights["federated_pupils"].sel(
+                        founding=e, year=k)) for e in weights["founding"].to_numpy()}
+                                         for k in weights["year"].to_numpy()}},
+        "reference_year": -1,
+        "trajectory": {"first": years[0], "last": years[-1], "p_last_gt_first": float(
+            (draws[years[-1]] > draws[years[0]]).mean())},
+        "pre_trend": {"leads": leads, "flagged": any(
+            not effects[k]["hdi_low"] <= 0.0 <= effects[k]["hdi_high"] for k in leads)},
+        "sensitivity": sensitivity(
+            post["att"].transpose("chain", "draw", "event_year").to_numpy().reshape(
+                -1, len(years)),
+            post["lead_att"].transpose("chain", "draw", "lead_year").to_numpy().reshape(
+                -1, len(leads)), [int(k) for k in years],
+            ModelSpec.model_validate_json(tree.attrs["bayesfed_spec"]).event_options.sensitivity,
+            PROB),
+        "prior_sensitivity": prior_sensitivity(tree),
+        "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
+        "predictive": event_checks(tree),
+        "diagnostics": diagnostics(tree),
+        "deviation_unit": str(tree.attrs["bayesfed_deviation_unit"]),
+    }
+    for key in ("n_cells", "n_cohorts", "n_foundings", "n_dropped", "n_federations"):
+        out[key] = int(tree.attrs[f"bayesfed_{key}"])
+    return out
+
+
+def compare_with_per_year(fits: list[dict]) -> None:
+    """Add ``per_year_comparison`` to each event-time fit, in place, when the folder also
+    holds per-year fits with a federation effect for its years since founding.
+
+    ``per_year_comparison`` = ``{"model": name, "width_ratio": {year: ratio}}``: the joint
+    model's 94% HDI width of delta_k over the per-year model's (below 1: the joint model is
+    more precise).
+    """
+    per_year = [f for f in fits if f["family"] == "two_level" and "federation_effect" in f
+                and f["year"] is not None]
+    for fit in (f for f in fits if f["family"] == "event_time"):
+        ratios, model = {}, None
+        for other in per_year:
+            key = str(other["year"])
+            if key in fit["federation_effect"]:
+                joint, single = fit["federation_effect"][key], other["federation_effect"]
+                ratios[key] = ((joint["hdi_high"] - joint["hdi_low"])
+                               / (single["hdi_high"] - single["hdi_low"]))
+                model = other["model"]
+        if ratios:
+            fit["per_year_comparison"] = {"model": model, "width_ratio": ratios}
+
+
+def summarize_dir(folder: str | Path) -> dict[str, object]:
+    """Summaries of every fit file (``*.nc``) in a folder, ordered by model then year.
+
+    A fit's reference model (``[model] reference`` in its spec) is looked up among the fits of
+    the same year in the folder; without it the fit has no ``variance_explained``. One fit is
+    held at a time (a national fit's school draws are hundreds of megabytes), and of its
+    reference only the variances (:data:`REFERENCE_VARS`).
+    """
+    folder = Path(folder)
+    paths = sorted(folder.glob("*.nc"))
+    by_key = {(str(attrs["bayesfed_model"]), fit_year(attrs)): path
+              for path, attrs in ((p, fit_attrs(p)) for p in paths)}
+    fits, elpds = [], {}
+    variances: dict[Path, xr.DataTree] = {}  # of the fits read so far, as references
+    for path in paths:
+        tree = load_fit(path)
+        post = tree.posterior.to_dataset()
+        variances[path] = xr.DataTree.from_dict(
+            {"posterior": post[[v for v in REFERENCE_VARS if v in post]]})
+        variances[path].attrs = dict(tree.attrs)
+        ref_name = str(tree.attrs.get("bayesfed_reference", ""))
+        ref_path = by_key.get((ref_name, fit_year(tree.attrs))) if ref_name else None
+        reference = (None if ref_path is None else variances[ref_path] if ref_path in variances
+                     else load_fit(ref_path, posterior=REFERENCE_VARS))
+        fit = summarize_fit(tree, reference, file=path.name)
+        elpd = add_model_checks(fit, tree)
+        if elpd is not None:
+            elpds[path.name] = elpd
+        fits.append(fit)
+        # a DataTree's nodes refer to their parents: only the cycle collector frees a fit,
+        # and it runs by object counts, not bytes
+        del tree, post, reference
+        gc.collect()
+    fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
+    compare_with_per_year(fits)
+    return {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
+            "loo_comparison": loo_comparisons(fits, elpds)}
+
+
+def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
+    """Add ``loo`` (and, for a two-level fit, ``predictive``) to a fit's summary when its
+    file holds what they need, in place; return its leave-one-school-out result. Two-level
+    fits need the per-school statistics (:func:`bayesfed.posterior.checks.has_school_data`); a
+    stacked event-time fit stores each school's log-likelihood
+    (:mod:`bayesfed.posterior.event_draws`) and its predictive checks are in its summary already. A
+    fit that failed its diagnostic gates gets no ``loo`` (its draws are not a posterior sample to
+    importance-weight): None, as without the statistics.
+    """
+    stacked = "log_likelihood" in tree.children and "pupils" in tree.log_likelihood
+    if not (stacked or has_school_data(tree)):
+        return None
+    if not stacked:
+        fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
+    if not fit["diagnostics"]["ok"]:
+        return None
+    elpd = psis_loo(tree, "pupils") if stacked else loo_school(tree)
+    fit["loo"] = loo_summary(elpd)
+    return elpd
+
+
+def loo_comparisons(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[dict]:
+    """The leave-one-school-out comparisons of the models fitted to the same pupils.
+
+    Parameters
+    ----------
+    fits : list of dict
+        The fits' summaries, in order; ``file`` names each.
+    elpds : mapping of str to ELPDData
+        File name -> the fit's leave-one-school-out result (fits without one are left out).
+
+    Returns
+    -------
+    list of dict
+        One entry per group of at least two fits of the same year, data file and sizes:
+        ``year``, ``unit`` (``"school"``) and ``models``
+        (:func:`bayesfed.posterior.checks.compare_loo`, best first).
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for fit in fits:
+        if fit["file"] in elpds:
+            key = (fit["year"], fit["data_sha256"], fit["n_pupils"], fit["n_schools"])
+            groups.setdefault(key, []).append(fit)
+    return [{"year": key[0], "unit": "school",
+             "models": compare_loo({f["model"]: elpds[f["file"]] for f in group})}
+            for key, group in groups.items() if len(group) >= 2]
+
+
+def write_summary(folder: str | Path) -> Path:
+    """Write ``summary.json`` for the fits in ``folder``; returns its path."""
+    return write_json(Path(folder) / "summary.json", summarize_dir(folder))

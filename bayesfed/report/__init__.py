@@ -1,0 +1,1 @@
+"""The report formats summary.json, computes nothing; imports inputs and posterior constants."""

@@ -1,0 +1,115 @@
+"""Model specifications: every shipped spec loads; bad specs fail with exact messages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bayesfed.errors import SpecError
+from bayesfed.inputs.spec import load_spec, spec_from_dict
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+BASE = {"model": {"name": "X"}}
+
+
+def error(data: dict) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        spec_from_dict(data, source="s.toml")
+    head, *lines = str(info.value).splitlines()
+    assert head == "model specification s.toml is invalid:"
+    return [line.removeprefix("  - ") for line in lines]
+
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_shipped_spec_loads(path):
+    spec = load_spec(path)
+    assert spec.column("outcome") == "gcse_score"
+    assert spec.column("school") == "school_id"
+
+
+def test_paper_models_are_nested():
+    m0, m1, m2 = (load_spec(MODELS / f) for f in
+                  ("m0_empty.toml", "m1_pupil.toml", "m2_federation.toml"))
+    assert (m0.name, m1.name, m2.name) == ("M0", "M1", "M2")
+    assert m1.model.reference == "M0" and m2.model.reference == "M1"
+    assert m0.terms == []
+    assert m1.terms == ["fsm", "idaci", "male", "sen", "non_white_british", "ks2"]
+    assert m2.terms == [*m1.terms, "federated"] and m2.predictors.school == ["federated"]
+    assert m2.categorical_coding()["sen"] == (
+        ("none", "school_action", "school_action_plus", "statemented"), "none")
+
+
+def test_unknown_keys_suggest_the_closest():
+    assert error({"model": {"name": "X", "famly": "two_level"}}) == [
+        "unknown key 'model.famly' (did you mean 'family'?)"]
+    assert error({**BASE, "predictor": {}}) == ["unknown key 'predictor' (did you mean "
+                                                "'predictors'?)"]
+    assert error({**BASE, "columns": {"outcom": "y"}}) == [
+        "columns.outcom: not a role or predictor (did you mean 'outcome'?)"]
+
+
+def test_wrong_types_and_values():
+    assert error({"model": {"name": "X", "family": "three_level"}}) == [
+        "model.family: Input should be 'two_level' or 'event_time' (got 'three_level')"]
+    assert error({**BASE, "predictors": {"pupil": "fsm"}}) == [
+        "predictors.pupil: Input should be a valid list (got 'fsm')"]
+    assert error({**BASE, "priors": {"sigma": {"sigma": -1.0}}}) == [
+        "priors.sigma.sigma: Input should be greater than 0 (got -1.0)"]
+    assert error({**BASE, "priors": {"sd_school": {"sigma": "2"}}}) == [
+        "priors.sd_school.sigma: Input should be a valid number (got '2')"]
+    assert error({"model": {}}) == ["model.name: Field required"]
+
+
+def test_inconsistent_choices():
+    assert error({**BASE, "predictors": {"pupil": ["sen"]},
+                  "categorical": {"sen": {"levels": ["a", "b"], "reference": "c"}}}) == [
+        "categorical.sen: reference 'c' is not one of levels ['a', 'b']"]
+    assert error({**BASE, "priors": {"slope": {"fsm": {"sigma": 1.0}}}}) == [
+        "(top level): priors.slope.fsm names no predictor (predictors: [])"]
+    assert error({**BASE, "predictors": {"pupil": ["fsm"], "school": ["fsm"]}}) == [
+        "(top level): predictors listed twice: ['fsm']"]
+
+
+def test_schema_category_gets_default_coding():
+    spec = spec_from_dict({**BASE, "predictors": {"pupil": ["sen"]}})
+    assert spec.categorical_coding() == {
+        "sen": (("none", "school_action", "school_action_plus", "statemented"), "none")}
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(SpecError, match=r"^cannot read model specification .*nope.toml: "):
+        load_spec(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nname = 1\n")
+    with pytest.raises(SpecError, match=r"^model specification .*bad.toml is not valid TOML: "):
+        load_spec(bad)
+
+
+def test_event_section_only_for_event_time_models():
+    base = {"model": {"name": "E", "family": "event_time"},
+            "predictors": {"pupil": ["fsm"]}}
+    spec = spec_from_dict(base)
+    assert spec.event_options.leads == "all" and spec.event_options.years_after == 5
+    assert spec.event_options.effect_prior == "random_walk"
+    assert spec.event_options.design == "stacked" and spec.event_options.shocks == "ar1"
+    assert spec.event_options.deviations and spec.event_options.weights == "pupils"
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"leads": [-1]}})
+    assert ('leads must be "all" or distinct years <= -2 (year -1 is the reference), got [-1]'
+            in str(err.value))
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"sensitivity": [-1.0]}})
+    assert "sensitivity must list values of M >= 0, got [-1.0]" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"effect_prior": "spline"}})
+    assert "event.effect_prior" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "predictors": {"school": ["federated"]}})
+    assert "an event_time model takes no school-level predictors" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({"model": {"name": "M"}, "event": {"years_after": 3}})
+    assert '[event] applies to family = "event_time" only' in str(err.value)
+    with pytest.raises(SpecError) as err:
+        spec_from_dict({**base, "event": {"type_effect": True}})
+    assert "did you mean 'type_effects'" in str(err.value)

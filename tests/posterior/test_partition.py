@@ -1,0 +1,109 @@
+"""Variance partitions on synthetic posteriors with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from bayesfed.design.columns import Design
+from bayesfed.posterior.partition import decomposition, hdi_summary, variance_explained, vpc
+
+
+def posterior(sd_school, sigma, beta=None, names=()):
+    """A posterior Dataset with dims (chain, draw) from arrays of shape (chain, draw)."""
+    data = {"sd_school": (("chain", "draw"), np.asarray(sd_school, dtype=float)),
+            "sigma": (("chain", "draw"), np.asarray(sigma, dtype=float))}
+    if beta is not None:
+        data["beta"] = (("chain", "draw", "predictor"), np.asarray(beta, dtype=float))
+    coords = {"predictor": list(names)} if names else {}
+    return xr.Dataset(data, coords=coords)
+
+
+def design(X, names):
+    X = np.asarray(X, dtype=float)
+    n = X.shape[0]
+    return Design(y=np.zeros(n), X=X, coef_names=tuple(names),
+                  school_idx=np.zeros(n, dtype=np.int64), schools=("a",),
+                  school_level=(False,) * len(names))
+
+
+def test_vpc_known_values():
+    out = vpc(posterior([[1.0, 3.0, 0.0]], [[1.0, 4.0, 5.0]]))
+    np.testing.assert_allclose(out["school"], [[0.5, 0.36, 0.0]], rtol=1e-15)
+    np.testing.assert_allclose(out["pupil"], [[0.5, 0.64, 1.0]], rtol=1e-15)
+    assert out["school"].dims == ("chain", "draw")
+
+
+def test_variance_explained_pairs_draws_by_position():
+    ref = posterior([[2.0, 2.0], [4.0, 4.0]], [[4.0, 2.0], [1.0, 1.0]])
+    mod = posterior([[1.0, 2.0], [2.0, 0.0]], [[2.0, 2.0], [1.0, 0.5]])
+    out = variance_explained(ref, mod)
+    assert out["school"].dims == ("sample",)
+    # flattened chain by chain: (0,0), (0,1), (1,0), (1,1)
+    np.testing.assert_array_equal(out["school"], [0.75, 0.0, 0.75, 1.0])
+    np.testing.assert_array_equal(out["pupil"], [0.75, 0.0, 0.0, 0.75])
+
+
+def test_variance_explained_negative_when_model_variance_is_larger():
+    out = variance_explained(posterior([[2.0]], [[4.0]]), posterior([[4.0]], [[4.0]]))
+    np.testing.assert_array_equal(out["school"], [-3.0])
+    np.testing.assert_array_equal(out["pupil"], [0.0])
+
+
+def test_variance_explained_uses_the_smaller_count():
+    ref = posterior([[2.0, 2.0, 2.0]], [[1.0, 1.0, 1.0]])
+    mod = posterior([[1.0], [2.0]], [[1.0], [1.0]])  # 2 chains x 1 draw
+    out = variance_explained(ref, mod)
+    assert out.sizes["sample"] == 2
+    np.testing.assert_array_equal(out["school"], [0.75, 0.0])
+
+
+def test_decomposition_known_values():
+    # var(x) = 2 (denominator n - 1), beta = 2: fixed = 8; school = 4; pupil = 4
+    out = decomposition(posterior([[2.0]], [[2.0]], [[[2.0]]], ["x"]), design([[0], [2]], ["x"]))
+    assert out["fixed"].item() == 0.5
+    assert out["school"].item() == 0.25 and out["pupil"].item() == 0.25
+    assert out["r2_marginal"].item() == 0.5 and out["r2_conditional"].item() == 0.75
+
+
+def test_decomposition_fixed_part_is_variance_of_linear_predictor():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(50, 3)) @ np.array([[1, 0.5, 0], [0, 1, 0.3], [0, 0, 1]])
+    beta = rng.normal(size=(2, 4, 3))
+    sd, sig = rng.uniform(0.5, 2, (2, 4)), rng.uniform(0.5, 2, (2, 4))
+    out = decomposition(posterior(sd, sig, beta, "abc"), design(X, "abc"))
+    fixed = np.var(X @ beta[..., None], axis=-2, ddof=1)[..., 0]
+    np.testing.assert_allclose(out["fixed"], fixed / (fixed + sd**2 + sig**2), rtol=1e-12)
+    total = out["fixed"] + out["school"] + out["pupil"]
+    np.testing.assert_allclose(total, 1.0, rtol=1e-15)
+    assert out["fixed"].dims == ("chain", "draw")
+
+
+def test_decomposition_without_predictors():
+    out = decomposition(posterior([[1.0]], [[1.0]]), design(np.zeros((3, 0)), []))
+    assert out["fixed"].item() == 0.0 and out["school"].item() == 0.5
+
+
+def test_decomposition_refuses_other_coefficients():
+    with pytest.raises(ValueError, match="differ from the design"):
+        decomposition(posterior([[1.0]], [[1.0]], [[[1.0]]], ["x"]), design([[0], [1]], ["z"]))
+
+
+def test_hdi_summary_known_interval():
+    # 100 draws: 95 in [0, 1] and 5 outliers; ArviZ's 94% HDI spans floor(0.94 * 100) + 1 = 95
+    # sorted draws, and the narrowest such window is [0, 1].
+    values = np.concatenate([np.linspace(0, 1, 95), [-10, -9, 9, 10, 11]])
+    da = xr.DataArray(np.random.default_rng(0).permutation(values).reshape(2, 50),
+                      dims=("chain", "draw"))
+    out = hdi_summary(da)
+    assert (out["hdi_low"], out["hdi_high"]) == (0.0, 1.0)
+    assert out["mean"] == pytest.approx(values.mean(), rel=1e-14)
+    assert out["sd"] == pytest.approx(np.std(values, ddof=1), rel=1e-14)
+    flat = hdi_summary(xr.DataArray(values, dims="sample"))
+    assert (flat["hdi_low"], flat["hdi_high"]) == (0.0, 1.0)
+
+
+def test_hdi_summary_refuses_bad_prob():
+    with pytest.raises(ValueError, match="prob must lie in"):
+        hdi_summary(xr.DataArray(np.zeros(3), dims="sample"), prob=94)
