@@ -29,15 +29,21 @@ import tempfile
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from bayesfed.errors import OutputError, SpecError
+from bayesfed.inputs.families import fit_kind
 from bayesfed.inputs.formula import is_formula, spec_from_formula
 from bayesfed.inputs.shipped import SPECS, load_example, spec_path
+from bayesfed.inputs.spec import ModelSpec, load_spec
+from bayesfed.posterior.intervals import PERCENT
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["Results", "fit", "load", "load_example", "model_spec"]
-from bayesfed.inputs.spec import ModelSpec, load_spec
 
 #: Statistics of a parameter in ``summary.json``, in :meth:`Results.summary`'s column order.
 STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
@@ -63,7 +69,7 @@ def model_spec(model: str | os.PathLike | ModelSpec,
         spec = model
     elif isinstance(model, str) and model.lower() in SPECS:
         spec = load_spec(spec_path(model.lower()))
-    elif Path(model).suffix == ".toml" or Path(model).exists():
+    elif isinstance(model, os.PathLike) or Path(model).suffix == ".toml" or Path(model).exists():
         spec = load_spec(Path(model))
     else:
         raise SpecError(f"model {model!r}: not a shipped model ({', '.join(SPECS)}), a "
@@ -91,8 +97,9 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
         years: Iterable[int] | None = None, columns: Mapping[str, str] | None = None,
         draws: int = 1000, tune: int = 1000, chains: int = 4, seed: int = 0,
         sampler: str = "nutpie", drop_incomplete: bool = False,
-        out: str | os.PathLike | None = None, jobs: int = 1, name: str | None = None
-        ) -> Results:
+        out: str | os.PathLike | None = None, jobs: int = 1, name: str | None = None,
+        force: bool = False, resume: bool = False, strict: bool = False,
+        dask: str | None = None, console: Console | None = None) -> Results:
     """Fit models to a pupil table: ``bayesfed fit`` from Python.
 
     Parameters
@@ -108,13 +115,15 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
         table as one); the event-time model fits every year at once.
     columns : mapping of str to str, optional
         Role -> the table's column, over each spec's ``[columns]``.
-    draws, tune, chains, seed, sampler, drop_incomplete, jobs
-        As ``bayesfed fit``'s options.
+    draws, tune, chains, seed, sampler, drop_incomplete, jobs, force, resume, strict, dask
+        As ``bayesfed fit``'s options (``--force``, ``--resume``, ``--strict``, ``--dask``).
     name : str, optional
         The model's name (one model only; a formula's default is ``"formula"``).
     out : path, optional
         Folder for the fit files and ``summary.json`` (default: a temporary folder, removed
         with the :class:`Results`; :meth:`bayesfed.api.Results.save` keeps them).
+    console : rich.console.Console, optional
+        Where the job's progress notes go (the command line's console); default: none.
 
     Returns
     -------
@@ -124,6 +133,11 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     ------
     SpecError, DataError
         Before any sampling, as ``bayesfed fit``.
+    OutputError
+        ``out`` holds fits already (without ``force`` or ``resume``), or another job writes
+        to it.
+    DiagnosticsError
+        ``strict`` and some fit failed its diagnostic gates (after every file is written).
     """
     from bayesfed.jobs.commands import fit_command
 
@@ -138,7 +152,8 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     try:
         fit_command(specs, table, folder, None if years is None else sorted(set(years)),
                     draws=draws, tune=tune, chains=chains, seed=seed, sampler=sampler,
-                    drop_incomplete=drop_incomplete, jobs=jobs)
+                    drop_incomplete=drop_incomplete, jobs=jobs, force=force, resume=resume,
+                    strict=strict, dask=dask, console=console)
     except BaseException:
         if temporary:
             shutil.rmtree(folder, ignore_errors=True)
@@ -209,8 +224,8 @@ class Results:
             effect = f.get("federation_effect")
             if not effect:
                 continue
-            if f.get("family") == "event_time":
-                estimand = "ATT(k)" if f.get("design") == "stacked" else "delta(k)"
+            if fit_kind(f).joint:
+                estimand = fit_kind(f).estimand
                 for k, stats in effect.items():
                     rows.append(_effect_row(f["model"], int(k), estimand, stats))
             else:
@@ -290,9 +305,26 @@ class Results:
     def report(self, title: str | None = None) -> str:
         """The Markdown report of ``bayesfed report`` (written with its figures into the
         folder, as the command does), as text."""
+        return self.write_report(title=title).read_text(encoding="utf-8")
+
+    def write_report(self, out: str | os.PathLike | None = None, fmt: str = "markdown",
+                     title: str | None = None) -> Path:
+        """Write the report as ``bayesfed report`` does; returns the Markdown file written.
+
+        Parameters
+        ----------
+        out : path, optional
+            ``fmt="markdown"``: the file (default ``<folder>/report.md``); ``fmt="docs"``:
+            the report's folder (required), e.g. ``docs/reports/NAME``, a page of the
+            documentation site with its figures.
+        fmt : {"markdown", "docs"}
+        title : str, optional
+            Default: ``"bayesfed report: <folder name>"``.
+        """
         from bayesfed.jobs.commands import report_command
 
-        return report_command(self.folder, title=title).read_text(encoding="utf-8")
+        return report_command(self.folder, None if out is None else Path(out), title=title,
+                              fmt=fmt)
 
     def save(self, folder: str | os.PathLike) -> Results:
         """Copy the fit files and ``summary.json`` into ``folder`` (each written to a hidden
@@ -316,7 +348,8 @@ class Results:
                     else f"**{len(failed)} fail their diagnostics**)"), ""]
         effects = self.effects()
         if not effects.empty:
-            lines += ["| model | year | estimand | mean | 94% HDI |", "|---|---|---|---|---|"]
+            lines += [f"| model | year | estimand | mean | {PERCENT} HDI |",
+                      "|---|---|---|---|---|"]
             lines += [f"| {r.model} | {r.year} | {r.estimand} | {r.mean:.2f} | "
                       f"[{r.hdi_low:.2f}, {r.hdi_high:.2f}] |" for r in effects.itertuples()]
         return "\n".join(lines)

@@ -192,16 +192,17 @@ def fit(
              "fits there (they must see --data and --out). Needs bayesfed[dask].")] = None,
 ) -> None:
     """Fit models to a pupil table, save each fit as NetCDF and write summary.json."""
-    from bayesfed.jobs.commands import fit_command
+    from bayesfed.api import fit as fit_models
 
     if sampler not in ("nutpie", "pymc"):
         raise typer.BadParameter("use 'nutpie' or 'pymc'", param_hint="--sampler")
     if resume and force:
         raise typer.BadParameter("not with --force: --resume keeps the complete fits, --force "
                                  "refits them", param_hint="--resume")
-    fit_command(specs, data, out, parse_years(years), draws=draws, tune=tune, chains=chains,
-                seed=seed, sampler=sampler, drop_incomplete=drop_incomplete, force=force,
-                console=console, resume=resume, jobs=jobs, strict=strict, dask=dask)
+    fit_models(data, specs, years=parse_years(years), draws=draws, tune=tune, chains=chains,
+               seed=seed, sampler=sampler, drop_incomplete=drop_incomplete, out=out,
+               force=force, resume=resume, jobs=jobs, strict=strict, dask=dask,
+               console=console)
 
 
 @app.command()
@@ -219,14 +220,14 @@ def report(
 ) -> None:
     """Write a report of a fit folder: the paper's Tables 3-5 beside the posterior, figures,
     predictive checks, model comparison and diagnostics."""
-    from bayesfed.jobs.commands import report_command
+    from bayesfed.api import load
 
     if format not in ("markdown", "docs"):
         raise typer.BadParameter("use 'markdown' or 'docs'", param_hint="--format")
     if format == "docs" and out is None:
         raise typer.BadParameter("--format docs needs --out FOLDER, e.g. docs/reports/NAME",
                                  param_hint="--out")
-    path = report_command(folder, out, title=title, fmt=format)
+    path = load(folder).write_report(out, fmt=format, title=title)
     console.print(f"report written to {path}")
 
 

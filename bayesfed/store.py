@@ -223,7 +223,7 @@ def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
     ----------
     tree : xarray.DataTree
         Groups ``posterior``, ``sample_stats``, ``observed_data``, ``constant_data`` and the
-        provenance attributes written by :func:`bayesfed.jobs.fitting.fit_one`.
+        provenance attributes written by :func:`bayesfed.jobs.fit_one.fit_one`.
     path : str or Path
         Target ``.nc`` file.
     """

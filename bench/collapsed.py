@@ -35,12 +35,11 @@ import nutpie
 import pymc as pm
 from threadpoolctl import threadpool_limits
 
-from bayesfed.design.columns import Design
+from bayesfed.design.columns import Design, design_for
 from bayesfed.design.suffstats import school_stats
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import design_for
 from bayesfed.modelling.priors import PriorSet, resolve_priors
 from bayesfed.modelling.two_level import (
     add_school_draws,

@@ -34,11 +34,11 @@ OPTIONS = ("fastmath", "ieee", "bayesfed", "nocache", "pymc_c", "pymc_ieee")
 
 def build_models(m2_only: bool) -> dict:
     """The two models, built as ``bayesfed fit`` builds them."""
-    from bayesfed.design.cells import cell_stats
+    from bayesfed.design.cells import cell_stats, event_design_for
+    from bayesfed.design.columns import design_for
     from bayesfed.inputs.read import read_table
     from bayesfed.inputs.spec import load_spec
     from bayesfed.inputs.validate import validate_table
-    from bayesfed.jobs.fitting import design_for, event_design_for
     from bayesfed.modelling.event_pooled import build_event_time_parts, resolve_event_priors
     from bayesfed.modelling.priors import resolve_priors
     from bayesfed.modelling.two_level import build_two_level_collapsed

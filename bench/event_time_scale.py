@@ -75,17 +75,17 @@ def write_event_csv(study: Path, csv: Path) -> None:
     ``cohort``, the coded pupil predictors, ``federated``, ``lead_m2``, ``effect_0..K``.
 
     Built with bayesfed's own reading, validation and
-    :func:`bayesfed.jobs.fitting.event_design_for`, so the peers fit exactly the pupils and
+    :func:`bayesfed.design.cells.event_design_for`, so the peers fit exactly the pupils and
     event-year coding bayesfed fits.
     """
     import numpy as np
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
+    from bayesfed.design.cells import event_design_for
     from bayesfed.inputs.read import read_table
     from bayesfed.inputs.spec import load_spec
     from bayesfed.inputs.validate import validate_table
-    from bayesfed.jobs.fitting import event_design_for
 
     spec = load_spec(SPEC)
     design = event_design_for(validate_table(read_table(study), spec), spec)

@@ -37,7 +37,7 @@ def main() -> None:
     from bayesfed.design.reduce import reduce_file
     from bayesfed.design.stacked import stacked_data
     from bayesfed.inputs.spec import load_spec
-    from bayesfed.jobs.fitting import FitOptions, fit_seed
+    from bayesfed.jobs.fit_one import FitOptions, fit_seed
     from bayesfed.modelling.event_pooled import (
         add_effect_draws,
         build_event_time_parts,

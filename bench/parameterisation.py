@@ -24,11 +24,10 @@ import arviz as az
 import numpy as np
 import pymc as pm
 
-from bayesfed.design.columns import Design
+from bayesfed.design.columns import Design, design_for
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import design_for
 from bayesfed.modelling.priors import PriorSet, resolve_priors
 from bayesfed.modelling.two_level import build_two_level, school_values
 from bayesfed.sampling.nuts import sample

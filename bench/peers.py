@@ -73,10 +73,10 @@ import pymc as pm
 import pytensor
 from threadpoolctl import threadpool_limits
 
+from bayesfed.design.columns import design_for
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import ModelSpec, load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import design_for
 from bayesfed.modelling.priors import resolve_priors
 from bayesfed.modelling.two_level import (
     add_school_draws,

@@ -39,7 +39,10 @@ import numpy as np
 import pandas as pd
 
 from bayesfed.design.suffstats import GroupPart, group_part, merge_group_parts
+from bayesfed.errors import DataError
 from bayesfed.inputs.coding import predictor_columns
+from bayesfed.inputs.spec import ModelSpec
+from bayesfed.inputs.validate import PupilTable
 
 #: Columns of the canonical table the event design reads besides the predictors.
 EVENT_COLUMNS = ("outcome", "school", "cohort", "years_since", "federated")
@@ -504,3 +507,19 @@ def cell_stats(design: EventDesign) -> CellStats:
 def _label_values(labels: tuple[str, ...], idx: np.ndarray) -> np.ndarray:
     """Each row's label ("" for -1)."""
     return np.asarray(("", *labels), dtype=object)[idx + 1]
+
+
+def event_design_for(table: PupilTable, spec: ModelSpec) -> EventDesign:
+    """The event-time design of an ``event_time`` spec on the whole table.
+
+    Raises
+    ------
+    DataError
+        An event year the spec asks for has no federated pupil (its term is not identified).
+    """
+    event = spec.event_options
+    try:
+        return build_event_design(table.frame, spec.predictors.pupil, spec.categorical_coding(),
+                                  leads=event.leads, effects=range(event.years_after + 1))
+    except ValueError as exc:
+        raise DataError(f"{spec.source}: {exc}") from None

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from bayesfed.inputs.coding import predictor_columns
+from bayesfed.inputs.spec import ModelSpec
+from bayesfed.inputs.validate import PupilTable
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,9 @@ def build_design(
         schools=tuple(str(s) for s in schools),
         school_level=tuple(level),
     )
+
+
+def design_for(table: PupilTable, spec: ModelSpec, year: int | None) -> Design:
+    """The design of one model on one year's pupils (the whole table when ``year`` is None)."""
+    return build_design(table.select_year(year), spec.predictors.pupil, spec.predictors.school,
+                        spec.categorical_coding())

@@ -10,7 +10,7 @@ the fits of a job run on its workers.
   statistics (per cell, or per year and school); the scans come back (the statistics, 8 bytes
   per pupil for the duplicated-id rule) and merge in file order, so the result and every
   error message are those of :func:`bayesfed.design.reduce.reduce_file` on one machine.
-* :func:`bayesfed.jobs.fitting.run_job` with ``executor=client.get_executor()`` sends each fit (its
+* :func:`bayesfed.jobs.schedule.run_job` with ``executor=client.get_executor()`` sends each fit (its
   spec, its year's pupils or the reduced statistics) to a worker, which writes the fit file
   atomically. The workers must see the output folder (a shared file system). Fits already
   running on a worker when the job is interrupted finish there; the others are cancelled.

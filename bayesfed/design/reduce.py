@@ -121,7 +121,7 @@ class EventReducer:
         identify its effects, :func:`bayesfed.design.stacked.stacked_data`)."""
         try:
             stats = finish_cells(part, self.leads, self.years_after)
-            if self.spec.event_options.design == "stacked":
+            if self.spec.kind.name == "event_stacked":
                 stacked_data(stats)
             return stats
         except ValueError as exc:
@@ -222,7 +222,7 @@ def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = 
     DataError
         The file cannot be read, or a column the spec needs is missing or ambiguous.
     """
-    if spec.model.family == "event_time":
+    if spec.kind.joint:
         years = None
     rules, problems = rules_for(table_columns(path), spec, years, drop_incomplete,
                                 str(path) if source is None else source)
@@ -282,7 +282,7 @@ def reduce_frame(frame: pd.DataFrame, spec: ModelSpec, years: Sequence[int] | No
     frame's rows taken in batches of :data:`bayesfed.inputs.read.BATCH_ROWS` as a file's are read
     (so a table gives the same numbers from memory as from its Parquet file). ``frame`` is
     not modified."""
-    if spec.model.family == "event_time":
+    if spec.kind.joint:
         years = None
     rules, problems = rules_for(frame.columns, spec, years, drop_incomplete, source)
     columns = list(dict.fromkeys(rules.present.values()))
@@ -314,7 +314,7 @@ def reduced_from(result: Scan, rules: Rules, batches: Callable[[], Iterable[pd.D
 def reducer_for(spec: ModelSpec, years: Sequence[int] | None) -> EventReducer | YearReducer:
     """The reducer of a spec: per cell for an ``event_time`` spec, per year and school for a
     ``two_level`` one."""
-    return EventReducer(spec) if spec.model.family == "event_time" else YearReducer(spec, years)
+    return EventReducer(spec) if spec.kind.joint else YearReducer(spec, years)
 
 
 def reduce_table(table: PupilTable, spec: ModelSpec) -> Reduced:

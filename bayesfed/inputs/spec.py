@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bayesfed.errors import SpecError
+from bayesfed.inputs.families import Kind, kind_of
 from bayesfed.inputs.schema import ROLES
 
 #: ``two_level``: one fit per year since founding (the paper's models,
@@ -246,6 +247,13 @@ class ModelSpec(_Strict):
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def kind(self) -> Kind:
+        """The kind of model (:data:`bayesfed.inputs.families.KINDS`): the family and, for
+        ``event_time``, the design."""
+        event = self.event_options.design if self.model.family == "event_time" else None
+        return kind_of(self.model.family, event)
 
     @property
     def terms(self) -> list[str]:

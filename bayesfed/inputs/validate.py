@@ -193,9 +193,9 @@ def needed_roles(spec: ModelSpec, years: Sequence[int] | None) -> list[str]:
     their deviations of the effect.
     """
     needed = ["outcome", "school", *spec.terms]
-    if spec.model.family == "event_time":
+    needed += list(spec.kind.roles)
+    if spec.kind.joint:
         event = spec.event_options
-        needed += ["federated", "cohort"]
         needed += ["federation"] if event.federation_deviations else []
         needed += ["federation_type"] if event.type_effects else []
     return list(dict.fromkeys(needed))
@@ -366,7 +366,7 @@ def rules_for(columns: Sequence[str], spec: ModelSpec, years: Iterable[int] | No
     years = None if years is None else tuple(sorted(set(int(y) for y in years)))
     columns = pd.Index(list(columns))
     needed = needed_roles(spec, years)
-    if years is not None or spec.model.family == "event_time":
+    if years is not None or spec.kind.joint:
         # years since founding are read, or derived from the calendar years
         needed += (["years_since"] if spec.column("years_since") in columns
                    else ["cohort", "founding_year"])

@@ -14,11 +14,13 @@ from rich.console import Console
 from bayesfed.design.distributed import reduce_dask
 from bayesfed.design.reduce import reduce_file, reduce_frame
 from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
+from bayesfed.inputs.families import fit_kind
 from bayesfed.inputs.published import load_published
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import ModelSpec, load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import FitOptions, fit_name, planned_fits, run_job
+from bayesfed.jobs.fit_one import FitOptions, fit_name
+from bayesfed.jobs.schedule import planned_fits, run_job
 from bayesfed.posterior.summarize import write_summary
 from bayesfed.report.markdown import Flavour, render_markdown
 from bayesfed.report.plots import (
@@ -82,7 +84,7 @@ def fit_command(
     Every spec is validated against the data (and every year) before the first fit starts,
     so a data or spec problem never costs sampling time. ``resume`` keeps the complete fits of
     an interrupted job and fits the rest, ``jobs`` fits in that many worker processes
-    (:func:`bayesfed.jobs.fitting.run_job`). ``dask``, the address of a Dask scheduler, reduces a
+    (:func:`bayesfed.jobs.schedule.run_job`). ``dask``, the address of a Dask scheduler, reduces a
     Parquet dataset for each spec on the cluster's workers and runs the fits there
     (:mod:`bayesfed.design.distributed`; ``jobs`` is then the cluster's worker threads).
 
@@ -177,7 +179,7 @@ def _tables(specs, data: Path | pd.DataFrame, years, drop_incomplete: bool, clie
     pupil-row likelihood gets its validated pupils, in memory.
     """
     def needs_rows(spec) -> bool:
-        return spec.model.family == "two_level" and spec.model.likelihood == "pupil_rows"
+        return spec.kind.per_year and spec.model.likelihood == "pupil_rows"
 
     in_memory = isinstance(data, pd.DataFrame)
     source = "data" if in_memory else str(data)
@@ -256,7 +258,7 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
     """
     published = load_published()
     fits = summary["fits"]
-    two_level = [f for f in fits if f.get("family", "two_level") == "two_level"]
+    two_level = [f for f in fits if fit_kind(f).per_year]
     models = sorted({f["model"] for f in two_level})
     main = next((m for m in models if any("federation_effect" in f for f in two_level
                                           if f["model"] == m)), models[-1] if models else None)
@@ -274,7 +276,7 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
         trees = {f["year"]: load_fit(folder / f["file"], posterior=RANK_VARS)
                  for f in two_level if f["model"] == main}
         drawn["rank_by_year"] = rank_by_year(trees, figures / "rank_by_year.png")
-    joint = next((f for f in fits if f.get("family") == "event_time"), None)
+    joint = next((f for f in fits if fit_kind(f).joint), None)
     if joint is not None:
         drawn["rank_event_time"] = rank_event_time(
             load_fit(folder / joint["file"], posterior=RANK_EVENT_VARS),

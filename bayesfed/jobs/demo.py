@@ -39,8 +39,8 @@ def run_demo(out: Path, data: Path, specs: Sequence[Path], console: Console,
     seed : int
         Job seed.
     jobs : int
-        Fits run at once in worker processes (:func:`bayesfed.jobs.fitting.run_job`); the numbers do
-        not depend on it.
+        Fits run at once in worker processes (:func:`bayesfed.jobs.schedule.run_job`); the numbers
+        do not depend on it.
 
     Returns
     -------

@@ -73,13 +73,12 @@ import xarray as xr
 
 from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import SchoolSummary, summary_of
+from bayesfed.inputs.families import tree_kind
+from bayesfed.posterior.intervals import PROB
 
 #: Variables of a fit's ``constant_data`` that the checks need (:func:`school_data`).
 SCHOOL_DATA = ("school_n", "school_y_mean", "school_x_mean", "school_yy", "school_xy",
                "school_xx")
-
-#: Probability mass of the predictive intervals (central) and bands.
-PROB = 0.94
 
 
 def school_data(data: Design | SchoolSummary) -> xr.Dataset:
@@ -116,7 +115,7 @@ def school_data(data: Design | SchoolSummary) -> xr.Dataset:
 
 def has_school_data(tree: xr.DataTree) -> bool:
     """Whether a fit stores the per-school statistics the checks need."""
-    if tree.attrs.get("bayesfed_family", "two_level") != "two_level":
+    if tree_kind(tree.attrs).joint:
         return False
     if "constant_data" not in tree.children:
         return False

@@ -26,6 +26,7 @@ from arviz import hdi
 
 from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import SchoolSummary, summary_of
+from bayesfed.posterior.intervals import PROB
 
 #: Dims of one posterior draw.
 SAMPLE_DIMS = ("chain", "draw")
@@ -158,7 +159,7 @@ def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray) -> xr.Datas
     return out
 
 
-def hdi_summary(da: xr.DataArray, prob: float = 0.94) -> dict[str, float]:
+def hdi_summary(da: xr.DataArray, prob: float = PROB) -> dict[str, float]:
     """Mean, standard deviation and highest-density interval of a scalar-per-draw quantity.
 
     Parameters

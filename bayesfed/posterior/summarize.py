@@ -47,6 +47,7 @@ import numpy as np
 import xarray as xr
 
 from bayesfed import __version__
+from bayesfed.inputs.families import fit_kind, tree_kind
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.posterior.checks import (
     compare_loo,
@@ -57,6 +58,7 @@ from bayesfed.posterior.checks import (
     psis_loo,
 )
 from bayesfed.posterior.effects import sensitivity
+from bayesfed.posterior.intervals import PROB
 from bayesfed.posterior.partition import (
     decomposition_from_cov,
     hdi_summary,
@@ -64,9 +66,6 @@ from bayesfed.posterior.partition import (
     vpc,
 )
 from bayesfed.store import fit_attrs, load_fit, write_json
-
-#: Probability mass of every reported interval.
-PROB = 0.94
 
 #: Diagnostic gates: a fit breaking any of them is marked failed (``diagnostics.ok`` false).
 #: ``min_bfmi``: the energy Bayesian fraction of missing information of every chain (E-BFMI,
@@ -139,7 +138,7 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
         E-BFMI of any chain, from ``sample_stats.energy`` by ``arviz.bfmi``; None when
         undefined or the fit has no energy), ``problems`` (list of str) and ``ok`` (bool).
     """
-    checked = CHECKED if tree.attrs.get("bayesfed_family", "two_level") == "two_level" \
+    checked = CHECKED if tree_kind(tree.attrs).per_year \
         else tuple(tree.posterior.data_vars)
     names = [v for v in checked if v in tree.posterior]
     # a chain that never moved has zero variance: its R-hat and ESS are undefined (NaN), which
@@ -231,16 +230,15 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     Parameters
     ----------
     tree : xarray.DataTree
-        A fit saved by :func:`bayesfed.jobs.fitting.fit_one`.
+        A fit saved by :func:`bayesfed.jobs.fit_one.fit_one`.
     reference : xarray.DataTree, optional
         The fit of the model's reference model on the same pupils.
     file : str
         The fit's file name, recorded in the summary.
     """
-    if tree.attrs.get("bayesfed_family", "two_level") == "event_time":
-        if tree.attrs.get("bayesfed_design", "pooled") == "stacked":
-            return summarize_stacked_fit(tree, file)
-        return summarize_event_fit(tree, file)
+    kind = tree_kind(tree.attrs)
+    if kind.joint:
+        return (summarize_stacked_fit if kind.by_cohort else summarize_event_fit)(tree, file)
     post = tree.posterior.to_dataset()
     params = param_summaries(tree)
     cov = tree.constant_data["x_cov"].to_numpy()
@@ -294,7 +292,7 @@ def _with_p_positive(stats: dict, draws: xr.DataArray) -> dict:
 
 
 def summarize_event_fit(tree: xr.DataTree, file: str = "") -> dict[str, object]:
-    """Summary of an event-time fit (:func:`bayesfed.jobs.fitting.fit_event_time`).
+    """Summary of an event-time fit (:func:`bayesfed.jobs.fit_one.fit_event_time`).
 
     Returns
     -------
@@ -479,9 +477,9 @@ def compare_with_per_year(fits: list[dict]) -> None:
     model's 94% HDI width of delta_k over the per-year model's (below 1: the joint model is
     more precise).
     """
-    per_year = [f for f in fits if f["family"] == "two_level" and "federation_effect" in f
+    per_year = [f for f in fits if fit_kind(f).per_year and "federation_effect" in f
                 and f["year"] is not None]
-    for fit in (f for f in fits if f["family"] == "event_time"):
+    for fit in (f for f in fits if fit_kind(f).joint):
         ratios, model = {}, None
         for other in per_year:
             key = str(other["year"])

@@ -34,7 +34,9 @@ from typing import Literal
 
 import pandas as pd
 
+from bayesfed.inputs.families import fit_kind
 from bayesfed.inputs.published import load_published, published_rows
+from bayesfed.posterior.intervals import PERCENT
 
 #: Row labels of the paper's tables, by coefficient name.
 LABELS = {
@@ -119,7 +121,7 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         label = LABELS.get(name, name)
         lines.append(_row(f"**{label}**", [_cell(f["params"][name]["mean"],
                                                   f["params"][name]["sd"]) for f in fits]))
-        lines.append(_row("  94% HDI", [_interval(f["params"][name]) for f in fits]))
+        lines.append(_row(f"  {PERCENT} HDI", [_interval(f["params"][name]) for f in fits]))
         lines.append(_row("  REML", [_cell(*f["reml"]["coef"][name]) if "coef" in f["reml"]
                                      else "failed" for f in fits]))
         if has_paper:
@@ -153,9 +155,10 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     lines.append(_row("diagnostics", ["ok" if f["diagnostics"]["ok"] else "**FAILED**"
                                       for f in fits]))
     paper = "; the published value (SE)" if has_paper else ""
-    lines += ["", f"Cells: posterior mean (sd) and its 94% HDI; REML estimate (SE) on the same "
+    lines += ["", f"Cells: posterior mean (sd) and its {PERCENT} HDI; REML estimate (SE) on the "
+                  "same "
               f"pupils{paper}. "
-              "Variance rows: posterior mean [94% HDI], in percent.", ""]
+              f"Variance rows: posterior mean [{PERCENT} HDI], in percent.", ""]
     return lines
 
 
@@ -165,7 +168,8 @@ def federation_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     if not rows:
         return []
     lines = ["## Federation impact by year", "",
-             "| model | year | mean | sd | 94% HDI | P(effect > 0) | REML (SE) | paper (SE) |",
+             f"| model | year | mean | sd | {PERCENT} HDI | P(effect > 0) | REML (SE) | paper "
+             "(SE) |",
              "|---|---|---|---|---|---|---|---|"]
     for f in rows:
         e = f["federation_effect"]
@@ -192,10 +196,10 @@ def pre_trend_verdict(fit: dict) -> str:
                       for k in leads)
     if fit["pre_trend"]["flagged"]:
         return (f"**Pre-trend flagged.** Before founding, federated schools already differed "
-                f"from their reference year (-1) relative to matched schools ({shown}; a 94% "
+                f"from their reference year (-1) relative to matched schools ({shown}; a {PERCENT} "
                 "HDI excludes 0). The effects after founding may partly continue a trend that "
                 "began before federation; read them with care.")
-    return (f"No sign of a pre-federation trend: every lead's 94% HDI covers 0 ({shown}). "
+    return (f"No sign of a pre-federation trend: every lead's {PERCENT} HDI covers 0 ({shown}). "
             "This supports, but cannot prove, that federated and matched schools would have "
             "moved in parallel without federation.")
 
@@ -204,7 +208,7 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> 
     """The joint event-time model: trajectory table, pre-trend check, variance partition and
     heterogeneity (its trajectory figure is drawn in the federation-impact section)."""
     effects = fit["federation_effect"]
-    per_year = {f["year"]: f for f in fits if f.get("family", "two_level") == "two_level"
+    per_year = {f["year"]: f for f in fits if fit_kind(f).per_year
                 and "federation_effect" in f and f["year"] is not None}
     comparison = fit.get("per_year_comparison", {})
     ratios = comparison.get("width_ratio", {})
@@ -215,8 +219,9 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> 
              + (f" ({fit['n_dropped']:,} pupils outside the modelled years left out)"
                 if fit["n_dropped"] else "") + ". The reference is year -1, the last cohort "
              "before founding; years before it are placebo leads.", "",
-             f"| years since founding | mean (sd) | 94% HDI | P(effect > 0) | R-hat / ESS bulk "
-             f"| {per_model} mean [94% HDI] | width ratio joint / {per_model} | "
+             f"| years since founding | mean (sd) | {PERCENT} HDI | P(effect > 0) | R-hat / ESS "
+             "bulk "
+             f"| {per_model} mean [{PERCENT} HDI] | width ratio joint / {per_model} | "
              "paper (SE) |", "|---|---|---|---|---|---|---|---|"]
     for key in sorted([*effects, str(fit["reference_year"])], key=int):
         if key not in effects:
@@ -237,7 +242,7 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> 
               f"{trajectory['first']}) = {trajectory['p_last_gt_first']:.3f}."]
     if ratios:
         lines.append(f"Across years {min(ratios, key=int)}-{max(ratios, key=int)} the joint "
-                     f"model's 94% intervals are {min(ratios.values()):.2f}-"
+                     f"model's {PERCENT} intervals are {min(ratios.values()):.2f}-"
                      f"{max(ratios.values()):.2f} times as wide as those of the separate "
                      f"{per_model} fits.")
     lines += ["", "### Pre-trend check", "", pre_trend_verdict(fit), "",
@@ -253,12 +258,12 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> 
         ("sd_type", "sd of the effect between federation types"),
         ("sd_school", "school sd"), ("sd_cell", "school-by-cohort sd"), ("sigma", "pupil sd"))
         if name in params]
-    lines += ["| parameter | mean (sd) | 94% HDI |", "|---|---|---|"]
+    lines += [f"| parameter | mean (sd) | {PERCENT} HDI |", "|---|---|---|"]
     lines += [f"| {label} | {_cell(params[n]['mean'], params[n]['sd'])} | "
               f"{_interval(params[n])} |" for n, label in rows]
     if "type_effect" in fit:
         lines += ["", "### Effect by federation type (average over the years after founding)",
-                  "", "| type | mean (sd) | 94% HDI | P(effect > 0) |", "|---|---|---|---|"]
+                  "", f"| type | mean (sd) | {PERCENT} HDI | P(effect > 0) |", "|---|---|---|---|"]
         lines += [f"| {k} | {_cell(v['mean'], v['sd'])} | {_interval(v)} | "
                   f"{v['p_positive']:.3f} |" for k, v in sorted(fit["type_effect"].items())]
     d = fit["diagnostics"]
@@ -274,7 +279,7 @@ def event_time_section(fit: dict, fits: list[dict], published: pd.DataFrame) -> 
 
 def is_stacked(fit: dict) -> bool:
     """Whether an event-time fit's summary is of the stacked design."""
-    return fit.get("design") == "stacked"
+    return fit_kind(fit).by_cohort
 
 
 #: The stacked model's variance and effect-heterogeneity parameters, in the report's order,
@@ -362,14 +367,14 @@ def att_table(fit: dict, fits: list[dict], published: pd.DataFrame) -> list[str]
     """ATT(k) by year since founding, the aggregated leads, the reference year and the average
     over the years, beside the per-year fits and the paper where the folder has them."""
     effects = fit["federation_effect"]
-    per_year = {f["year"]: f for f in fits if f.get("family", "two_level") == "two_level"
+    per_year = {f["year"]: f for f in fits if fit_kind(f).per_year
                 and "federation_effect" in f and f["year"] is not None}
     comparison = fit.get("per_year_comparison", {})
     ratios = comparison.get("width_ratio", {})
     per_model = comparison.get("model", "per-year")
     compared = bool(comparison)
-    lines = ["| years since founding | ATT mean (sd) | 94% HDI | P(effect > 0) | "
-             "R-hat / ESS bulk | " + (f"{per_model} mean [94% HDI] | width ratio joint / "
+    lines = [f"| years since founding | ATT mean (sd) | {PERCENT} HDI | P(effect > 0) | "
+             "R-hat / ESS bulk | " + (f"{per_model} mean [{PERCENT} HDI] | width ratio joint / "
                                      f"{per_model} | " if compared else "") + "paper (SE) |",
              "|---|---|---|---|---|" + "---|---|" * compared + "---|"]
 
@@ -417,7 +422,8 @@ def cohort_tables(fit: dict) -> list[str]:
                               if e in weights.get(k, {}) else "" for k in years]))
     units, weight = _unit_text(fit)
     lines += ["", f"First table: ATT(e,k), the average effect on founding cohort e's "
-              f"{units.removeprefix('the ')} k years after founding, posterior mean [94% HDI] "
+              f"{units.removeprefix('the ')} k years after founding, posterior mean [{PERCENT} "
+              "HDI] "
               f"(leads: cohort e's placebo term). Second table: the weight w(e,k) of cohort e "
               f"in ATT(k), {weight} (each year's weights sum to 1), and in brackets cohort e's "
               "federated pupils in year k.", ""]
@@ -428,13 +434,14 @@ def breakdown_sentence(sensitivity: dict) -> str:
     """The breakdown value of the sensitivity analysis in words."""
     m = sensitivity["breakdown_m"]
     if m is None:
-        return ("No M up to 100 breaks it: the average effect's 94% interval excludes 0 even "
+        return (f"No M up to 100 breaks it: the average effect's {PERCENT} interval excludes 0 "
+                "even "
                 "when post-founding trend changes may be 100 times the largest pre-founding "
                 "one.")
     if m == 0:
-        return ("The average effect's 94% interval covers 0 even at M = 0 (parallel trends "
+        return (f"The average effect's {PERCENT} interval covers 0 even at M = 0 (parallel trends "
                 "exactly), so there is no breakdown value to report.")
-    return (f"The average effect's 94% interval first covers 0 at M = {m:.2f}: a "
+    return (f"The average effect's {PERCENT} interval first covers 0 at M = {m:.2f}: a "
             f"post-founding trend change of {m:.2f} times the largest pre-founding one "
             "would be enough to explain the effect away.")
 
@@ -455,7 +462,7 @@ def sensitivity_lines(fit: dict) -> list[str]:
               f"years of the aggregated leads (posterior mean {s['max_pre_change']:.2f} "
               "outcome units) bounds the bias of ATT(k) by (k+1) M times that change "
               "(Rambachan & Roth 2023, relative magnitudes). Each interval below covers the "
-              "effect's identified set with posterior probability at least 94%; M = 0 is "
+              f"effect's identified set with posterior probability at least {PERCENT}; M = 0 is "
               "parallel trends exactly. " + breakdown_sentence(s), "",
               _row("M", [f"average, years {_years_span(years)}",
                          *(f"ATT({k})" for k in years)]),
@@ -505,7 +512,7 @@ def cell_checks_lines(fit: dict) -> list[str]:
                   "model's variance structure is tested, not its fitted intercepts. p = "
                   f"P(replicated >= observed); outside [{P_RANGE[0]}, {P_RANGE[1]}] (in bold) "
                   "the model misses the statistic.", "",
-                  "| statistic | observed | posterior predictive mean [94%] | p |",
+                  f"| statistic | observed | posterior predictive mean [{PERCENT}] | p |",
                   "|---|---|---|---|"]
         names = [*(n for n in CELL_STATISTICS if n in checks["posterior"]),
                  *(n for n in checks["posterior"] if n not in CELL_STATISTICS)]
@@ -539,7 +546,7 @@ def stacked_parameters(fit: dict) -> list[str]:
              "| school | school-by-cohort | pupil |", "|---|---|---|",
              "| " + " | ".join(_pct(fit["variance_partition"][k])
                                for k in ("school", "cell", "pupil")) + " |", "",
-             "| parameter | mean (sd) | 94% HDI |", "|---|---|---|"]
+             f"| parameter | mean (sd) | {PERCENT} HDI |", "|---|---|---|"]
     unit = fit.get("deviation_unit", "federation")
     lines += [f"| {label.format(unit=unit)} | {_cell(params[n]['mean'], params[n]['sd'])} | "
               f"{_interval(params[n])} |" for n, label in STACKED_PARAMS.items() if n in params]
@@ -547,7 +554,8 @@ def stacked_parameters(fit: dict) -> list[str]:
               f"{_cell(g['mean'], g['sd'])} | {_interval(g)} |"
               for e, g in sorted(fit["gap"].items())]
     return [*lines, "", "Variance partition: share of the residual variance, posterior mean "
-            "[94% HDI], in percent. The gaps are each founding cohort's federated-vs-matched "
+            f"[{PERCENT} HDI], in percent. The gaps are each founding cohort's "
+            "federated-vs-matched "
             "difference in the reference year, which the effects are measured from.", ""]
 
 
@@ -574,7 +582,7 @@ def stacked_event_section(fit: dict, fits: list[dict], published: pd.DataFrame,
              f"{trajectory['p_last_gt_first']:.3f}."]
     if ratios:
         lines.append(f"Across years {min(ratios, key=int)}-{max(ratios, key=int)} the joint "
-                     f"model's 94% intervals are {min(ratios.values()):.2f}-"
+                     f"model's {PERCENT} intervals are {min(ratios.values()):.2f}-"
                      f"{max(ratios.values()):.2f} times as wide as those of the separate "
                      f"{comparison['model']} fits.")
     lines.append("")
@@ -614,18 +622,19 @@ def decomposition_table(fits: list[dict]) -> list[str]:
 CAPTIONS = {
     "trajectory": "Federation effect by year since founding: per-year models, the joint "
                   "event-time model (when fitted; of the stacked design, ATT(k)) and the "
-                  "paper's Table 5, with 94% intervals.",
-    "variance_partition": "Share of the residual variance between schools (solid, with 94% "
+                  f"paper's Table 5, with {PERCENT} intervals.",
+    "variance_partition": f"Share of the residual variance between schools (solid, with {PERCENT} "
                           "HDI) and between pupils (pale), by year and model.",
     "predictive": "Posterior predictive check: sorted observed school means and within-school "
-                  "sds against the 94% band of replications.",
+                  f"sds against the {PERCENT} band of replications.",
     "rank_by_year": "Rank plots of the per-year fits' main parameters.",
     "rank_event_time": "Rank plots of the event-time model's effects and standard deviations.",
     "event_study": "Event study of the stacked model: ATT(k), the average effect on the "
-                   "federated pupils by year since founding, with its 94% HDI, the aggregated "
+                   f"federated pupils by year since founding, with its {PERCENT} HDI, the "
+                   "aggregated "
                    "leads, and each founding cohort's ATT(e,k) (thin lines); the reference "
                    "year -1 is 0 by definition.",
-    "sensitivity": "Sensitivity to a violation of parallel trends: for each M, the 94% "
+    "sensitivity": f"Sensitivity to a violation of parallel trends: for each M, the {PERCENT} "
                    "interval of the average effect (and of each ATT(k)) when post-founding "
                    "trend changes may reach M times the largest pre-founding one; the dashed "
                    "line marks the breakdown value.",
@@ -678,7 +687,7 @@ def _years_text(years: list[int | None]) -> str:
 
 
 def _two_level(fits: list[dict]) -> list[dict]:
-    return [f for f in fits if f.get("family", "two_level") == "two_level"]
+    return [f for f in fits if fit_kind(f).per_year]
 
 
 def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
@@ -717,13 +726,13 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
             f"**Federation effect, year by year ({model}).** Pupils in federated schools differ "
             f"from similar pupils in matched schools by {means} outcome units "
             f"(posterior means, "
-            f"{_years_text([f['year'] for f in rows])}); the 94% HDI excludes zero in "
+            f"{_years_text([f['year'] for f in rows])}); the {PERCENT} HDI excludes zero in "
             f"{len(excluded)} of {len(rows)} years"
             + (f" ({_years_text(excluded)})" if excluded else "")
             + f", and P(effect > 0) is {_span([e['p_positive'] for e in effects], '.2f')}"
             + (f". The paper's Table 5 estimates are {_span(list(paper['estimate']), '.3g')}"
                if not paper.empty and model == "M2" else "") + ".")
-    for fit in (f for f in fits if f.get("family") == "event_time"):
+    for fit in (f for f in fits if fit_kind(f).joint):
         if is_stacked(fit):
             items.append(stacked_summary_item(fit))
             continue
@@ -732,7 +741,7 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
         items.append(
             f"**All cohorts at once ({fit['model']}).** The joint event-time model puts the "
             f"effect at {first['mean']:.2f} {_interval(first)} in year {t['first']} and "
-            f"{last['mean']:.2f} {_interval(last)} in year {t['last']} (94% HDIs); the "
+            f"{last['mean']:.2f} {_interval(last)} in year {t['last']} ({PERCENT} HDIs); the "
             f"probability that it grew between them is {t['p_last_gt_first']:.2f}. "
             + ("**A pre-federation trend is flagged**: read the effects with care."
                if fit["pre_trend"]["flagged"] else
@@ -758,7 +767,7 @@ def plain_summary(summary: dict, published: pd.DataFrame) -> list[str]:
         items.append(
             f"**Does the model reproduce the data?** Of {len(checked)} posterior predictive "
             f"checks ({len(STATISTICS)} statistics per fit), {len(odd)} fall outside the "
-            f"replications' central 94%"
+            f"replications' central {PERCENT}"
             + (": " + "; ".join(f"{f['model']} {_year_label(f['year'])}: "
                                 f"{STATISTICS.get(n, n)}" for f, n in odd[:6])
                + ("; ..." if len(odd) > 6 else "") if odd else "") + ".")
@@ -780,7 +789,7 @@ def stacked_summary_item(fit: dict) -> str:
         "matched schools of its own founding cohort in the same year, the average effect of "
         f"federation on {units} is {_mean_hdi(first)} in year {t['first']} after founding "
         f"and {_mean_hdi(last)} in year {t['last']}, {_mean_hdi(average)} on average over "
-        f"years {t['first']}-{t['last']} (outcome units, 94% HDIs); P(average > 0) = "
+        f"years {t['first']}-{t['last']} (outcome units, {PERCENT} HDIs); P(average > 0) = "
         f"{average['p_positive']:.2f}. "
         + ("**A pre-federation trend is flagged**: read the effects with care."
            if fit["pre_trend"]["flagged"] else
@@ -805,7 +814,7 @@ def data_section(summary: dict) -> list[str]:
                          + " / ".join(str(j) for _, j in sizes) + " | "
                          + ", ".join(f["model"] for f in rows) + " |")
         lines.append("")
-    for f in (f for f in fits if f.get("family") == "event_time"):
+    for f in (f for f in fits if fit_kind(f).joint):
         founded = (f" founded in {f['n_foundings']} years" if is_stacked(f) else "")
         lines += [f"The joint event-time model ({f['model']}) uses {f['n_pupils']:,} pupils in "
                   f"{f['n_schools']} schools ({f['n_federations']} federations{founded}), "
@@ -849,8 +858,8 @@ def predictive_section(summary: dict, figure: tuple[str, str] | None,
         fit = [f for f in fits if f["model"] == model][-1]
         post, prior = fit["predictive"]["posterior"], fit["predictive"]["prior"]
         lines += [f"### {model}, {_year_label(fit['year'])}: observed and replicated", "",
-                  "| statistic | observed | posterior predictive mean [94%] | p | "
-                  "prior predictive mean [94%] | prior p |", "|---|---|---|---|---|---|"]
+                  f"| statistic | observed | posterior predictive mean [{PERCENT}] | p | "
+                  f"prior predictive mean [{PERCENT}] | prior p |", "|---|---|---|---|---|---|"]
         for name, label in STATISTICS.items():
             a, b = post[name], prior[name]
             lines.append(f"| {label} | {a['observed']:.2f} | {a['mean']:.2f} [{a['low']:.2f}, "
@@ -990,13 +999,13 @@ def render_markdown(summary: dict, title: str = "bayesfed report",
     if federation or "trajectory" in figures:
         lines += federation or ["## Federation impact by year", ""]
         lines += figure_lines(figures.get("trajectory"), CAPTIONS["trajectory"], flavour)
-    first_stacked = next((f for f in fits if f.get("family") == "event_time"
+    first_stacked = next((f for f in fits if fit_kind(f).joint
                           and is_stacked(f)), None)
     for fit in fits:
-        if fit.get("family") == "event_time" and is_stacked(fit):
+        if fit_kind(fit).joint and is_stacked(fit):
             lines += stacked_event_section(fit, fits, published,
                                            figures if fit is first_stacked else None, flavour)
-        elif fit.get("family") == "event_time":
+        elif fit_kind(fit).joint:
             lines += event_time_section(fit, fits, published)
     if two_level:
         lines += decomposition_table(two_level)

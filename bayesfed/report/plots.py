@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
@@ -21,8 +22,13 @@ import xarray as xr
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from bayesfed.inputs.families import fit_kind, tree_kind
 from bayesfed.inputs.published import published_rows
+from bayesfed.posterior.intervals import PERCENT, PROB
 from bayesfed.store import write_bytes
+
+#: Half-width of the paper's normal intervals in standard errors (1.88 for 94%).
+Z = NormalDist().inv_cdf((1 + PROB) / 2)
 
 #: Dots per inch of the saved PNGs.
 DPI = 120
@@ -101,9 +107,9 @@ def federation_trajectory_figure(summary: dict, published: pd.DataFrame
         The figure and its alt text; None when no fit has a federation effect. Without an
         event-time fit the per-year fits and the paper are drawn alone.
     """
-    joint = next((f for f in summary["fits"] if f.get("family") == "event_time"), None)
-    stacked = joint is not None and joint.get("design") == "stacked"
-    per_year = [f for f in summary["fits"] if f.get("family", "two_level") == "two_level"
+    joint = next((f for f in summary["fits"] if fit_kind(f).joint), None)
+    stacked = joint is not None and fit_kind(joint).by_cohort
+    per_year = [f for f in summary["fits"] if fit_kind(f).per_year
                 and "federation_effect" in f and f["year"] is not None]
     if joint is None and not per_year:
         return None
@@ -119,8 +125,8 @@ def federation_trajectory_figure(summary: dict, published: pd.DataFrame
         high = [0.0 if k == ref else effects[str(k)]["hdi_high"] for k in years]
         ax.fill_between(years, low, high, color="tab:blue", alpha=0.2, linewidth=0)
         ax.plot(years, means, "o-", color="tab:blue",
-                label=(f"ATT(k), stacked event-time model ({joint['model']}), 94% HDI"
-                       if stacked else f"joint event-time model ({joint['model']}), 94% HDI"))
+                label=(f"ATT(k), stacked event-time model ({joint['model']}), {PERCENT} HDI"
+                       if stacked else f"joint event-time model ({joint['model']}), {PERCENT} HDI"))
     if per_year:
         x = [f["year"] - 0.12 for f in per_year]
         e = [f["federation_effect"] for f in per_year]
@@ -128,14 +134,14 @@ def federation_trajectory_figure(summary: dict, published: pd.DataFrame
                     yerr=[[v["mean"] - v["hdi_low"] for v in e],
                           [v["hdi_high"] - v["mean"] for v in e]],
                     fmt="s", color="tab:orange", capsize=3,
-                    label=f"per-year model ({per_year[0]['model']}), 94% HDI")
+                    label=f"per-year model ({per_year[0]['model']}), {PERCENT} HDI")
     paper = published_rows(published, 5, "federated")
     if joint is None:  # only the paper's years that the folder has
         paper = paper[paper["year"].isin(years)]
     if not paper.empty:
         ax.errorbar(paper["year"].astype(float) + 0.12, paper["estimate"],
-                    yerr=1.8808 * paper["se"], fmt="D", color="tab:gray", capsize=3,
-                    label="paper, Table 5 (estimate +- 1.88 SE)")
+                    yerr=Z * paper["se"], fmt="D", color="tab:gray", capsize=3,
+                    label=f"paper, Table 5 (estimate +- {Z:.2f} SE)")
     ax.axhline(0.0, color="black", linewidth=0.8)
     if joint is not None:
         ax.axvline(-0.5, color="black", linestyle=":", linewidth=0.8)
@@ -147,9 +153,11 @@ def federation_trajectory_figure(summary: dict, published: pd.DataFrame
     ax.legend(fontsize=8, loc="upper left")
     shown = ([("the stacked event-time model's average effect on the federated pupils, "
                "ATT(k)," if stacked else "the joint event-time model's")
-              + " posterior means with 94% HDIs (line and band)"] if joint is not None else [])
-    shown += ["the per-year models' posterior means with 94% HDIs (squares)"] if per_year else []
-    shown += ["the paper's Table 5 estimates with 94% normal intervals (diamonds)"] \
+              + f" posterior means with {PERCENT} HDIs (line and band)"]
+             if joint is not None else [])
+    shown += ([f"the per-year models' posterior means with {PERCENT} HDIs (squares)"]
+              if per_year else [])
+    shown += [f"the paper's Table 5 estimates with {PERCENT} normal intervals (diamonds)"] \
         if not paper.empty else []
     alt = ("Federation effect by year since founding: " + ", ".join(shown[:-1])
            + (" and " if len(shown) > 1 else "") + shown[-1] + ".")
@@ -158,8 +166,8 @@ def federation_trajectory_figure(summary: dict, published: pd.DataFrame
 
 def _stacked(summary: dict) -> dict | None:
     """The first stacked event-time fit of ``summary`` (:mod:`bayesfed.modelling.event_stacked`)."""
-    return next((f for f in summary["fits"] if f.get("family") == "event_time"
-                 and f.get("design") == "stacked"), None)
+    return next((f for f in summary["fits"] if fit_kind(f).joint
+                 and fit_kind(f).by_cohort), None)
 
 
 def _errorbar(ax, x, stats: list[dict], **kwargs) -> None:
@@ -206,10 +214,10 @@ def event_study_figure(summary: dict) -> tuple[Figure, str] | None:
                     [0.0, *(s["hdi_high"] for s in post)], color="tab:red", alpha=0.15,
                     linewidth=0)
     ax.plot(x, [0.0, *(s["mean"] for s in post)], "o-", color="tab:red", linewidth=2,
-            label="ATT(k), 94% HDI")
+            label=f"ATT(k), {PERCENT} HDI")
     if leads:
         _errorbar(ax, [int(k) - 0.08 for k in leads], [effects[k] for k in leads], fmt="s",
-                  color="tab:red", capsize=3, label="leads averaged over cohorts, 94% HDI")
+                  color="tab:red", capsize=3, label=f"leads averaged over cohorts, {PERCENT} HDI")
     ax.plot([ref], [0.0], "o", markerfacecolor="white", markeredgecolor="black", zorder=5)
     ax.annotate("reference", (ref, 0.0), textcoords="offset points", xytext=(0, -14),
                 ha="center", fontsize=8)
@@ -223,9 +231,9 @@ def event_study_figure(summary: dict) -> tuple[Figure, str] | None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     alt = (f"Event study of the stacked event-time model {fit['model']}: the average effect "
            f"on {units} by year since founding, ATT(k) for years {years[0]} to {years[-1]}, "
-           "as a thick red line with its shaded 94% HDI band"
+           f"as a thick red line with its shaded {PERCENT} HDI band"
            + (f"; the leads of years {', '.join(leads)} averaged over founding cohorts as "
-              "red squares with 94% HDI error bars" if leads else "")
+              f"red squares with {PERCENT} HDI error bars" if leads else "")
            + f"; each of the {len(cohorts)} founding cohorts' ATT(e,k)"
            + (" and leads" if leads_by else "") + " as thin lines; a horizontal line at zero "
            f"and the reference year {ref}, zero by definition, marked by an open circle.")
@@ -275,11 +283,11 @@ def sensitivity_figure(summary: dict) -> tuple[Figure, str] | None:
     ax.set_xticks(grid, [f"{v:g}" for v in grid])
     ax.set_xlabel("M: post-founding trend change allowed, relative to the largest pre-founding "
                   "one")
-    ax.set_ylabel("94% interval of the effect (outcome units)")
+    ax.set_ylabel(f"{PERCENT} interval of the effect (outcome units)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     alt = (f"Sensitivity of the stacked event-time model {fit['model']} to a violation of "
            "parallel trends: for each M in " + ", ".join(f"{v:g}" for v in grid)
-           + f", the 94% interval of the average effect over years {years[0]} to {years[-1]} "
+           + f", the {PERCENT} interval of the average effect over years {years[0]} to {years[-1]} "
            "as a thick black bar and of each year's ATT(k) as thin coloured bars beside it, "
            "widening as M grows; a horizontal line at zero"
            + (". No M up to 100 makes the average's interval cover zero." if m is None else
@@ -291,7 +299,7 @@ def sensitivity_figure(summary: dict) -> tuple[Figure, str] | None:
 
 
 def _two_level(summary: dict) -> list[dict]:
-    return [f for f in summary["fits"] if f.get("family", "two_level") == "two_level"]
+    return [f for f in summary["fits"] if fit_kind(f).per_year]
 
 
 def variance_partition_figure(summary: dict, published: pd.DataFrame
@@ -325,7 +333,7 @@ def variance_partition_figure(summary: dict, published: pd.DataFrame
             x = i + (m - (len(models) - 1) / 2) * width
             school = fit["variance_partition"]["school"]
             ax.bar(x, school["mean"], width * 0.9, color=colours(m),
-                   label=f"{model}: school share, 94% HDI" if model not in labelled else None)
+                   label=f"{model}: school share, {PERCENT} HDI" if model not in labelled else None)
             ax.bar(x, 1 - school["mean"], width * 0.9, bottom=school["mean"], color=colours(m),
                    alpha=0.25)
             labelled.add(model)
@@ -350,7 +358,8 @@ def variance_partition_figure(summary: dict, published: pd.DataFrame
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1),
               ncols=min(len(models) + 2, 5), frameon=False)
     alt = ("Stacked bars per year since founding and model (" + ", ".join(models) + "): the "
-           "posterior mean share of the residual variance between schools, with its 94% HDI, "
+           f"posterior mean share of the residual variance between schools, with its {PERCENT} "
+           "HDI, "
            "below the share between pupils; REML shares as black dashes"
            + (" and the paper's Table 3 shares as grey diamonds" if "paper" in labelled else "")
            + ".")
@@ -377,7 +386,7 @@ def predictive_figure(summary: dict, model: str) -> tuple[Figure, str] | None:
             band, ax = fit["predictive"][key], axes[row, col]
             rank = np.arange(1, len(band["observed"]) + 1)
             ax.fill_between(rank, band["low"], band["high"], color="tab:blue", alpha=0.3,
-                            linewidth=0, label="replicated, 94% band")
+                            linewidth=0, label=f"replicated, {PERCENT} band")
             ax.plot(rank, band["observed"], ".", color="black", markersize=3, label="observed")
             if row == 0:
                 ax.set_title(label)
@@ -389,7 +398,7 @@ def predictive_figure(summary: dict, model: str) -> tuple[Figure, str] | None:
     alt = (f"Posterior predictive check of {model}, one row per year: the observed school mean "
            "outcomes (left) and within-school standard deviations (right), sorted, as black "
            "dots over "
-           "the shaded 94% band of each rank in replications for new schools of the same "
+           f"the shaded {PERCENT} band of each rank in replications for new schools of the same "
            "sizes and compositions.")
     return fig, alt
 
@@ -458,7 +467,7 @@ def rank_event_time(tree: xr.DataTree, path: Path) -> tuple[Path, str]:
     ``sd_cohort_effect`` beside the standard deviations (each where the fit has it).
     """
     post = tree.posterior
-    if str(tree.attrs.get("bayesfed_design", "pooled")) == "stacked":
+    if tree_kind(tree.attrs).by_cohort:
         panels = {f"lead, year {k}": post["lead_att"].sel(lead_year=k, drop=True)
                   for k in post["lead_att"]["lead_year"].to_numpy()}
         panels |= {f"ATT({k})": post["att"].sel(event_year=k, drop=True)

@@ -149,7 +149,10 @@ def _wrapper(name: str, template: str, function, shared: list, keys: dict, layou
         unpack.append(f"        shared_{i} = {array}")
         args += f", shared_{i}"
     source = template.format(unpack="\n".join(unpack), args=args, n_table=n_table, **sizes)
-    key = hashlib.sha256(f"{WRAPPER_VERSION}\n{function_key}\n{source}".encode()).hexdigest()
+    # the module's name too: a cached entry refers to this module by name, so one cached
+    # under another name (before a move) must not be found
+    key = hashlib.sha256(f"{WRAPPER_VERSION}\n{__name__}\n{function_key}\n{source}".encode()
+                         ).hexdigest()
     python_function = compile_numba_function_src(
         source, name, {"__name__": __name__, "np": np, "carray": numba.carray,
                        "_as_pointer": nutpie_pymc.address_as_void_pointer, "FUNCTION": function},

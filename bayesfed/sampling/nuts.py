@@ -8,8 +8,8 @@ root's attribute ``sampling_seconds`` is the wall time of compiling and sampling
 BLAS is pinned to one thread while sampling: nutpie runs its chains as threads in one process,
 and a multi-threaded BLAS inside each chain's gradient would oversubscribe the cores. nutpie
 runs ``min(chains, threads)`` chains at a time (``threads`` defaults to the usable cores; a job
-of several worker processes gives each a share, :func:`bayesfed.jobs.fitting.run_job`); the draws do
-not depend on it.
+of several worker processes gives each a share, :func:`bayesfed.jobs.schedule.run_job`); the draws
+do not depend on it.
 
 Reproducibility: the same model (same data), ``seed`` and library versions give identical draws
 with either sampler, run to run, process to process, whatever the machine's load (nutpie seeds
@@ -118,7 +118,7 @@ def _ctrl_c_propagates() -> Iterator[None]:
     PyMC catches KeyboardInterrupt inside each chain's loop, keeps the draws so far and goes
     on with the next chain; a handler raising an exception it does not catch stops it. Only
     in the main thread, and only where Ctrl-C would raise KeyboardInterrupt anyway (not where
-    it is ignored, as in :func:`bayesfed.jobs.fitting.run_job`'s worker processes).
+    it is ignored, as in :func:`bayesfed.jobs.schedule.run_job`'s worker processes).
     """
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):

@@ -16,7 +16,8 @@ from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs import commands as job
-from bayesfed.jobs.fitting import FitOptions, run_job
+from bayesfed.jobs.fit_one import FitOptions
+from bayesfed.jobs.schedule import run_job
 from bayesfed.store import load_fit
 
 STUDY = ROOT / "data" / "synthetic_study.parquet"

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 from conftest import MODELS, ROOT
 
-from bayesfed.design.cells import cell_stats
+from bayesfed.design.cells import cell_stats, event_design_for
+from bayesfed.design.columns import design_for
 from bayesfed.design.describe import describe, describe_file
 from bayesfed.design.reduce import reduce_file, reduce_table
 from bayesfed.design.suffstats import summary_of
@@ -26,7 +27,7 @@ from bayesfed.inputs import read
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import FitOptions, design_for, event_design_for, fit_one
+from bayesfed.jobs.fit_one import FitOptions, fit_one
 from bayesfed.modelling.event_pooled import event_constants, resolve_event_priors
 from bayesfed.modelling.priors import resolve_priors
 from bayesfed.modelling.two_level import collapsed_data

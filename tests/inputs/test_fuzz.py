@@ -38,13 +38,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bayesfed.cli import app
+from bayesfed.design.columns import design_for
 from bayesfed.errors import DataError, SpecError
 from bayesfed.inputs import validate
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.schema import ROLES
 from bayesfed.inputs.spec import ModelSpec, load_spec, spec_from_dict
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import design_for
 from bayesfed.modelling.priors import resolve_priors
 from bayesfed.modelling.two_level import build_two_level
 

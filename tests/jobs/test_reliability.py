@@ -354,7 +354,7 @@ def test_same_numbers_in_fresh_processes_with_different_empty_caches(tmp_path, s
 
 def test_fit_files_record_what_reproduces_them(reference, study):
     from bayesfed.jobs.commands import file_sha256
-    from bayesfed.jobs.fitting import fit_seed
+    from bayesfed.jobs.fit_one import fit_seed
 
     attrs = load_fit(reference / "M0_k1.nc").attrs
     assert attrs["bayesfed_data_sha256"] == file_sha256(study)

@@ -17,12 +17,11 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from bayesfed.design.columns import build_design
+from bayesfed.design.columns import build_design, design_for
 from bayesfed.design.suffstats import school_stats
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import Priors, load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import design_for
 from bayesfed.modelling.priors import resolve_priors
 from bayesfed.modelling.two_level import (
     add_school_draws,

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 import xarray as xr
 
+from bayesfed.design.columns import design_for
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs.commands import fit_command, report_command
-from bayesfed.jobs.fitting import design_for
 from bayesfed.posterior.checks import has_school_data, school_data
 from bayesfed.posterior.summarize import fit_year, write_summary
 from bayesfed.store import load_fit, save_fit

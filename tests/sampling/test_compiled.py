@@ -22,10 +22,10 @@ import pytensor
 import pytest
 
 from bayesfed.design.cells import build_event_design, cell_stats
+from bayesfed.design.columns import design_for
 from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.jobs.fitting import design_for
 from bayesfed.modelling.event_pooled import build_event_time_parts
 from bayesfed.modelling.priors import resolve_priors
 from bayesfed.modelling.two_level import build_two_level_collapsed
