@@ -1,9 +1,11 @@
 """bayesfed: Bayesian multilevel re-analysis of school-federation studies.
 
-The data flow, one module a step::
+The data flow, one subpackage a stage (``ARCHITECTURE.md``; a stage imports only the ones
+before it)::
 
-    spec (TOML -> ModelSpec) -> read (CSV/Parquet + column mapping) -> validate
-    -> design -> models (PyMC) -> fit -> store (NetCDF) -> partition -> summarize -> report
+    inputs (specification, pupil table, validation) -> design (sufficient statistics)
+    -> modelling (PyMC models, priors) -> sampling (nutpie) -> store (NetCDF)
+    -> posterior (summaries, verdicts) -> report (tables, figures) ; jobs runs them in order
 
 From Python: :func:`bayesfed.fit` and :func:`bayesfed.load` (:mod:`bayesfed.api`), imported
 when first used, so ``import bayesfed`` loads neither PyMC nor PyTensor nor matplotlib.

@@ -39,8 +39,8 @@ def build_models(m2_only: bool) -> dict:
     from bayesfed.inputs.read import read_table
     from bayesfed.inputs.spec import load_spec
     from bayesfed.inputs.validate import validate_table
-    from bayesfed.modelling.event_pooled import build_event_time_parts, resolve_event_priors
-    from bayesfed.modelling.priors import resolve_priors
+    from bayesfed.modelling.event_pooled import build_event_time_parts
+    from bayesfed.modelling.priors import resolve_event_priors, resolve_priors
     from bayesfed.modelling.two_level import build_two_level_collapsed
 
     raw = read_table(ROOT / "data" / "synthetic_study.parquet")

@@ -49,12 +49,9 @@ from bayesfed.design.stacked import stacked_data
 from bayesfed.inputs.simulate import SimConfig, simulate
 from bayesfed.inputs.spec import load_spec, spec_from_dict
 from bayesfed.inputs.validate import validate_table
-from bayesfed.modelling.event_pooled import (
-    add_effect_draws,
-    build_event_time_parts,
-    resolve_event_priors,
-)
-from bayesfed.modelling.event_stacked import build_stacked, container_values, resolve_stacked_priors
+from bayesfed.modelling.event_pooled import add_effect_draws, build_event_time_parts
+from bayesfed.modelling.event_stacked import build_stacked, container_values
+from bayesfed.modelling.priors import resolve_event_priors, resolve_stacked_priors
 from bayesfed.posterior.event_draws import posterior_draws
 from bayesfed.posterior.partition import hdi_summary
 from bayesfed.posterior.summarize import GATES, diagnostics

@@ -38,12 +38,9 @@ def main() -> None:
     from bayesfed.design.stacked import stacked_data
     from bayesfed.inputs.spec import load_spec
     from bayesfed.jobs.fit_one import FitOptions, fit_seed
-    from bayesfed.modelling.event_pooled import (
-        add_effect_draws,
-        build_event_time_parts,
-        resolve_event_priors,
-    )
-    from bayesfed.modelling.event_stacked import build_stacked, resolve_stacked_priors
+    from bayesfed.modelling.event_pooled import add_effect_draws, build_event_time_parts
+    from bayesfed.modelling.event_stacked import build_stacked
+    from bayesfed.modelling.priors import resolve_event_priors, resolve_stacked_priors
     from bayesfed.posterior.event_draws import posterior_draws
     from bayesfed.sampling.nuts import _compile, sample
     from bayesfed.store import save_fit

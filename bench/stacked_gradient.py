@@ -33,8 +33,9 @@ from bayesfed.design.reduce import reduce_file
 from bayesfed.design.stacked import stacked_data
 from bayesfed.inputs.spec import load_spec
 from bayesfed.modelling import event_stacked
-from bayesfed.modelling.event_pooled import build_event_time_parts, resolve_event_priors
-from bayesfed.modelling.event_stacked import build_stacked, reference_loglik, resolve_stacked_priors
+from bayesfed.modelling.event_pooled import build_event_time_parts
+from bayesfed.modelling.event_stacked import build_stacked, reference_loglik
+from bayesfed.modelling.priors import resolve_event_priors, resolve_stacked_priors
 
 ROOT = Path(__file__).resolve().parent.parent
 

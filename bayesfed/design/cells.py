@@ -38,9 +38,9 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from bayesfed.design.suffstats import GroupPart, group_part, merge_group_parts
 from bayesfed.errors import DataError
 from bayesfed.inputs.coding import predictor_columns
+from bayesfed.inputs.moments import GroupPart, group_part, merge_group_parts
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.inputs.validate import PupilTable
 
@@ -287,7 +287,7 @@ def cell_part(keys: pd.DataFrame, y: np.ndarray, X: np.ndarray, coef_names: tupl
 def merge_cell_parts(a: CellPart, b: CellPart) -> CellPart:
     """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and each
     cell's cross products combined exactly (Chan, Golub and LeVeque's update,
-    :func:`bayesfed.design.suffstats.merge_group_parts`)."""
+    :func:`bayesfed.inputs.moments.merge_group_parts`)."""
     return CellPart(merge_group_parts(a.groups, b.groups), a.coef_names,
                     a.n_dropped + b.n_dropped)
 

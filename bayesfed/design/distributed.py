@@ -28,8 +28,9 @@ from pathlib import Path
 
 from bayesfed.design.reduce import Reduced, ReducedYears, file_rules, reduced_from, reducer_for
 from bayesfed.inputs.read import parquet_parts, read_batches
+from bayesfed.inputs.rules import Rules
 from bayesfed.inputs.spec import ModelSpec
-from bayesfed.inputs.validate import Rules, Scan, scan
+from bayesfed.inputs.validate import Scan, scan
 
 
 def _scan_part(path: str, part: str, rules: Rules, first_row: int) -> Scan:

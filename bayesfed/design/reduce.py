@@ -8,7 +8,7 @@ the spec maps), checks each batch with the rules of
 messages, row numbers counted over the whole table) and reduces its clean rows to per-cell
 statistics (:class:`EventReducer`, :func:`bayesfed.design.cells.cell_part`) or to per-school
 statistics of each year since founding (:class:`YearReducer`,
-:func:`bayesfed.design.suffstats.group_part`), merged exactly batch after batch. Memory holds a few
+:func:`bayesfed.inputs.moments.group_part`), merged exactly batch after batch. Memory holds a few
 batches (two checked at once, one read ahead), the statistics (a few numbers per school-by-cohort
 cell; per school and year, its counts, means and a small cross-product matrix) and an 8-byte hash
 per pupil for the duplicated-id rule, never the table.
@@ -37,26 +37,14 @@ from bayesfed.design.cells import (
 )
 from bayesfed.design.columns import Design, build_design
 from bayesfed.design.stacked import stacked_data
-from bayesfed.design.suffstats import (
-    GroupPart,
-    SchoolSummary,
-    group_part,
-    merge_group_parts,
-    summary_from,
-)
+from bayesfed.design.suffstats import SchoolSummary, summary_from
 from bayesfed.errors import DataError
 from bayesfed.inputs.coding import predictor_columns
+from bayesfed.inputs.moments import GroupPart, group_part, merge_group_parts
 from bayesfed.inputs.read import BATCH_ROWS, read_batches, table_columns
+from bayesfed.inputs.rules import Rules, column_error, rules_for
 from bayesfed.inputs.spec import ModelSpec
-from bayesfed.inputs.validate import (
-    PupilTable,
-    Rules,
-    Scan,
-    column_error,
-    conclude,
-    rules_for,
-    scan,
-)
+from bayesfed.inputs.validate import PupilTable, Scan, conclude, scan
 
 
 @dataclass(frozen=True)
@@ -164,7 +152,7 @@ class YearReducer:
     """The :class:`bayesfed.inputs.validate.Reducer` of a ``two_level`` spec: a batch of clean rows
     -> per (year since founding, school) counts, means and cross products of the outcome and
     the design's columns (:func:`bayesfed.design.columns.build_design`'s), a
-    :class:`~bayesfed.design.suffstats.GroupPart`.
+    :class:`~bayesfed.inputs.moments.GroupPart`.
 
     Rows of years not selected are left out; without a year selection every row is kept
     under the year None.

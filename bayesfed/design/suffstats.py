@@ -24,9 +24,9 @@ covariance of the columns over the pupils (within plus between schools:
 :meth:`SchoolSummary.total_cov`, for the default priors' scales and the variance
 decomposition), the per-school data of the predictive checks and the REML cross-check's
 statistics. It is computed from a design in memory (:func:`summary_of`) or from a table read in
-batches: each batch's pupils give a :class:`GroupPart` per (year, school) key
-(:func:`group_part`), and parts merge exactly (:func:`merge_group_parts`, Chan, Golub and
-LeVeque's update), so the result depends on the batches only through rounding.
+batches: each batch's pupils give a :class:`~bayesfed.inputs.moments.GroupPart` per (year,
+school) key, and parts merge exactly (:mod:`bayesfed.inputs.moments`), so the result depends
+on the batches only through rounding.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from bayesfed.design.columns import Design, group_codes, group_sums, pool_groups
+from bayesfed.design.columns import Design
+from bayesfed.inputs.moments import GroupPart, group_moments
 
 #: Largest deviation from its school mean, relative to the column's scale, that a school-level
 #: column may show (rounding of the mean); a larger one means the table was not validated.
@@ -144,68 +145,6 @@ class SchoolSummary:
         return (self.within.sum(axis=0) + between) / (self.n_pupils - 1)
 
 
-@dataclass(frozen=True)
-class GroupPart:
-    """Per-group counts, means and centred cross products of some consecutive pupils; parts
-    merge exactly (:func:`merge_group_parts`), so a table can be reduced batch by batch.
-
-    Attributes
-    ----------
-    keys : DataFrame
-        One row per distinct key (e.g. year since founding and school).
-    n : ndarray of int, shape (n_keys,)
-    mean : ndarray, shape (n_keys, q)
-        Means of the ``q`` columns (outcome first, then the predictors).
-    within : ndarray, shape (n_keys, q, q)
-        Each key's cross products of the columns centred at its means.
-    """
-
-    keys: pd.DataFrame
-    n: np.ndarray
-    mean: np.ndarray
-    within: np.ndarray
-
-
-def _group_moments(codes: np.ndarray, n_groups: int, columns: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts (n_groups,), means (n_groups, q) and centred cross products (n_groups, q, q) of
-    the rows of ``columns`` (n_rows, q) in each group (``codes``: 0..n_groups-1)."""
-    n = np.bincount(codes, minlength=n_groups)
-    mean = group_sums(codes, n_groups, columns) / np.maximum(n, 1)[:, None]
-    order = np.argsort(codes, kind="stable")
-    centred = columns[order] - mean[codes[order]]
-    ends = np.cumsum(n)
-    within = np.stack([block.T @ block for block in np.split(centred, ends[:-1])]
-                      ) if n_groups else np.zeros((0, columns.shape[1], columns.shape[1]))
-    return n, mean, within
-
-
-def group_part(keys: pd.DataFrame, columns: np.ndarray) -> GroupPart:
-    """The :class:`GroupPart` of some pupils.
-
-    Parameters
-    ----------
-    keys : DataFrame
-        The pupils' key columns, one row each.
-    columns : ndarray, shape (n_pupils, q)
-        Outcome and predictor columns.
-    """
-    codes, first = group_codes(keys)
-    n, mean, within = _group_moments(codes, first.size, np.asarray(columns, dtype=float))
-    return GroupPart(keys.iloc[first].reset_index(drop=True), n, mean, within)
-
-
-def merge_group_parts(a: GroupPart, b: GroupPart) -> GroupPart:
-    """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and each
-    key's cross products combined exactly (Chan, Golub and LeVeque's update)."""
-    pooled = pool_groups(a.keys, a.n, a.mean, b.keys, b.n, b.mean)
-    dev, q = pooled.deviation, pooled.mean.shape[1]
-    spread = np.vstack([a.within, b.within]) + (
-        pooled.weight[:, None, None] * dev[:, :, None] * dev[:, None, :])
-    within = group_sums(pooled.codes, pooled.n.size, spread.reshape(-1, q * q)).reshape(-1, q, q)
-    return GroupPart(pooled.keys, pooled.n, pooled.mean, within)
-
-
 def summary_from(part: GroupPart, coef_names: tuple[str, ...],
                  school_level: tuple[bool, ...]) -> SchoolSummary:
     """The :class:`SchoolSummary` of a part whose keys are schools (column ``school``, one
@@ -251,7 +190,7 @@ def summary_of(data: Design | SchoolSummary) -> SchoolSummary:
     """
     if isinstance(data, SchoolSummary):
         return data
-    n, mean, within = _group_moments(data.school_idx, data.n_schools,
+    n, mean, within = group_moments(data.school_idx, data.n_schools,
                                      np.column_stack([data.y, data.X]))
     if (n == 0).any():
         raise ValueError("a school of the design has no pupils")

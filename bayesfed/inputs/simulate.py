@@ -318,7 +318,8 @@ def type_counts(n_federations: int, typology: tuple[tuple[str, float, int, int],
     Parameters
     ----------
     n_federations : int
-    typology : tuple of (name, percent, min_schools, max_schools)
+    typology : tuple of (str, float, int, int)
+        Federation types: name, percentage of federations, min and max schools.
 
     Returns
     -------

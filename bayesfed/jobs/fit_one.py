@@ -39,20 +39,15 @@ from bayesfed.design.suffstats import summary_of
 from bayesfed.errors import BayesfedError
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.inputs.validate import PupilTable
-from bayesfed.modelling.event_pooled import (
-    EventModel,
+from bayesfed.modelling.event_pooled import EventModel, add_effect_draws, build_event_time_parts
+from bayesfed.modelling.event_stacked import StackedModel, build_stacked
+from bayesfed.modelling.priors import (
     EventPriors,
-    add_effect_draws,
-    build_event_time_parts,
-    resolve_event_priors,
-)
-from bayesfed.modelling.event_stacked import (
-    StackedModel,
     StackedPriors,
-    build_stacked,
+    resolve_event_priors,
+    resolve_priors,
     resolve_stacked_priors,
 )
-from bayesfed.modelling.priors import resolve_priors
 from bayesfed.modelling.two_level import (
     add_school_draws,
     build_two_level,

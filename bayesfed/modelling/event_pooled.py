@@ -94,16 +94,16 @@ federated share :math:`\bar F`, averaged over cohorts) and zero-sum ``cohort_dev
 :math:`\mathrm{level} + d_t + (\bar x_c - \bar x)^\top\beta + (F_c - \bar F) g + E_c^\top(\lambda,
 \delta)`; ``intercept`` :math:`= \mathrm{level} + d_1 - \bar x^\top\beta - \bar F g` and
 ``gamma`` :math:`= d_t - d_1` are deterministics. Why: with the first cohort as the free reference,
-``gamma`` and ``intercept`` had a bulk ESS of 320-450 of 4,000 on the shipped study (its first
-cohort has 15 schools, so every ``gamma`` shares that cohort's uncertainty); with a free mean
-per cohort, 470 (all cohort means share the uncertainty of the mean school intercept, posterior
-correlations 0.6-0.8); with level and zero-sum deviations, 750 or more. Why the Gaussian
-block is integrated out rather than sampled: a sampled random walk has a funnel between
-:math:`\tau_{\mathrm{step}}` and its steps. Non-centred steps gave 40-55 divergences of
-4,000 on the shipped study, centred ones 1-17 even at ``target_accept`` 0.9 (one seed: 17
-divergences, R-hat 1.015), and sampled non-centred heterogeneity deviations 3-16. With the
-block integrated out: no divergences in 6 of 6 seeds, smallest bulk ESS 3,400-4,000 of 4,000
-(1,100-1,500 before) and, with both heterogeneity terms, no divergences either.
+every ``gamma`` and the ``intercept`` share the uncertainty of that one cohort's few schools,
+and mix poorly; with a free mean per cohort, all cohort means share the uncertainty of the mean
+school intercept and are strongly correlated in the posterior; the level and zero-sum
+deviations mix best of the three. Why the Gaussian block is integrated out rather than
+sampled: a sampled random walk has a funnel between :math:`\tau_{\mathrm{step}}` and its
+steps, which gave divergences with non-centred and centred steps alike (centred ones even at a
+higher ``target_accept``), and so did sampled non-centred heterogeneity deviations; with the
+block integrated out there are none, with or without the heterogeneity terms, and the
+smallest bulk ESS is higher. The measurements: ``docs/benchmarks.md``, section "Event-time
+model: sampled vs integrated effects, and a first national-size run".
 
 Priors
 ------
@@ -153,106 +153,9 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from bayesfed.design.cells import CellStats, EventDesign, cell_stats
-from bayesfed.inputs.spec import Priors
-from bayesfed.modelling.priors import Normal, Scales, resolve_priors
+from bayesfed.modelling.priors import EventPriors, Normal, resolve_event_priors
 
 EffectPrior = Literal["random_walk", "independent"]
-
-
-@dataclass(frozen=True)
-class EventPriors:
-    """Resolved priors of the joint event-time model (see the module docstring's table).
-
-    Attributes
-    ----------
-    intercept : Normal
-        Prior of ``level``, the intercept at centred predictors (outcome units).
-    slopes : tuple of Normal, length n_coef
-        Priors of the pupil coefficients (outcome units per predictor unit).
-    cohort : float
-        Sd of the ZeroSumNormal prior of the cohort deviations (outcome units).
-    effect : float
-        Sd of the Normal(0, .) prior of each effect (independent) or of ``delta[0]`` (random
-        walk), outcome units.
-    lead : float
-        Sd of the Normal(0, .) prior of each lead (outcome units).
-    tau_step : float
-        Mean of the Gamma(2, 2 / tau_step) prior of the random walk's step sd (outcome
-        units).
-    gap : float
-        Sd of the Normal(0, .) prior of ``federated_gap`` (outcome units).
-    sd_school, sd_cell, sigma : float
-        Scales of the HalfNormal priors of the school, cell and pupil sds (outcome units).
-    sd_federation_effect, sd_type : float
-        Scales of the HalfNormal priors of the heterogeneity sds (outcome units).
-    coef_names : tuple of str, length n_coef
-        Names of the coefficients ``slopes`` belong to.
-    """
-
-    intercept: Normal
-    slopes: tuple[Normal, ...]
-    cohort: float
-    effect: float
-    lead: float
-    tau_step: float
-    gap: float
-    sd_school: float
-    sd_cell: float
-    sigma: float
-    sd_federation_effect: float
-    sd_type: float
-    coef_names: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, float]:
-        """Flat ``name -> number`` mapping (``prior.level.mu``, ``prior.beta[fsm].sigma``,
-        ``prior.sd_cell.sigma``, ...), for NetCDF attributes and JSON."""
-        out = {"prior.level.mu": self.intercept.mu, "prior.level.sigma": self.intercept.sigma}
-        for name, slope in zip(self.coef_names, self.slopes, strict=True):
-            out[f"prior.beta[{name}].mu"] = slope.mu
-            out[f"prior.beta[{name}].sigma"] = slope.sigma
-        scalars = {"cohort_deviation.sigma": self.cohort, "delta.sigma": self.effect,
-                   "lead.sigma": self.lead, "tau_step.mean": self.tau_step,
-                   "federated_gap.sigma": self.gap, "sd_school.sigma": self.sd_school,
-                   "sd_cell.sigma": self.sd_cell, "sigma.sigma": self.sigma,
-                   "sd_federation_effect.sigma": self.sd_federation_effect,
-                   "sd_type.sigma": self.sd_type}
-        return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
-
-
-def resolve_event_priors(stats: CellStats, spec_priors: Priors | None = None
-                         ) -> EventPriors:
-    """The priors of the module docstring's table, with the spec's overrides applied.
-
-    Parameters
-    ----------
-    stats : CellStats
-        The pupils' statistics (their scales set the defaults).
-    spec_priors : Priors, optional
-        The spec's ``[priors]``; its ``intercept`` (the prior of ``level``), ``slopes``,
-        ``slope``, ``sd_school``, ``sd_cell`` and ``sigma`` replace the defaults, with the
-        precedence of :func:`bayesfed.modelling.priors.resolve_priors`.
-
-    Returns
-    -------
-    EventPriors
-
-    Raises
-    ------
-    SpecError
-        The outcome or a predictor is constant, or ``slope`` names no coefficient (from
-        :func:`bayesfed.modelling.priors.resolve_priors`).
-    """
-    spec_priors = spec_priors or Priors()
-    sd_y, sd_x = stats.sd()
-    two_level = resolve_priors(Scales(stats.n_pupils, float(stats.n @ stats.y_mean
-                                                             / stats.n_pupils), sd_y, sd_x,
-                                      stats.coef_names), spec_priors)
-    sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
-    return EventPriors(intercept=two_level.intercept, slopes=two_level.slopes, cohort=sd_y,
-                       effect=sd_y, lead=sd_y, tau_step=0.5 * sd_y, gap=sd_y,
-                       sd_school=two_level.sd_school, sd_cell=float(sd_cell),
-                       sigma=two_level.sigma, sd_federation_effect=0.25 * sd_y,
-                       sd_type=0.25 * sd_y, coef_names=stats.coef_names)
 
 
 def _coords(design: EventDesign | CellStats) -> dict[str, list[str]]:
@@ -289,8 +192,9 @@ def event_constants(stats: CellStats, priors: EventPriors) -> np.ndarray:
 
     With them in a container rather than in the graph, the compiled model depends on the
     data only through its structure (coefficients, cohorts, event years), so numba's cache
-    serves a new data set of the same structure (a national fit: 12 s to compile instead of
-    22 s).
+    serves a new data set of the same structure and a new national fit skips most of its
+    compilation (``docs/benchmarks.md``, section "National-size event-time model read in
+    batches (``bench/national_phases.py``)").
 
     Returns
     -------
@@ -499,8 +403,9 @@ class BlockIndex:
 
     The columns (:func:`effect_columns`) are indicators with at most a few ones per cell (its
     event year, its federation, its type), so the block's sums over cells are scatter-adds over
-    these entries rather than products with a dense (n_cells, K) matrix: at national size
-    (24,000 cells) the dense product and its gradient took 8 ms of a gradient's 8.5 ms.
+    these entries rather than products with a dense (n_cells, K) matrix: at national size the
+    dense product and its gradient took almost all of a gradient's time (``docs/benchmarks.md``,
+    section "National-size event-time model after issue 5's changes (idle machine)").
 
     Attributes
     ----------
@@ -671,9 +576,10 @@ def build_event_time_parts(
     :func:`add_effect_draws`.
 
     The per-cell arrays are the model's data containers, not constants of the graph (numba
-    compiles constants into the machine code, and at national size, 24,000 cells, that took
-    24 s): ``cell_y`` (n_cells,) the cells' mean outcomes; ``cell_size`` (n_cells, 2) each
-    cell's size index (:class:`CellSizes`) and school; ``size_values`` (n_sizes, 2) the
+    compiles constants into the machine code, which at national size made compiling slow:
+    ``docs/benchmarks.md``, section "National-size event-time model after issue 5's changes
+    (idle machine)"): ``cell_y`` (n_cells,) the cells' mean outcomes; ``cell_size`` (n_cells, 2)
+    each cell's size index (:class:`CellSizes`) and school; ``size_values`` (n_sizes, 2) the
     distinct cell sizes and how many cells have each; ``cell_fixed`` (n_cells, n_cohorts +
     n_coef + 1) the cohort one-hot, the centred mean predictors and the centred federated flag,
     whose product with (cohort means, ``beta``, ``federated_gap``) is the fixed part of each
@@ -727,7 +633,7 @@ def build_event_time(
         The pupils' per-cell statistics (:func:`bayesfed.design.cells.cell_stats` of a
         design, or :func:`bayesfed.design.reduce.reduce_file` of a file read in batches).
     priors : EventPriors, optional
-        Defaults to :func:`resolve_event_priors` of ``stats``.
+        Defaults to :func:`~bayesfed.modelling.priors.resolve_event_priors` of ``stats``.
     effect_prior : {"random_walk", "independent"}
         Prior of the effects ``delta`` (module docstring).
     federation_deviations, type_effects : bool

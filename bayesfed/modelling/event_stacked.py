@@ -144,15 +144,11 @@ import xarray as xr
 
 from bayesfed.design.cells import REFERENCE_YEAR
 from bayesfed.design.stacked import StackedData
-from bayesfed.inputs.spec import Priors
-from bayesfed.modelling.priors import Normal, Scales, effect_sd, resolve_priors
+from bayesfed.modelling.priors import StackedPriors, resolve_stacked_priors
 from bayesfed.modelling.stacked_kernel import SCALARS, draw_parts, stacked_loglik
 
 Shocks = Literal["ar1", "iid"]
 EffectPrior = Literal["random_walk", "independent"]
-
-#: Scale of the heterogeneity and step sds' HalfNormal priors, in units of the outcome's sd.
-HETEROGENEITY_SD = 0.25
 
 #: A floor under three variances, in units of the effect prior's sd: the variances of the cohort
 #: deviations and of the random walk's steps and :math:`\omega^2(1-\rho^2)` get
@@ -163,78 +159,6 @@ HETEROGENEITY_SD = 0.25
 #: of a precision of 1e15 failed, and the chain stopped (coverage study: 321 divergences in one
 #: chain, R-hat 1.6, one study in 260).
 VARIANCE_FLOOR = 1e-3
-
-
-@dataclass(frozen=True)
-class StackedPriors:
-    """Resolved priors of the stacked model (module docstring's table), outcome units.
-
-    Attributes
-    ----------
-    level : Normal
-        Prior of each founding-cohort x year effect :math:`\\gamma_{e,k}`.
-    slopes : tuple of Normal, length n_coef
-    effect : float
-        Sd of the Normal(0, .) priors of the gaps, leads, :math:`\\delta_0` and the random
-        walk's drift (each :math:`\\delta_k` when independent).
-    tau_step, sd_cohort_effect, sd_federation_effect : float
-        Scales of the HalfNormal priors of the step and heterogeneity sds.
-    sd_school, sd_cell, sigma : float
-        Scales of the HalfNormal priors of the school, cell and pupil sds.
-    shock_ar : float
-        Both shape parameters of the Beta prior of :math:`(\\rho + 1)/2`.
-    coef_names : tuple of str
-    """
-
-    level: Normal
-    slopes: tuple[Normal, ...]
-    effect: float
-    tau_step: float
-    sd_cohort_effect: float
-    sd_federation_effect: float
-    sd_school: float
-    sd_cell: float
-    sigma: float
-    shock_ar: float = 2.0
-    coef_names: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, float]:
-        """Flat ``name -> number`` mapping for NetCDF attributes and JSON."""
-        out = {"prior.gamma.mu": self.level.mu, "prior.gamma.sigma": self.level.sigma}
-        for name, slope in zip(self.coef_names, self.slopes, strict=True):
-            out[f"prior.beta[{name}].mu"] = slope.mu
-            out[f"prior.beta[{name}].sigma"] = slope.sigma
-        scalars = {"effect.sigma": self.effect, "tau_step.sigma": self.tau_step,
-                   "sd_cohort_effect.sigma": self.sd_cohort_effect,
-                   "sd_federation_effect.sigma": self.sd_federation_effect,
-                   "sd_school.sigma": self.sd_school, "sd_cell.sigma": self.sd_cell,
-                   "sigma.sigma": self.sigma, "shock_ar.beta": self.shock_ar}
-        return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
-
-
-def resolve_stacked_priors(data: StackedData, spec_priors: Priors | None = None
-                           ) -> StackedPriors:
-    """The priors of the module docstring's table, with the spec's ``[priors]`` applied
-    (``intercept`` sets :math:`\\gamma`'s, then ``slopes``/``slope``, ``sd_school``,
-    ``sd_cell``, ``sigma`` and ``effect_sd``, with the precedence of
-    :func:`bayesfed.modelling.priors.resolve_priors`).
-
-    Raises
-    ------
-    SpecError
-        The outcome or a predictor is constant, or ``slope`` names no coefficient.
-    """
-    spec_priors = spec_priors or Priors()
-    sd_y = data.sd_y
-    two_level = resolve_priors(Scales(data.n_pupils, data.y_mean, sd_y, data.sd_x,
-                                      data.coef_names), spec_priors)
-    sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
-    small = HETEROGENEITY_SD * sd_y
-    return StackedPriors(level=two_level.intercept, slopes=two_level.slopes,
-                         effect=effect_sd([spec_priors]) * sd_y, tau_step=small,
-                         sd_cohort_effect=small, sd_federation_effect=small,
-                         sd_school=two_level.sd_school, sd_cell=float(sd_cell),
-                         sigma=two_level.sigma, coef_names=data.coef_names)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bayesfed.design.cells import CellStats
 from bayesfed.design.columns import Design
+from bayesfed.design.stacked import StackedData
 from bayesfed.design.suffstats import SchoolSummary, summary_of
 from bayesfed.errors import SpecError
 from bayesfed.inputs.spec import NormalPrior, Priors
@@ -300,3 +302,176 @@ def resolve_priors(
         sd_school=_pick([s.sd_school.sigma for s in sources if s.sd_school], default.sd_school),
         sigma=_pick([s.sigma.sigma for s in sources if s.sigma], default.sigma),
     )
+
+
+# -- the event-time models (bayesfed.modelling.event_stacked, .event_pooled) ----------------
+
+#: Scale of the heterogeneity and step sds' HalfNormal priors, in units of the outcome's sd.
+HETEROGENEITY_SD = 0.25
+
+@dataclass(frozen=True)
+class StackedPriors:
+    """Resolved priors of the stacked model (module docstring's table), outcome units.
+
+    Attributes
+    ----------
+    level : Normal
+        Prior of each founding-cohort x year effect :math:`\\gamma_{e,k}`.
+    slopes : tuple of Normal, length n_coef
+    effect : float
+        Sd of the Normal(0, .) priors of the gaps, leads, :math:`\\delta_0` and the random
+        walk's drift (each :math:`\\delta_k` when independent).
+    tau_step, sd_cohort_effect, sd_federation_effect : float
+        Scales of the HalfNormal priors of the step and heterogeneity sds.
+    sd_school, sd_cell, sigma : float
+        Scales of the HalfNormal priors of the school, cell and pupil sds.
+    shock_ar : float
+        Both shape parameters of the Beta prior of :math:`(\\rho + 1)/2`.
+    coef_names : tuple of str
+    """
+
+    level: Normal
+    slopes: tuple[Normal, ...]
+    effect: float
+    tau_step: float
+    sd_cohort_effect: float
+    sd_federation_effect: float
+    sd_school: float
+    sd_cell: float
+    sigma: float
+    shock_ar: float = 2.0
+    coef_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``name -> number`` mapping for NetCDF attributes and JSON."""
+        out = {"prior.gamma.mu": self.level.mu, "prior.gamma.sigma": self.level.sigma}
+        for name, slope in zip(self.coef_names, self.slopes, strict=True):
+            out[f"prior.beta[{name}].mu"] = slope.mu
+            out[f"prior.beta[{name}].sigma"] = slope.sigma
+        scalars = {"effect.sigma": self.effect, "tau_step.sigma": self.tau_step,
+                   "sd_cohort_effect.sigma": self.sd_cohort_effect,
+                   "sd_federation_effect.sigma": self.sd_federation_effect,
+                   "sd_school.sigma": self.sd_school, "sd_cell.sigma": self.sd_cell,
+                   "sigma.sigma": self.sigma, "shock_ar.beta": self.shock_ar}
+        return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
+
+
+def resolve_stacked_priors(data: StackedData, spec_priors: Priors | None = None
+                           ) -> StackedPriors:
+    """The priors of the module docstring's table, with the spec's ``[priors]`` applied
+    (``intercept`` sets :math:`\\gamma`'s, then ``slopes``/``slope``, ``sd_school``,
+    ``sd_cell``, ``sigma`` and ``effect_sd``, with the precedence of
+    :func:`bayesfed.modelling.priors.resolve_priors`).
+
+    Raises
+    ------
+    SpecError
+        The outcome or a predictor is constant, or ``slope`` names no coefficient.
+    """
+    spec_priors = spec_priors or Priors()
+    sd_y = data.sd_y
+    two_level = resolve_priors(Scales(data.n_pupils, data.y_mean, sd_y, data.sd_x,
+                                      data.coef_names), spec_priors)
+    sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
+    small = HETEROGENEITY_SD * sd_y
+    return StackedPriors(level=two_level.intercept, slopes=two_level.slopes,
+                         effect=effect_sd([spec_priors]) * sd_y, tau_step=small,
+                         sd_cohort_effect=small, sd_federation_effect=small,
+                         sd_school=two_level.sd_school, sd_cell=float(sd_cell),
+                         sigma=two_level.sigma, coef_names=data.coef_names)
+
+
+@dataclass(frozen=True)
+class EventPriors:
+    """Resolved priors of the joint event-time model (see the module docstring's table).
+
+    Attributes
+    ----------
+    intercept : Normal
+        Prior of ``level``, the intercept at centred predictors (outcome units).
+    slopes : tuple of Normal, length n_coef
+        Priors of the pupil coefficients (outcome units per predictor unit).
+    cohort : float
+        Sd of the ZeroSumNormal prior of the cohort deviations (outcome units).
+    effect : float
+        Sd of the Normal(0, .) prior of each effect (independent) or of ``delta[0]`` (random
+        walk), outcome units.
+    lead : float
+        Sd of the Normal(0, .) prior of each lead (outcome units).
+    tau_step : float
+        Mean of the Gamma(2, 2 / tau_step) prior of the random walk's step sd (outcome
+        units).
+    gap : float
+        Sd of the Normal(0, .) prior of ``federated_gap`` (outcome units).
+    sd_school, sd_cell, sigma : float
+        Scales of the HalfNormal priors of the school, cell and pupil sds (outcome units).
+    sd_federation_effect, sd_type : float
+        Scales of the HalfNormal priors of the heterogeneity sds (outcome units).
+    coef_names : tuple of str, length n_coef
+        Names of the coefficients ``slopes`` belong to.
+    """
+
+    intercept: Normal
+    slopes: tuple[Normal, ...]
+    cohort: float
+    effect: float
+    lead: float
+    tau_step: float
+    gap: float
+    sd_school: float
+    sd_cell: float
+    sigma: float
+    sd_federation_effect: float
+    sd_type: float
+    coef_names: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``name -> number`` mapping (``prior.level.mu``, ``prior.beta[fsm].sigma``,
+        ``prior.sd_cell.sigma``, ...), for NetCDF attributes and JSON."""
+        out = {"prior.level.mu": self.intercept.mu, "prior.level.sigma": self.intercept.sigma}
+        for name, slope in zip(self.coef_names, self.slopes, strict=True):
+            out[f"prior.beta[{name}].mu"] = slope.mu
+            out[f"prior.beta[{name}].sigma"] = slope.sigma
+        scalars = {"cohort_deviation.sigma": self.cohort, "delta.sigma": self.effect,
+                   "lead.sigma": self.lead, "tau_step.mean": self.tau_step,
+                   "federated_gap.sigma": self.gap, "sd_school.sigma": self.sd_school,
+                   "sd_cell.sigma": self.sd_cell, "sigma.sigma": self.sigma,
+                   "sd_federation_effect.sigma": self.sd_federation_effect,
+                   "sd_type.sigma": self.sd_type}
+        return out | {f"prior.{k}": float(v) for k, v in scalars.items()}
+
+
+def resolve_event_priors(stats: CellStats, spec_priors: Priors | None = None
+                         ) -> EventPriors:
+    """The priors of the module docstring's table, with the spec's overrides applied.
+
+    Parameters
+    ----------
+    stats : CellStats
+        The pupils' statistics (their scales set the defaults).
+    spec_priors : Priors, optional
+        The spec's ``[priors]``; its ``intercept`` (the prior of ``level``), ``slopes``,
+        ``slope``, ``sd_school``, ``sd_cell`` and ``sigma`` replace the defaults, with the
+        precedence of :func:`bayesfed.modelling.priors.resolve_priors`.
+
+    Returns
+    -------
+    EventPriors
+
+    Raises
+    ------
+    SpecError
+        The outcome or a predictor is constant, or ``slope`` names no coefficient (from
+        :func:`bayesfed.modelling.priors.resolve_priors`).
+    """
+    spec_priors = spec_priors or Priors()
+    sd_y, sd_x = stats.sd()
+    two_level = resolve_priors(Scales(stats.n_pupils, float(stats.n @ stats.y_mean
+                                                             / stats.n_pupils), sd_y, sd_x,
+                                      stats.coef_names), spec_priors)
+    sd_cell = spec_priors.sd_cell.sigma if spec_priors.sd_cell is not None else sd_y
+    return EventPriors(intercept=two_level.intercept, slopes=two_level.slopes, cohort=sd_y,
+                       effect=sd_y, lead=sd_y, tau_step=0.5 * sd_y, gap=sd_y,
+                       sd_school=two_level.sd_school, sd_cell=float(sd_cell),
+                       sigma=two_level.sigma, sd_federation_effect=0.25 * sd_y,
+                       sd_type=0.25 * sd_y, coef_names=stats.coef_names)

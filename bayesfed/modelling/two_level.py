@@ -35,12 +35,12 @@ with :math:`\bar x_j` the school's mean of the pupil-level predictors. This is t
 (a shift of :math:`u_j` given :math:`\beta`, with unit Jacobian), and ``u`` is recovered as a
 deterministic. Why: with about 250 pupils a school each school's mean is well determined by
 its own data, the regime in which centred intercepts sample well; a non-centred version mixed
-poorly for the school-level federation effect (R-hat 1.02-1.04). But with :math:`u_j` itself
-as the free variable, a predictor whose school means vary (IDACI, KS2) couples :math:`u_j` and
-its coefficient in the likelihood: on the shipped study's year 5, M2's IDACI coefficient had a
-bulk ESS of 463 of 4,000 draws and R-hat 1.012. Sampling :math:`m_j` instead leaves the
-likelihood with no such coupling: the same fit gave a bulk ESS of at least 1,500 for every
-coefficient, R-hat 1.003, in less time.
+poorly for the school-level federation effect and failed the R-hat gate. But with :math:`u_j`
+itself as the free variable, a predictor whose school means vary (IDACI, KS2) couples
+:math:`u_j` and its coefficient in the likelihood, and that coefficient mixed poorly.
+Sampling :math:`m_j` instead leaves the likelihood with no such coupling, and every
+coefficient mixed well, in less time (``docs/benchmarks.md``, section "Parameterisation of
+the per-year model (``bench/parameterisation.py``)").
 
 Collapsed likelihood
 --------------------
@@ -85,11 +85,9 @@ the model (priors included) is exactly the pupil-row model's. Why: with the inte
 integrated out, the intercept at uncentred predictors shares the uncertainty of every
 coefficient whose school means vary (the federation dummy above all: with uncentred
 predictors the intercept is the mean of the non-federated schools); centring removes that
-correlation. On the shipped study's year 5 (``bench/collapsed.py``, six seeds) the posterior
-correlation of intercept and federation effect was -0.75 uncentred, -0.05 centred, and the
-mean bulk ESS of the federation effect rose from 3,600 to 5,400 of 4,000 draws (every
-coefficient's from at least 3,300 to at least 4,800); the sds, already above 5,000, lost a
-little (sigma 7,900 to 6,100).
+correlation, and the coefficients mix better for it, while the sds, already well sampled,
+lose a little (``docs/benchmarks.md``, section "Collapsed vs pupil-row likelihood of the
+per-year model (``bench/collapsed.py``)").
 
 The school intercepts are recovered exactly after sampling (:func:`add_school_draws`): given
 the other parameters, the school effects :math:`a_j = u_j - \alpha - z_j^\top
@@ -113,8 +111,9 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
-from bayesfed.design.columns import Design, group_sums
+from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import SchoolStats, SchoolSummary, school_stats
+from bayesfed.inputs.moments import group_sums
 from bayesfed.modelling.priors import PriorSet
 
 
@@ -279,7 +278,8 @@ def collapsed_data(design: Design | SchoolSummary, priors: PriorSet) -> np.ndarr
     model compiled for one year's design samples another year's (same coefficients) once its
     container holds that year's values (:func:`bayesfed.sampling.nuts.sample_reusing`). One
     container rather than one per statistic: nutpie's compiled wrapper unpacks each container
-    separately, and with 13 of them compiling took 20 s, with one a few.
+    separately, so every container adds to the compile time (``docs/benchmarks.md``, section
+    "One compiled model per specification (``sampling.sample_reusing``)").
 
     Parameters
     ----------

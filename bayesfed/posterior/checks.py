@@ -168,8 +168,8 @@ def _replicate(draws: dict[str, np.ndarray], data: dict[str, np.ndarray],
              + (sigma[:, None] / np.sqrt(n)) * rng.standard_normal(shape))
     several = n >= 2
     # beta' XX_j beta for every draw s and school j, as one matrix product of the draws'
-    # outer products with the flattened XX_j (np.einsum's loop took 0.65 s at 3,000 schools
-    # and 4,000 draws, the product 0.03 s)
+    # outer products with the flattened XX_j, far faster than np.einsum's loop at national
+    # size (docs/benchmarks.md, section "Predictive checks at national size")
     xx = data["school_xx"][several]
     p2 = beta.shape[1] ** 2
     quad = (beta[:, :, None] * beta[:, None, :]).reshape(len(beta), p2) @ xx.reshape(len(xx), p2).T
@@ -294,8 +294,9 @@ def loo_school(tree: xr.DataTree) -> azs.ELPDData:
 
 def psis_loo(tree: xr.DataTree, var_name: str) -> azs.ELPDData:
     """PSIS-LOO of the ``log_likelihood`` variable ``var_name``, pointwise, without the
-    smoothed log weights (draws x units: 96 MB at national size, and neither the summary nor
-    the comparison reads them)."""
+    smoothed log weights (draws x units, large at national size, and neither the summary nor
+    the comparison reads them: ``docs/benchmarks.md``, section "A per-year model at national
+    size")."""
     # a Pareto k above good_k warns; the count is reported instead (loo_summary)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

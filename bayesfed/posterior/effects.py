@@ -28,7 +28,7 @@ pre-founding one, :math:`|\Delta_{k} - \Delta_{k-1}| \le M\,\bar\Delta`, :math:`
 :math:`[ATT(k) - (k+1)M\bar\Delta,\ ATT(k) + (k+1)M\bar\Delta]` (of the average, the mean of
 the bounds); the reported interval runs from the :math:`(1-p)/2` quantile of the lower bound
 to the :math:`(1+p)/2` quantile of the upper, so it covers the identified set with posterior
-probability at least :math:`p` (0.94, :data:`bayesfed.posterior.summarize.PROB`). The breakdown
+probability at least :math:`p` (0.94, :data:`bayesfed.posterior.intervals.PROB`). The breakdown
 value is the smallest :math:`M` at which the average's interval covers 0.
 """
 

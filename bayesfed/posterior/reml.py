@@ -45,9 +45,10 @@ import statsmodels.api as sm
 from scipy import optimize
 from statsmodels.regression.mixed_linear_model import MixedLMResults
 
-from bayesfed.design.columns import Design, group_sums
+from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import SchoolStats
 from bayesfed.errors import BayesfedError
+from bayesfed.inputs.moments import group_sums
 
 #: Optimisers tried, in order; the fit with the highest REML log-likelihood is kept.
 OPTIMISERS = ("powell", "lbfgs")

@@ -7,7 +7,8 @@ disk (``~/.pytensor``). nutpie's own wrappers (``nutpie.compile_pymc_model``, nu
 not cacheable: they read the data containers' arrays as compile-time constants, so numba
 compiles them again in every process, and compiling a wrapper links in the whole PyTensor
 function and optimises it and generates its machine code afresh. For the national-size
-event-time model that took 8.5 s of a 12.8 s compile, every run (``docs/benchmarks.md``).
+event-time model that was most of its compile time, paid in every run (``docs/benchmarks.md``,
+section "nutpie's wrappers cached (``bayesfed.sampling.compiled``)").
 
 :func:`compile_model` makes the same two wrappers from generated source that reads the data
 only through nutpie's table of pointers, sizes and shapes (``user_data``: 64-bit unsigned
@@ -228,7 +229,8 @@ def _call_once(compiled):
 
     numba compiles an object-mode block (PyTensor's look-up of scipy's BLAS functions, used by
     every matrix product) on its first call, so without this call the first sampling of a
-    process paid that compilation, about 0.1 s, inside the sampler (``docs/benchmarks.md``):
+    process paid that compilation inside the sampler (``docs/benchmarks.md``, section
+    "nutpie's floor, and compilation out of the first sampling (``bench/peers.py``)"):
     compiling is done here. The values are not used.
     """
     double = ctypes.POINTER(ctypes.c_double)

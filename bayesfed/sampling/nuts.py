@@ -23,13 +23,12 @@ process of the user): the log density then differs in the last bits (relative 1e
 amplifies that, and a cold-cache run gave different (statistically equivalent) draws from a
 warm-cache one. With IEEE semantics kept, where code is inlined cannot change a result, so
 cold and warm caches give the same bits; the cache keys include the flag, so entries compiled
-with fast-math by other code are never reused. It costs little (``docs/benchmarks.md``: on the
-shipped study, compiling per-year M2 took 20.5 s with an empty cache and 6.5 s with a filled
-one, against 17.5 s and 5.8 s with fast-math, on a loaded 2-core machine), where the
-alternatives cost more: numba without its cache recompiles every fit from scratch (23 s each
-time), and PyTensor's C backend, usable only by PyMC's own sampler, took 38 s cold. Another
-machine (CPU features) or other library versions may still give different, statistically
-equivalent draws: each fit records its versions.
+with fast-math by other code are never reused. It costs little compile time, cold or warm,
+where the alternatives cost more: numba without its cache recompiles every fit from scratch,
+and PyTensor's C backend, usable only by PyMC's own sampler, compiles more slowly still
+(``docs/benchmarks.md``, section "Reproducible compilation: what each option costs
+(``bench/compile_cache.py``)"). Another machine (CPU features) or other library versions may
+still give different, statistically equivalent draws: each fit records its versions.
 
 Ctrl-C (KeyboardInterrupt) stops sampling and propagates: both samplers' own handling, which
 returns the draws so far as if sampling had finished, is bypassed, so a partial posterior can

@@ -3,9 +3,9 @@
 Directives (usable from MyST Markdown as ```` ```{name} ````):
 
 ``bayesfed-roles``
-    The pupil-table roles, from :data:`bayesfed.inputs.schema.ROLES`, with the column each has in the
-    shipped synthetic study (the mapping of ``models/m2_federation.toml``, checked against the
-    Parquet file's columns).
+    The pupil-table roles, from :data:`bayesfed.inputs.schema.ROLES`, with the column each has
+    in the shipped synthetic study (the mapping of ``models/m2_federation.toml``, checked
+    against the Parquet file's columns).
 ``bayesfed-spec-keys CLASS``
     The keys of one section of a model specification (a pydantic model of
     :mod:`bayesfed.inputs.spec`): type and default come from the class; the content gives one

@@ -28,8 +28,8 @@ from bayesfed.inputs.read import read_table
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs.fit_one import FitOptions, fit_one
-from bayesfed.modelling.event_pooled import event_constants, resolve_event_priors
-from bayesfed.modelling.priors import resolve_priors
+from bayesfed.modelling.event_pooled import event_constants
+from bayesfed.modelling.priors import resolve_event_priors, resolve_priors
 from bayesfed.modelling.two_level import collapsed_data
 
 STUDY = ROOT / "data" / "synthetic_study.parquet"

@@ -8,7 +8,7 @@ import pytest
 
 from bayesfed.design.describe import describe
 from bayesfed.errors import DataError
-from bayesfed.inputs import validate
+from bayesfed.inputs import rows, sample, validate
 from bayesfed.inputs.spec import spec_from_dict
 from bayesfed.inputs.validate import validate_table
 
@@ -224,10 +224,10 @@ def test_generic_table_without_federation_columns(m0):
     assert list(out.frame.columns) == ["outcome", "school"]
 
 
-@pytest.mark.parametrize("block", [validate.QR_BLOCK, 7])
+@pytest.mark.parametrize("block", [sample.QR_BLOCK, 7])
 def test_collinear_predictors_are_reported(table, m2, block, monkeypatch):
     """Also with the QR factorisation accumulated over blocks of 7 pupils."""
-    monkeypatch.setattr(validate, "QR_BLOCK", block)
+    monkeypatch.setattr(sample, "QR_BLOCK", block)
     raw = table.copy()
     raw["male"] = raw["sen"].isin(["school_action", "statemented"]).astype(int)
     assert problems(raw, m2) == [
@@ -250,6 +250,6 @@ def test_arrow_text_parses_to_the_numbers_pandas_gives():
     for extra in ([], [" 7", "7 ", "1_000", "0x10", "1,5", "text"]):
         arrow = pd.Series(values + extra, dtype=pd.StringDtype("pyarrow", na_value=np.nan))
         objects = pd.Series(values + extra, dtype=object)
-        got, expected = validate._as_float(arrow).to_numpy(), validate._as_float(objects).to_numpy()
+        got, expected = rows._as_float(arrow).to_numpy(), rows._as_float(objects).to_numpy()
         np.testing.assert_array_equal(got, expected)
         np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))

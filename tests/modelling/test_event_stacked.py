@@ -27,8 +27,8 @@ from bayesfed.modelling.event_stacked import (
     build_stacked,
     draw_function,
     reference_loglik,
-    resolve_stacked_priors,
 )
+from bayesfed.modelling.priors import resolve_stacked_priors
 from bayesfed.posterior.effects import att_variables, att_weights, breakdown, sensitivity
 from bayesfed.posterior.event_draws import cell_residuals, school_loglik
 

@@ -29,8 +29,8 @@ from bayesfed.modelling.event_pooled import (
     build_event_time,
     build_event_time_parts,
     build_event_time_reference,
-    resolve_event_priors,
 )
+from bayesfed.modelling.priors import resolve_event_priors
 from bayesfed.posterior.partition import hdi_summary
 from bayesfed.posterior.reml import fit_reml
 from bayesfed.sampling.nuts import sample
