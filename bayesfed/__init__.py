@@ -20,7 +20,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
     __version__ = "0+unknown"
 
 #: Names of the API, each imported from :mod:`bayesfed.api` on first use.
-_API = ("fit", "load", "load_example", "Results", "model_spec")
+_API = ("fit", "load", "load_example", "Results", "model_spec", "validate")
 
 __all__ = ["__version__", *_API]
 

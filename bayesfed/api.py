@@ -43,7 +43,7 @@ from bayesfed.posterior.intervals import PERCENT
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["Results", "fit", "load", "load_example", "model_spec"]
+__all__ = ["Results", "fit", "load", "load_example", "model_spec", "validate"]
 
 #: Statistics of a parameter in ``summary.json``, in :meth:`Results.summary`'s column order.
 STATS = ("mean", "sd", "hdi_low", "hdi_high", "mcse_mean", "ess_bulk", "ess_tail", "r_hat")
@@ -159,6 +159,41 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
             shutil.rmtree(folder, ignore_errors=True)
         raise
     return Results(folder, temporary=temporary)
+
+
+def validate(data, model: str | os.PathLike | ModelSpec, *, years: Iterable[int] | None = None,
+             columns: Mapping[str, str] | None = None, drop_incomplete: bool = False
+             ) -> dict[str, object]:
+    """Check a pupil table against a model specification, as ``bayesfed validate`` does, and
+    count what it holds; nothing is fitted.
+
+    Parameters
+    ----------
+    data, model, years, columns, drop_incomplete
+        As :func:`fit`'s (one model).
+
+    Returns
+    -------
+    dict
+        ``input_rows``, ``dropped``, ``pupils``, ``schools`` and, where mapped,
+        ``federated_schools``, ``federations``, ``cohorts`` and ``years_since`` (year ->
+        ``{"pupils", "schools"}``): :func:`bayesfed.design.describe.describe`'s counts.
+
+    Raises
+    ------
+    SpecError, DataError
+        Every problem of the specification or the table, in one message.
+    """
+    from bayesfed.design.describe import describe, describe_file
+    from bayesfed.inputs.validate import validate_table
+
+    spec = model_spec(model, columns)
+    table = _table(data)
+    selected = None if years is None else sorted(set(years))
+    if isinstance(table, Path):
+        return describe_file(table, spec, years=selected, drop_incomplete=drop_incomplete,
+                             source=str(table))
+    return describe(validate_table(table, spec, selected, drop_incomplete))
 
 
 def load(folder: str | os.PathLike) -> Results:

@@ -126,12 +126,12 @@ def validate(
         help="Drop rows with missing values in needed columns (and say how many).")] = False,
 ) -> None:
     """Check a pupil table against a model specification and summarise it."""
-    from bayesfed.design.describe import describe_file
-    from bayesfed.inputs.spec import load_spec
+    from bayesfed.api import model_spec
+    from bayesfed.api import validate as validate_table
 
-    model = load_spec(spec)
-    summary = describe_file(data, model, years=parse_years(years),
-                            drop_incomplete=drop_incomplete, source=str(data))
+    model = model_spec(spec)
+    summary = validate_table(data, model, years=parse_years(years),
+                             drop_incomplete=drop_incomplete)
     print_summary(summary, title=f"{data} is valid for {model.name} ({spec.name})")
 
 

@@ -8,7 +8,10 @@ editing this file; only a new subpackage or top-level module needs a place in th
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,3 +272,49 @@ def test_tests_mirror_the_package():
     assert not untested, (
         "stages without a tests folder: " + ", ".join(untested) + ". Create tests/<stage>/ "
         "for the tests of bayesfed/<stage>/.")
+
+
+def test_importing_the_package_has_no_side_effects():
+    """Every module imported in a fresh process leaves the process as it was: the umask is
+    not reset (store.py reads it at the first write) and no matplotlib backend is chosen
+    (report/plots.py draws on Figure objects; ArviZ, imported by some modules, loads pyplot
+    but chooses no backend either)."""
+    code = (
+        "import importlib, os, pkgutil, sys\n"
+        "os.umask(0o027)\n"
+        "import bayesfed\n"
+        "for m in pkgutil.walk_packages(bayesfed.__path__, 'bayesfed.'):\n"
+        "    if '_shipped' not in m.name and not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "mask = os.umask(0o022)\n"
+        "import matplotlib\n"
+        "print(oct(mask), matplotlib.rcParams._get_backend_or_none())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "MPLBACKEND": ""}).stdout.split()
+    assert out == ["0o27", "None"], out
+
+
+def test_no_module_changes_process_state_at_import():
+    """No statement run at import calls what changes the process for everyone: ``os.umask``
+    (even read-and-restore is a window other threads see), ``matplotlib.use``,
+    ``os.environ`` assignments or ``warnings.filterwarnings``."""
+    forbidden = {"umask", "use", "filterwarnings", "simplefilter", "putenv", "setdefault"}
+    found = []
+    for module, path in module_files().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        pending = [n for n in tree.body if not isinstance(
+            n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        while pending:
+            node = pending.pop()
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in forbidden):
+                found.append(f"{module}:{node.lineno} calls .{node.func.attr}()")
+            if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Subscript) and "environ" in ast.unparse(t.value)
+                    for t in node.targets):
+                found.append(f"{module}:{node.lineno} sets os.environ")
+            pending.extend(ast.iter_child_nodes(node))
+    assert not found, ("module-level side effects (move them into the function that needs "
+                       "them): " + "; ".join(found))

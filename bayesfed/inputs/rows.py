@@ -75,8 +75,9 @@ def _as_float(series: pd.Series) -> pd.Series:
 
     Arrow-backed text (every CSV column) is first parsed by Arrow in bulk, which succeeds only
     when every value is a number as Arrow writes numbers: then the values are those pandas
-    would give (both round correctly; ``tests/test_validate.py`` compares them), ten times
-    faster. Anything else, a single value Arrow cannot parse included, goes through pandas.
+    would give (both round correctly; ``tests/inputs/test_validate.py`` compares them), at a
+    fraction of the cost (``docs/benchmarks.md``). Anything else, a single value Arrow cannot
+    parse included, goes through pandas.
     """
     if isinstance(series.dtype, pd.StringDtype) and series.dtype.storage == "pyarrow":
         try:

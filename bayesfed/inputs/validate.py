@@ -186,8 +186,8 @@ def _key_hash(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 def text_hash(values: pd.Series) -> np.ndarray:
     """A 64-bit hash of each (non-missing) text value, computed on its UTF-8 bytes in Arrow's
-    buffers: a polynomial over the bytes, mixed with the length (no Python object a value:
-    hashing 4.5 million pupil ids as objects took 1-2 s).
+    buffers: a polynomial over the bytes, mixed with the length (no Python object a value,
+    which at national size cost seconds: ``docs/benchmarks.md``).
 
     Returns
     -------

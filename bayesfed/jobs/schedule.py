@@ -58,8 +58,8 @@ def resume_problem(path: Path, spec: ModelSpec, year: int | None, options: FitOp
     """Why the fit file ``path`` cannot be kept by a resumed job; None when it can.
 
     It can when it loads completely and records the same model, year, specification, data
-    hash, sampler options (:data:`RESUME_OPTIONS`) and library versions (:func:`~bayesfed.jobs.fit_one.versions`) as
-    the job would, with every chain and draw.
+    hash, sampler options (:data:`RESUME_OPTIONS`) and library versions
+    (:func:`~bayesfed.jobs.fit_one.versions`) as the job would, with every chain and draw.
 
     Returns
     -------
