@@ -962,8 +962,9 @@ def test_cli_validate_exits_3_with_the_message(tmp_path, fuzz_counts):
     assert sum(tally.values()) >= MIN_CASES
 
 
-#: Spec corruptions the fuzzer found to pass unreported or with an unclear message (bayesfed/
-#: spec.py): the key, the value, and what the message must name. Each must be a SpecError.
+#: Spec corruptions the fuzzer found to pass unreported or with an unclear message
+#: (bayesfed/inputs/spec.py): the key, the value, and what the message must name. Each must be
+#: a SpecError.
 SPEC_CASES = [
     (("categorical", "sen", "refrence"), "none", "categorical.sen.refrence"),
     (("priors", "slope", "ks2", "mean"), 0.0, "priors.slope.ks2.mean"),

@@ -42,7 +42,7 @@ SCREENSHOT = ROOT / "out" / "browser-check" / "report.png"
 
 
 def add_school_data(folder: Path, data: Path) -> None:
-    """Give fits made before fitting.py stored the per-school statistics (bayesfed.posterior.checks)
+    """Give fits made before a fit stored the per-school statistics (bayesfed.posterior.checks)
     those statistics, computed from the same data, and rewrite summary.json. A no-op for fits that
     already have them."""
     specs = {s.name: s for s in map(load_spec, SPECS)}
