@@ -117,6 +117,8 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
         Role -> the table's column, over each spec's ``[columns]``.
     draws, tune, chains, seed, sampler, drop_incomplete, jobs, force, resume, strict, dask
         As ``bayesfed fit``'s options (``--force``, ``--resume``, ``--strict``, ``--dask``).
+        ``drop_incomplete`` drops the rows missing a value that any of the per-year models
+        needs, so the models compared with each other are fitted to the same pupils.
     name : str, optional
         The model's name (one model only; a formula's default is ``"formula"``).
     out : path, optional

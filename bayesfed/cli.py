@@ -174,7 +174,9 @@ def fit(
                                       "numbers.")] = 0,
     sampler: Annotated[str, typer.Option(help="nutpie (default) or pymc.")] = "nutpie",
     drop_incomplete: Annotated[bool, typer.Option(
-        help="Drop rows with missing values in needed columns (and say how many).")] = False,
+        help="Drop rows with missing values in needed columns (and say how many): the "
+             "columns any per-year model of the job needs, so they are fitted to the same "
+             "pupils.")] = False,
     force: Annotated[bool, typer.Option(help="Replace fit files that already exist.")] = False,
     resume: Annotated[bool, typer.Option(
         help="Keep the fits already complete in --out for this job (same spec, data, sampler "

@@ -35,13 +35,14 @@ from bayesfed.inputs.validate import Scan, scan
 
 def _scan_part(path: str, part: str, rules: Rules, first_row: int) -> Scan:
     """One worker's task: the scan of one file of the dataset."""
-    columns = list(dict.fromkeys(rules.present.values()))
+    columns = rules.read_columns
     return scan(read_batches(path, columns=columns, part=part), rules, first_row,
                 reduce=reducer_for(rules.spec, rules.years))
 
 
 def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
-                drop_incomplete: bool = False, source: str | None = None
+                drop_incomplete: bool = False, source: str | None = None,
+                complete: Sequence[str] = ()
                 ) -> Reduced | ReducedYears:
     """:func:`bayesfed.design.reduce.reduce_file` on a Dask cluster, one file of a Parquet dataset
     per task.
@@ -59,6 +60,9 @@ def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] 
     drop_incomplete : bool
     source : str, optional
         Name of the table in messages (default: the path).
+    complete : sequence of str
+        More columns whose blank values drop a row with ``drop_incomplete`` (the other
+        models' columns of a job: :attr:`bayesfed.inputs.rules.Rules.complete`).
 
     Returns
     -------
@@ -73,7 +77,7 @@ def reduce_dask(client, path: str | Path, spec: ModelSpec, years: Sequence[int] 
         its rows by a second pass, run here.
     """
     path = str(path)
-    rules, batches = file_rules(path, spec, years, drop_incomplete, source)
+    rules, batches = file_rules(path, spec, years, drop_incomplete, source, complete)
     parts = parquet_parts(path)
     first_rows = [sum(n for _, n in parts[:i]) for i in range(len(parts))]
     futures = [client.submit(_scan_part, path, part, rules, first_row, pure=False)

@@ -199,7 +199,8 @@ class YearReducer:
 
 
 def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
-               drop_incomplete: bool = False, source: str | None = None
+               drop_incomplete: bool = False, source: str | None = None,
+               complete: Sequence[str] = ()
                ) -> tuple[Rules, Callable[[], Iterable[pd.DataFrame]]]:
     """The validation rules of a spec (and its years) on a file, and the file's batches (only
     the mapped columns). An ``event_time`` spec fits every year at once: its rules have no
@@ -213,8 +214,8 @@ def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = 
     if spec.kind.joint:
         years = None
     rules, problems = rules_for(table_columns(path), spec, years, drop_incomplete,
-                                str(path) if source is None else source)
-    columns = list(dict.fromkeys(rules.present.values()))
+                                str(path) if source is None else source, complete)
+    columns = rules.read_columns
 
     def batches() -> Iterable[pd.DataFrame]:
         return read_batches(path, columns=columns)
@@ -225,7 +226,8 @@ def file_rules(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = 
 
 
 def reduce_file(path: str | Path, spec: ModelSpec, years: Sequence[int] | None = None,
-                drop_incomplete: bool = False, source: str | None = None
+                drop_incomplete: bool = False, source: str | None = None,
+                complete: Sequence[str] = ()
                 ) -> Reduced | ReducedYears:
     """Validate a pupil table for a collapsed spec and reduce it to the model's statistics,
     one batch of rows at a time: per school-by-cohort cell for an ``event_time`` spec
@@ -244,6 +246,9 @@ def reduce_file(path: str | Path, spec: ModelSpec, years: Sequence[int] | None =
         Drop rows with a missing value in a needed column instead of raising.
     source : str, optional
         Name of the table in messages (default: the path).
+    complete : sequence of str
+        More columns whose blank values drop a row with ``drop_incomplete`` (the other
+        models' columns of a job: :attr:`bayesfed.inputs.rules.Rules.complete`).
 
     Returns
     -------
@@ -258,22 +263,22 @@ def reduce_file(path: str | Path, spec: ModelSpec, years: Sequence[int] | None =
         table with the same years, with the same message; or an event year without
         federated pupils.
     """
-    rules, batches = file_rules(path, spec, years, drop_incomplete, source)
+    rules, batches = file_rules(path, spec, years, drop_incomplete, source, complete)
     reducer = reducer_for(spec, rules.years)
     return reduced_from(scan(batches(), rules, reduce=reducer), rules, batches, reducer)
 
 
 def reduce_frame(frame: pd.DataFrame, spec: ModelSpec, years: Sequence[int] | None = None,
-                 drop_incomplete: bool = False, source: str = "data"
-                 ) -> Reduced | ReducedYears:
+                 drop_incomplete: bool = False, source: str = "data",
+                 complete: Sequence[str] = ()) -> Reduced | ReducedYears:
     """:func:`reduce_file` of a table in memory: the same rules and the same statistics, the
     frame's rows taken in batches of :data:`bayesfed.inputs.read.BATCH_ROWS` as a file's are read
     (so a table gives the same numbers from memory as from its Parquet file). ``frame`` is
     not modified."""
     if spec.kind.joint:
         years = None
-    rules, problems = rules_for(frame.columns, spec, years, drop_incomplete, source)
-    columns = list(dict.fromkeys(rules.present.values()))
+    rules, problems = rules_for(frame.columns, spec, years, drop_incomplete, source, complete)
+    columns = rules.read_columns
 
     def batches() -> Iterable[pd.DataFrame]:
         if len(frame) == 0:

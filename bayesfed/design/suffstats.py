@@ -31,6 +31,7 @@ on the batches only through rounding.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -208,3 +209,14 @@ def school_stats(data: Design | SchoolSummary) -> SchoolStats:
         As :func:`summary_of`.
     """
     return summary_of(data).pooled()
+
+
+def sample_sha256(summary: SchoolSummary) -> str:
+    """A fingerprint of the pupils a summary holds: SHA-256 of its schools' labels and pupil
+    counts. Two fits of one table with the same fingerprint have the same schools with the
+    same number of pupils each; models are compared only then (variance explained, REML's
+    proportional reduction, leave-one-school-out)."""
+    digest = hashlib.sha256()
+    for label, n in zip(summary.schools, summary.n.tolist(), strict=True):
+        digest.update(f"{label}\x1f{n}\x1e".encode())
+    return digest.hexdigest()

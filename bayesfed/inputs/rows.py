@@ -224,6 +224,8 @@ def check_batch(raw: pd.DataFrame, rules: Rules, first_row: int = 0) -> Batch:
         if name in rules.needed and missing.any():
             missing_cols.append((i, column, name, missing))
             missing_rows |= missing
+    for column in rules.complete:  # another model's column: a blank drops the row too
+        missing_rows |= _blank(raw[column])
     if missing_cols and not rules.drop_incomplete:
         for i, column, name, missing in missing_cols:
             rows, n = example_rows(missing, positions)

@@ -65,6 +65,10 @@ class Rules:
         Canonical name -> the user's column, for every needed or optional role the table has.
     source : str
         Name of the table in messages.
+    complete : tuple of str
+        More of the table's columns (not this spec's) in which a blank value drops a row too
+        when ``drop_incomplete``: the columns the job's other models need, so that models
+        compared with each other are fitted to the same pupils.
     """
 
     spec: ModelSpec
@@ -73,12 +77,21 @@ class Rules:
     needed: tuple[str, ...]
     present: dict[str, str]
     source: str
+    complete: tuple[str, ...] = ()
+
+    @property
+    def read_columns(self) -> list[str]:
+        """The table's columns a batch must hold: the mapped ones, then :attr:`complete`."""
+        return list(dict.fromkeys([*self.present.values(), *self.complete]))
 
 
 def rules_for(columns: Sequence[str], spec: ModelSpec, years: Iterable[int] | None = None,
-              drop_incomplete: bool = False, source: str = "data"
+              drop_incomplete: bool = False, source: str = "data", complete: Sequence[str] = ()
               ) -> tuple[Rules, list[Problem]]:
     """The rules of a table with these column names, and the column problems found.
+
+    ``complete`` names more columns whose blank values drop a row with ``drop_incomplete``
+    (:attr:`Rules.complete`); those the table lacks are left to the spec that needs them.
 
     Column problems (a needed column missing, a name held twice, one column mapped to two
     roles, an identifier used as a predictor) stop validation before any row is read; the
@@ -95,7 +108,10 @@ def rules_for(columns: Sequence[str], spec: ModelSpec, years: Iterable[int] | No
     present = {name: spec.column(name) for name in [*needed, *OPTIONAL_ROLES]
                if spec.column(name) in columns}
     problems = _column_problems(columns, spec, needed, present)
-    return Rules(spec, years, drop_incomplete, tuple(needed), present, source), problems
+    mapped = set(present.values())
+    extra = tuple(dict.fromkeys(c for c in complete if c in columns and c not in mapped))
+    return (Rules(spec, years, drop_incomplete, tuple(needed), present, source,
+                  extra if drop_incomplete else ()), problems)
 
 
 def column_error(rules: Rules, problems: list[Problem], n_rows: int) -> DataError:

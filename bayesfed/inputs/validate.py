@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -396,6 +396,7 @@ def validate_table(
     years: Iterable[int] | None = None,
     drop_incomplete: bool = False,
     source: str = "data",
+    complete: Sequence[str] = (),
 ) -> PupilTable:
     """Check a pupil table against a spec and return it with canonical column names.
 
@@ -416,6 +417,9 @@ def validate_table(
         of raising.
     source : str
         Name of the table in messages (usually its path).
+    complete : sequence of str
+        More columns whose blank values drop a row with ``drop_incomplete`` (the other
+        models' columns of a job: :attr:`bayesfed.inputs.rules.Rules.complete`).
 
     Returns
     -------
@@ -426,7 +430,7 @@ def validate_table(
     DataError
         Listing every problem found.
     """
-    rules, problems = rules_for(raw.columns, spec, years, drop_incomplete, source)
+    rules, problems = rules_for(raw.columns, spec, years, drop_incomplete, source, complete)
     if problems:  # nothing else can be checked reliably without the columns
         raise column_error(rules, problems, len(raw))
 

@@ -17,6 +17,7 @@ from bayesfed.errors import BayesfedError, DiagnosticsError, OutputError
 from bayesfed.inputs.families import fit_kind
 from bayesfed.inputs.published import load_published
 from bayesfed.inputs.read import read_table
+from bayesfed.inputs.rules import needed_roles
 from bayesfed.inputs.spec import ModelSpec, load_spec
 from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs.fit_one import FitOptions, fit_name
@@ -172,6 +173,10 @@ def _connect(address: str):
 def _tables(specs, data: Path | pd.DataFrame, years, drop_incomplete: bool, client) -> dict:
     """Model name -> the table each spec's fits need, every spec validated before any fit.
 
+    With ``drop_incomplete``, a per-year spec drops the rows missing a value that any of the
+    job's per-year specs needs, so the models compared with each other (variance explained,
+    leave-one-school-out) are fitted to the same pupils.
+
     A spec with the collapsed likelihood (the default) gets its statistics, reduced as the
     table is read in batches (:func:`bayesfed.design.reduce.reduce_file`: per year and school, or
     per cell for the event-time model; on the cluster's workers for Parquet
@@ -184,19 +189,26 @@ def _tables(specs, data: Path | pd.DataFrame, years, drop_incomplete: bool, clie
     in_memory = isinstance(data, pd.DataFrame)
     source = "data" if in_memory else str(data)
     raw = (data if in_memory else read_table(data)) if any(needs_rows(s) for s in specs) else None
+    # the per-year models are compared with each other (variance explained, LOO): with
+    # drop_incomplete each drops the rows missing a value any of them needs
+    shared = [s.column(name) for s in specs if s.kind.per_year
+              for name in needed_roles(s, years)]
     tables = {}
     for s in specs:
+        complete = shared if s.kind.per_year else ()
         if needs_rows(s):
-            tables[s.name] = validate_table(raw, s, years=years,
-                                            drop_incomplete=drop_incomplete, source=source)
+            tables[s.name] = validate_table(raw, s, years=years, drop_incomplete=drop_incomplete,
+                                            source=source, complete=complete)
             continue
         if in_memory:
-            tables[s.name] = reduce_frame(data, s, years, drop_incomplete, source=source)
+            tables[s.name] = reduce_frame(data, s, years, drop_incomplete, source=source,
+                                          complete=complete)
         elif client is not None and (data.is_dir() or data.suffix.lower() != ".csv"):
             tables[s.name] = reduce_dask(client, data, s, years, drop_incomplete,
-                                         source=str(data))
+                                         source=str(data), complete=complete)
         else:
-            tables[s.name] = reduce_file(data, s, years, drop_incomplete, source=str(data))
+            tables[s.name] = reduce_file(data, s, years, drop_incomplete, source=str(data),
+                                         complete=complete)
     return tables
 
 

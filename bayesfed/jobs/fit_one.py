@@ -35,7 +35,7 @@ from bayesfed.design.cells import CellStats
 from bayesfed.design.columns import design_for
 from bayesfed.design.reduce import Reduced, ReducedYears, reduce_table
 from bayesfed.design.stacked import stacked_data
-from bayesfed.design.suffstats import summary_of
+from bayesfed.design.suffstats import sample_sha256, summary_of
 from bayesfed.errors import BayesfedError
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.inputs.validate import PupilTable
@@ -195,6 +195,7 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
         "bayesfed_reml": json.dumps(reml, sort_keys=True),
         "bayesfed_n_pupils": summary.n_pupils,
         "bayesfed_n_schools": summary.n_schools,
+        "bayesfed_sample": sample_sha256(summary),
     })
     return tree
 

@@ -219,6 +219,26 @@ def fit_year(attrs: Mapping[str, object]) -> int | None:
     return int(text) if text else None
 
 
+def different_pupils(attrs: Mapping[str, object], ref_attrs: Mapping[str, object]
+                     ) -> str | None:
+    """Why a fit cannot be compared with its reference model's fit (None when it can): they
+    were fitted to different pupils. Compared by their samples' fingerprints
+    (:func:`bayesfed.design.suffstats.sample_sha256`; by pupil counts for files written
+    before fingerprints) and their data's hash."""
+    model, ref = attrs["bayesfed_model"], ref_attrs["bayesfed_model"]
+    n, m = int(attrs["bayesfed_n_pupils"]), int(ref_attrs["bayesfed_n_pupils"])
+    same_data = attrs.get("bayesfed_data_sha256") == ref_attrs.get("bayesfed_data_sha256")
+    same = (attrs["bayesfed_sample"] == ref_attrs["bayesfed_sample"]
+            if "bayesfed_sample" in attrs and "bayesfed_sample" in ref_attrs else n == m)
+    if same and same_data:
+        return None
+    which = "different data" if not same_data else f"different pupils ({n:,} and {m:,})"
+    return (f"not compared with {ref}: {model} and {ref} were fitted to {which}, so the "
+            "variance one explains of the other's is not defined; fit both in one job (with "
+            "--drop-incomplete, rows missing a value any of its models needs are dropped for "
+            "all of them)")
+
+
 #: What a fit's summary reads of its reference model's fit, besides its attributes.
 REFERENCE_VARS = ("sd_school", "sigma")
 
@@ -253,10 +273,15 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "reml": reml_summary(tree, reference),
     }
     if reference is not None:
-        ref_post = reference.posterior.to_dataset()
         out["reference"] = str(reference.attrs["bayesfed_model"])
-        out["variance_explained"] = {k: hdi_summary(v, PROB) for k, v in
-                                     variance_explained(ref_post, post).items()}
+        refused = different_pupils(tree.attrs, reference.attrs)
+        if refused:
+            out["comparison_refused"] = refused
+            out["reml"] = reml_summary(tree, None)
+        else:
+            out["variance_explained"] = {
+                k: hdi_summary(v, PROB) for k, v in
+                variance_explained(reference.posterior.to_dataset(), post).items()}
     if "beta" in post and "federated" in post["beta"]["predictor"].to_numpy():
         draws = post["beta"].sel(predictor="federated")
         out["federation_effect"] = {**hdi_summary(draws, PROB),

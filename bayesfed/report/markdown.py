@@ -134,11 +134,13 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         if has_paper and model == "M0":
             lines.append(_row("  paper", [_published(published, model, f["year"],
                                                      f"vpc_{level}") for f in fits]))
-    if any("variance_explained" in f for f in fits):
+    if any("variance_explained" in f or "comparison_refused" in f for f in fits):
         ref = next(f["reference"] for f in fits if "reference" in f)
         for level in ("school", "pupil"):
             lines.append(_row(f"**% variance explained, {level} (vs {ref})**",
-                              [_pct(f.get("variance_explained", {}).get(level)) for f in fits]))
+                              ["not compared" if "comparison_refused" in f
+                               else _pct(f.get("variance_explained", {}).get(level))
+                               for f in fits]))
             lines.append(_row("  REML", [_reml_pct(f, "variance_explained", level)
                                          for f in fits]))
             if has_paper:
@@ -154,12 +156,14 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         for d in (f["diagnostics"] for f in fits)]))
     lines.append(_row("diagnostics", ["ok" if f["diagnostics"]["ok"] else "**FAILED**"
                                       for f in fits]))
+    refused = [f for f in fits if "comparison_refused" in f]
     paper = "; the published value (SE)" if has_paper else ""
     lines += ["", f"Cells: posterior mean (sd) and its {PERCENT} HDI; REML estimate (SE) on the "
-                  "same "
-              f"pupils{paper}. "
-              f"Variance rows: posterior mean [{PERCENT} HDI], in percent.", ""]
-    return lines
+                  "same pupils"
+              f"{paper}. Variance rows: posterior mean [{PERCENT} HDI], in percent.", ""]
+    lines += [f"**{_year_label(f['year'])}: variance explained {f['comparison_refused']}.**"
+              for f in refused]
+    return [*lines, ""] if refused else lines
 
 
 def federation_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
