@@ -15,7 +15,8 @@ With :math:`\tau` = ``sd_school`` and :math:`\sigma` = ``sigma``:
   :math:`1 - \sigma^2_{\mathrm{model}} / \sigma^2_{\mathrm{reference}}`;
 * Rights & Sterba (2019) decomposition (:func:`decomposition`) of the model-implied total
   variance :math:`\beta^\top \Sigma_X \beta + \tau^2 + \sigma^2` into the fixed part, the school
-  part and the pupil part.
+  part and the pupil part, and with the fixed part split within and between schools
+  (:func:`decomposition_levels`): R-squared within and between, inside one posterior.
 """
 
 from __future__ import annotations
@@ -157,6 +158,67 @@ def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray) -> xr.Datas
     out["r2_marginal"] = out["fixed"]
     out["r2_conditional"] = out["fixed"] + out["school"]
     return out
+
+
+def predictor_cov_levels(school: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    r"""Within- and between-school covariance matrices of the predictors over pupils, from a
+    fit's per-school statistics (:func:`bayesfed.posterior.checks.school_data`).
+
+    :math:`\Sigma_w = \sum_j \sum_{i \in j} (x_i - \bar x_j)(x_i - \bar x_j)^\top / (n - 1)` and
+    :math:`\Sigma_b = \sum_j n_j (\bar x_j - \bar x)(\bar x_j - \bar x)^\top / (n - 1)`; they sum
+    to :func:`predictor_cov`'s matrix. A school-level predictor has no within part.
+
+    Returns
+    -------
+    within, between : ndarray, shape (n_coef, n_coef)
+    """
+    n = school["school_n"].to_numpy().astype(float)
+    means = school["school_x_mean"].transpose("school", "predictor").to_numpy()
+    within = school["school_xx"].transpose("school", "predictor", "predictor_").to_numpy()
+    deviation = means - n @ means / n.sum()
+    between = (deviation * n[:, None]).T @ deviation
+    return within.sum(axis=0) / (n.sum() - 1), between / (n.sum() - 1)
+
+
+def decomposition_levels(posterior: xr.Dataset, within: np.ndarray, between: np.ndarray
+                         ) -> xr.Dataset:
+    r"""Rights & Sterba (2019) decomposition with its within and between parts, per draw.
+
+    For a random-intercept model the total variance is :math:`f_1 + f_2 + m + \sigma^2`
+    (no random slopes: :math:`v = 0`), with :math:`f_1 = \beta^\top \Sigma_w \beta` the
+    predictors' variance within schools, :math:`f_2 = \beta^\top \Sigma_b \beta` between
+    schools (:func:`predictor_cov_levels`), :math:`m = \tau^2` the school intercepts'. The
+    within-school variance is :math:`f_1 + \sigma^2` and the between-school variance
+    :math:`f_2 + m`, so :math:`R^2_w = f_1 / (f_1 + \sigma^2)` and
+    :math:`R^2_b = f_2 / (f_2 + m)`. Rights, J. D. & Sterba, S. K. (2019), Quantifying
+    explained variance in multilevel models, *Psychological Methods* 24(3), 309-338,
+    https://doi.org/10.1037/met0000184.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        With ``sd_school``, ``sigma`` (chain, draw) and, with predictors, ``beta`` (chain,
+        draw, predictor) in the order of the matrices' rows.
+    within, between : ndarray, shape (n_coef, n_coef)
+
+    Returns
+    -------
+    xarray.Dataset
+        Dims (chain, draw): ``f1``, ``f2``, ``m``, ``pupil`` (shares of the total, summing to
+        1), ``r2_within`` and ``r2_between`` (in [0, 1]; 0 without predictors).
+    """
+    school = posterior["sd_school"] ** 2
+    pupil = posterior["sigma"] ** 2
+    f1 = xr.zeros_like(school)
+    f2 = xr.zeros_like(school)
+    if within.size:
+        b = posterior["beta"].transpose(..., "predictor").to_numpy()
+        f1 = f1 + np.einsum("...i,ij,...j->...", b, within, b)
+        f2 = f2 + np.einsum("...i,ij,...j->...", b, between, b)
+    total = f1 + f2 + school + pupil
+    return xr.Dataset({"f1": f1 / total, "f2": f2 / total, "m": school / total,
+                       "pupil": pupil / total, "r2_within": f1 / (f1 + pupil),
+                       "r2_between": f2 / (f2 + school)})
 
 
 def hdi_summary(da: xr.DataArray, prob: float = PROB) -> dict[str, float]:

@@ -61,7 +61,9 @@ from bayesfed.posterior.effects import sensitivity
 from bayesfed.posterior.intervals import PROB
 from bayesfed.posterior.partition import (
     decomposition_from_cov,
+    decomposition_levels,
     hdi_summary,
+    predictor_cov_levels,
     variance_explained,
     vpc,
 )
@@ -272,6 +274,12 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "diagnostics": diagnostics(tree),
         "reml": reml_summary(tree, reference),
     }
+    if has_school_data(tree):  # the fixed part within and between schools (Rights & Sterba)
+        levels = decomposition_levels(post, *predictor_cov_levels(tree["constant_data"]))
+        out["decomposition"] |= {"fixed_within": hdi_summary(levels["f1"], PROB),
+                                 "fixed_between": hdi_summary(levels["f2"], PROB)}
+        out["r2_within"] = hdi_summary(levels["r2_within"], PROB)
+        out["r2_between"] = hdi_summary(levels["r2_between"], PROB)
     if reference is not None:
         out["reference"] = str(reference.attrs["bayesfed_model"])
         refused = different_pupils(tree.attrs, reference.attrs)

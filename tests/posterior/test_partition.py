@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -107,3 +108,40 @@ def test_hdi_summary_known_interval():
 def test_hdi_summary_refuses_bad_prob():
     with pytest.raises(ValueError, match="prob must lie in"):
         hdi_summary(xr.DataArray(np.zeros(3), dims="sample"), prob=94)
+
+
+def test_decomposition_levels_by_hand():
+    """Two schools, one pupil-level predictor x and one school-level z: the within and between
+    covariances by hand, and every share and R-squared of one draw from them."""
+    from bayesfed.design.columns import build_design
+    from bayesfed.posterior.checks import school_data
+    from bayesfed.posterior.partition import (
+        decomposition_from_cov,
+        decomposition_levels,
+        predictor_cov,
+        predictor_cov_levels,
+    )
+
+    frame = pd.DataFrame({"outcome": np.zeros(5), "school": ["a", "a", "a", "b", "b"],
+                          "x": [1.0, 2.0, 6.0, 0.0, 4.0], "z": [1.0, 1.0, 1.0, 0.0, 0.0]})
+    d = build_design(frame, ["x"], ["z"])
+    within, between = predictor_cov_levels(school_data(d))
+    # within: x deviations from school means 3 and 2: (-2, -1, 3) and (-2, 2) -> 22; z none
+    np.testing.assert_allclose(within, [[22 / 4, 0], [0, 0]], rtol=1e-14)
+    # between: means (3, 1) and (2, 0) around (2.6, 0.6), weights 3 and 2
+    dev = np.array([[0.4, 0.4], [-0.6, -0.6]])
+    np.testing.assert_allclose(between, (dev.T * [3, 2]) @ dev / 4, rtol=1e-14)
+    np.testing.assert_allclose(within + between, predictor_cov(d), rtol=1e-14)
+
+    post = posterior([[2.0]], [[3.0]], beta=[[[0.5, 2.0]]], names=["x", "z"])
+    out = decomposition_levels(post, within, between)
+    b = np.array([0.5, 2.0])
+    f1, f2, m, s2 = b @ within @ b, b @ between @ b, 4.0, 9.0
+    total = f1 + f2 + m + s2
+    for name, value in {"f1": f1 / total, "f2": f2 / total, "m": m / total,
+                        "pupil": s2 / total, "r2_within": f1 / (f1 + s2),
+                        "r2_between": f2 / (f2 + m)}.items():
+        np.testing.assert_allclose(out[name], [[value]], rtol=1e-13, err_msg=name)
+    # the levels split the total decomposition's fixed part exactly
+    whole = decomposition_from_cov(post, predictor_cov(d))
+    np.testing.assert_allclose(out["f1"] + out["f2"], whole["fixed"], rtol=1e-13)
