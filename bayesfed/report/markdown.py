@@ -611,14 +611,25 @@ def stacked_event_section(fit: dict, fits: list[dict], published: pd.DataFrame,
 
 def decomposition_table(fits: list[dict]) -> list[str]:
     """Rights & Sterba shares of the model-implied variance, per fit."""
+    levels = any("r2_within" in f for f in fits)
+    columns = ["fixed effects", *(["of which within", "of which between"] if levels else []),
+               "school", "pupil", "R² marginal", "R² conditional",
+               *(["R² within", "R² between"] if levels else [])]
     lines = ["## Variance decomposition (share of model-implied total variance, %)", "",
-             "| model | year | fixed effects | school | pupil | R² marginal | R² conditional |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | year | " + " | ".join(columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
     for f in fits:
         d = f["decomposition"]
-        lines.append(f"| {f['model']} | {_year_label(f['year'])} | " + " | ".join(
-            _pct(d[k]) for k in ("fixed", "school", "pupil", "r2_marginal", "r2_conditional"))
-            + " |")
+        cells = [_pct(d["fixed"])]
+        cells += [_pct(d.get(k)) for k in ("fixed_within", "fixed_between")] if levels else []
+        cells += [_pct(d[k]) for k in ("school", "pupil", "r2_marginal", "r2_conditional")]
+        cells += [_pct(f.get(k)) for k in ("r2_within", "r2_between")] if levels else []
+        lines.append(f"| {f['model']} | {_year_label(f['year'])} | " + " | ".join(cells) + " |")
+    if levels:
+        lines += ["", "Rights & Sterba (2019): the fixed part splits into its variance within "
+                  "schools (f1) and between them (f2); R² within = f1 / (f1 + pupil), R² "
+                  "between = f2 / (f2 + school), each computed per draw of the one posterior "
+                  f"(mean [{PERCENT} HDI])."]
     return [*lines, ""]
 
 
