@@ -64,6 +64,7 @@ from bayesfed.posterior.partition import (
     decomposition_levels,
     hdi_summary,
     predictor_cov_levels,
+    snijders_bosker,
     variance_explained,
     vpc,
 )
@@ -287,9 +288,12 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
             out["comparison_refused"] = refused
             out["reml"] = reml_summary(tree, None)
         else:
-            out["variance_explained"] = {
-                k: hdi_summary(v, PROB) for k, v in
-                variance_explained(reference.posterior.to_dataset(), post).items()}
+            ref_post = reference.posterior.to_dataset()
+            out["variance_explained"] = {k: hdi_summary(v, PROB) for k, v in
+                                         variance_explained(ref_post, post).items()}
+            size = int(tree.attrs["bayesfed_n_pupils"]) / int(tree.attrs["bayesfed_n_schools"])
+            out["r2_snijders_bosker"] = {k: hdi_summary(v, PROB) for k, v in
+                                         snijders_bosker(ref_post, post, size).items()}
     if "beta" in post and "federated" in post["beta"]["predictor"].to_numpy():
         draws = post["beta"].sel(predictor="federated")
         out["federation_effect"] = {**hdi_summary(draws, PROB),

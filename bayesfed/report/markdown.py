@@ -146,6 +146,12 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
             if has_paper:
                 lines.append(_row("  paper", [_published(published, model, f["year"],
                                                          f"prv_{level}") for f in fits]))
+    if any("r2_snijders_bosker" in f for f in fits):
+        ref = next(f["reference"] for f in fits if "reference" in f)
+        for level in ("pupil", "school"):
+            lines.append(_row(f"**% R² Snijders & Bosker, {level} (vs {ref})**",
+                              [_pct(f.get("r2_snijders_bosker", {}).get(level))
+                               for f in fits]))
     lines.append(_row("sd school / sigma", [
         f"{f['params']['sd_school']['mean']:.2f} / {f['params']['sigma']['mean']:.2f}"
         for f in fits]))

@@ -145,3 +145,13 @@ def test_decomposition_levels_by_hand():
     # the levels split the total decomposition's fixed part exactly
     whole = decomposition_from_cov(post, predictor_cov(d))
     np.testing.assert_allclose(out["f1"] + out["f2"], whole["fixed"], rtol=1e-13)
+
+
+def test_snijders_bosker_known_values():
+    """tau0^2 = 4, sigma0^2 = 16 against tau^2 = 1, sigma^2 = 9, schools of 5 pupils:
+    pupil 1 - 10/20 = 0.5, school 1 - (9/5 + 1)/(16/5 + 4) = 1 - 2.8/7.2."""
+    from bayesfed.posterior.partition import snijders_bosker
+
+    out = snijders_bosker(posterior([[2.0]], [[4.0]]), posterior([[1.0]], [[3.0]]), 5.0)
+    np.testing.assert_allclose(out["pupil"], [0.5], rtol=1e-15)
+    np.testing.assert_allclose(out["school"], [1 - 2.8 / 7.2], rtol=1e-15)
