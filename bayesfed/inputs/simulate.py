@@ -753,11 +753,18 @@ def implied_by_year(
     xb : ndarray, shape (n_pupils,)
         ``x'beta`` of each pupil (score points).
 
+    Also M1's Rights & Sterba parts (:func:`bayesfed.posterior.partition.decomposition_levels`)
+    at the true coefficients: ``f1_m1``, the pooled within-school variance of ``x'beta``, and
+    ``f2_m1``, the pupil-weighted variance of its school means (both over the pupils,
+    denominator ``n - 1``, as bayesfed computes them from the data), and
+    ``r2_within_m1`` = f1 / (f1 + sigma^2), ``r2_between_m1`` = f2 / (f2 + var_school_m1).
+
     Returns
     -------
     dict
         ``str(k) -> {var_school_m0, var_school_m1, var_school_m2, var_pupil_m0,
-        var_pupil_m1, vpc_m0, prv_school, prv_pupil}`` (score points squared; shares 0-1).
+        var_pupil_m1, vpc_m0, prv_school, prv_pupil, f1_m1, f2_m1, r2_within_m1,
+        r2_between_m1}`` (score points squared; shares 0-1).
     """
     n = np.bincount(cell, minlength=cell_since.size)
     mean = np.bincount(cell, weights=xb, minlength=n.size) / np.maximum(n, 1)
@@ -770,10 +777,16 @@ def implied_by_year(
         s0 = resid + float(np.var(cell_effect[keep] + mean[keep]))
         p1 = config.sigma**2
         p0 = p1 + float(within[keep].sum() / n[keep].sum())
+        pupils = n[keep].sum()
+        grand = n[keep] @ mean[keep] / pupils
+        f1 = float(within[keep].sum() / (pupils - 1))
+        f2 = float(n[keep] @ (mean[keep] - grand) ** 2 / (pupils - 1))
         out[str(k)] = {
             "var_school_m0": s0, "var_school_m1": s1, "var_school_m2": resid,
             "var_pupil_m0": p0, "var_pupil_m1": p1, "vpc_m0": s0 / (s0 + p0),
             "prv_school": 1 - s1 / s0, "prv_pupil": 1 - p1 / p0,
+            "f1_m1": f1, "f2_m1": f2, "r2_within_m1": f1 / (f1 + p1),
+            "r2_between_m1": f2 / (f2 + s1),
         }
     return out
 
