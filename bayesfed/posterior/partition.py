@@ -254,6 +254,38 @@ def decomposition_levels(posterior: xr.Dataset, within: np.ndarray, between: np.
                        "r2_between": f2 / (f2 + school)})
 
 
+def term_share_between(posterior: xr.Dataset, between: np.ndarray, term: str) -> xr.DataArray:
+    r"""The share of the between-school variance :math:`f_2 + m` that one term accounts for,
+    per draw: :math:`(f_2 - f_2^{(-t)}) / (f_2 + m)`, with :math:`f_2^{(-t)}` the between part
+    without term :math:`t`'s coefficient (the others held at their values), so covariances with
+    the other predictors' school means count to the term. For M2's ``federated`` it is the
+    federation's share of the school-level variance inside one posterior (the paper's Table 5
+    compares two fits instead).
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        With ``sd_school`` and ``beta`` (chain, draw, predictor).
+    between : ndarray, shape (n_coef, n_coef)
+        :func:`predictor_cov_levels`'s between-school matrix, in ``beta``'s order.
+    term : str
+        A ``predictor`` label of ``beta``.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims (chain, draw); in [0, 1] when the term is uncorrelated with the others.
+    """
+    names = [str(v) for v in posterior["beta"]["predictor"].to_numpy()]
+    b = posterior["beta"].transpose(..., "predictor").to_numpy()
+    without = b.copy()
+    without[..., names.index(term)] = 0.0
+    f2 = np.einsum("...i,ij,...j->...", b, between, b)
+    f2_without = np.einsum("...i,ij,...j->...", without, between, without)
+    school = posterior["sd_school"] ** 2
+    return (f2 - f2_without) / (f2 + school)
+
+
 def hdi_summary(da: xr.DataArray, prob: float = PROB) -> dict[str, float]:
     """Mean, standard deviation and highest-density interval of a scalar-per-draw quantity.
 

@@ -65,6 +65,7 @@ from bayesfed.posterior.partition import (
     hdi_summary,
     predictor_cov_levels,
     snijders_bosker,
+    term_share_between,
     variance_explained,
     vpc,
 )
@@ -276,11 +277,15 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "reml": reml_summary(tree, reference),
     }
     if has_school_data(tree):  # the fixed part within and between schools (Rights & Sterba)
-        levels = decomposition_levels(post, *predictor_cov_levels(tree["constant_data"]))
+        within, between = predictor_cov_levels(tree["constant_data"])
+        levels = decomposition_levels(post, within, between)
         out["decomposition"] |= {"fixed_within": hdi_summary(levels["f1"], PROB),
                                  "fixed_between": hdi_summary(levels["f2"], PROB)}
         out["r2_within"] = hdi_summary(levels["r2_within"], PROB)
         out["r2_between"] = hdi_summary(levels["r2_between"], PROB)
+        if "federated" in out["terms"]:
+            out["federation_share_between"] = hdi_summary(
+                term_share_between(post, between, "federated"), PROB)
     if reference is not None:
         out["reference"] = str(reference.attrs["bayesfed_model"])
         refused = different_pupils(tree.attrs, reference.attrs)

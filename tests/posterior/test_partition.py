@@ -142,6 +142,11 @@ def test_decomposition_levels_by_hand():
                         "pupil": s2 / total, "r2_within": f1 / (f1 + s2),
                         "r2_between": f2 / (f2 + m)}.items():
         np.testing.assert_allclose(out[name], [[value]], rtol=1e-13, err_msg=name)
+    # z's share of the between-school variance: f2 less f2 without z's coefficient
+    from bayesfed.posterior.partition import term_share_between
+
+    share = term_share_between(post, between, "z")
+    np.testing.assert_allclose(share, [[(f2 - 0.25 * between[0, 0]) / (f2 + m)]], rtol=1e-13)
     # the levels split the total decomposition's fixed part exactly
     whole = decomposition_from_cov(post, predictor_cov(d))
     np.testing.assert_allclose(out["f1"] + out["f2"], whole["fixed"], rtol=1e-13)
