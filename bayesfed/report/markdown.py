@@ -152,6 +152,9 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
             lines.append(_row(f"**% R² Snijders & Bosker, {level} (vs {ref})**",
                               [_pct(f.get("r2_snijders_bosker", {}).get(level))
                                for f in fits]))
+    if any("federation_share_between" in f for f in fits):
+        lines.append(_row("**% school-level variance, federation (this fit)**",
+                          [_pct(f.get("federation_share_between")) for f in fits]))
     lines.append(_row("sd school / sigma", [
         f"{f['params']['sd_school']['mean']:.2f} / {f['params']['sigma']['mean']:.2f}"
         for f in fits]))
