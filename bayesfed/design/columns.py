@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bayesfed.design.centring import centre_design
 from bayesfed.inputs.coding import predictor_columns
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.inputs.validate import PupilTable
@@ -93,6 +94,7 @@ def build_design(
 
 
 def design_for(table: PupilTable, spec: ModelSpec, year: int | None) -> Design:
-    """The design of one model on one year's pupils (the whole table when ``year`` is None)."""
-    return build_design(table.select_year(year), spec.predictors.pupil, spec.predictors.school,
-                        spec.categorical_coding())
+    """The design of one model on one year's pupils (the whole table when ``year`` is None),
+    centred and with contextual terms as the spec asks (:mod:`bayesfed.design.centring`)."""
+    return centre_design(build_design(table.select_year(year), spec.predictors.pupil,
+                                      spec.predictors.school, spec.categorical_coding()), spec)

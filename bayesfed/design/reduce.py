@@ -35,6 +35,7 @@ from bayesfed.design.cells import (
     finish_cells,
     merge_cell_parts,
 )
+from bayesfed.design.centring import centre_summary
 from bayesfed.design.columns import Design, build_design
 from bayesfed.design.stacked import stacked_data
 from bayesfed.design.suffstats import SchoolSummary, summary_from
@@ -194,7 +195,8 @@ class YearReducer:
             rows = np.flatnonzero(year == (-1 if key is None else key))
             one = GroupPart(part.keys.iloc[rows].reset_index(drop=True), part.n[rows],
                             part.mean[rows], part.within[rows])
-            out[key] = summary_from(one, self.coef_names, self.school_level)
+            out[key] = centre_summary(summary_from(one, self.coef_names, self.school_level),
+                                      self.spec)
         return out
 
 

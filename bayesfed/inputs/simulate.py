@@ -741,6 +741,12 @@ def implied_by_year(
     of M1 and M2 is ``sigma^2``; M0 adds the pooled within-school variance of ``x'beta``.
     Spreads are population variances (ddof 0) over this study's schools.
 
+    Also M1's Rights & Sterba parts (:func:`bayesfed.posterior.partition.decomposition_levels`)
+    at the true coefficients: ``f1_m1``, the pooled within-school variance of ``x'beta``, and
+    ``f2_m1``, the pupil-weighted variance of its school means (both over the pupils,
+    denominator ``n - 1``, as bayesfed computes them from the data), and
+    ``r2_within_m1`` = f1 / (f1 + sigma^2), ``r2_between_m1`` = f2 / (f2 + var_school_m1).
+
     Parameters
     ----------
     config : SimConfig
@@ -752,12 +758,6 @@ def implied_by_year(
         Calendar-year plus federation effect of each cell (score points).
     xb : ndarray, shape (n_pupils,)
         ``x'beta`` of each pupil (score points).
-
-    Also M1's Rights & Sterba parts (:func:`bayesfed.posterior.partition.decomposition_levels`)
-    at the true coefficients: ``f1_m1``, the pooled within-school variance of ``x'beta``, and
-    ``f2_m1``, the pupil-weighted variance of its school means (both over the pupils,
-    denominator ``n - 1``, as bayesfed computes them from the data), and
-    ``r2_within_m1`` = f1 / (f1 + sigma^2), ``r2_between_m1`` = f2 / (f2 + var_school_m1).
 
     Returns
     -------

@@ -69,6 +69,13 @@ class Predictors(_Strict):
 
     pupil: list[str] = Field(default_factory=list)
     school: list[str] = Field(default_factory=list)
+    #: ``"none"`` (default): pupil-level terms as they are, the paper's models; ``"within"``:
+    #: each pupil-level column centred at its school mean (its within-school slope), as
+    #: :mod:`bayesfed.design.centring` does.
+    centre: Literal["none", "within"] = "none"
+    #: Pupil-level terms whose school means enter too, as school-level terms named
+    #: ``school_mean(<column>)`` (their contextual, between-school, effects).
+    contextual: list[str] = Field(default_factory=list)
 
 
 class Categorical(_Strict):
@@ -229,7 +236,14 @@ class ModelSpec(_Strict):
         for role in ("outcome", "school"):
             if role in terms:
                 raise ValueError(f"{role!r} cannot be a predictor")
+        for name in self.predictors.contextual:
+            if name not in self.predictors.pupil:
+                raise ValueError(f"predictors.contextual: {name!r} is not a pupil-level "
+                                 f"predictor (pupil: {self.predictors.pupil})")
         if self.model.family == "event_time":
+            if self.predictors.contextual or self.predictors.centre != "none":
+                raise ValueError("predictors.centre and predictors.contextual apply to family "
+                                 "= \"two_level\" only")
             if self.predictors.school:
                 raise ValueError("an event_time model takes no school-level predictors: the "
                                  "federated gap and the effects by year since founding are "
