@@ -145,11 +145,12 @@ def test_the_python_pages_examples_run(tmp_path, monkeypatch):
     """docs/python.md's code blocks, one after another, in an empty folder."""
     page = (ROOT / "docs" / "python.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", page, flags=re.S)
-    assert len(blocks) == 6
+    assert len(blocks) == 7
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, "docs/python.md", "exec"), namespace)
+    assert namespace["counts"]["schools"] == 77  # bayesfed.validate's counts of the example
     assert namespace["markdown"].startswith("# Year 0 and year 5")
     assert (tmp_path / "out" / "python-example" / "M2_k5.nc").exists()
     effects = namespace["results"].effects()
