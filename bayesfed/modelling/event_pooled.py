@@ -117,7 +117,7 @@ parameter                   default prior                             why
                                                                       the two-level model, on
                                                                       centred predictors (as
                                                                       rstanarm does)
-``beta[k]``                 :math:`N(0, 2.5 s_y / s_k)`               as in the two-level model
+``beta[k]``                 :math:`N(0, s_y/(s_k\sqrt{p}))`           as in the two-level model
 ``sd_school``, ``sigma``    :math:`\mathrm{HalfNormal}(s_y)`          as in the two-level model
 ``sd_cell``                 :math:`\mathrm{HalfNormal}(s_y)`          a third level, same reasoning
 ``cohort_deviation``        :math:`\mathrm{ZeroSumNormal}(s_y)`       a calendar-year shift of

@@ -112,7 +112,7 @@ per-year ``federated`` coefficient's (:mod:`bayesfed.modelling.priors`):
 ==================================  ===============================================
 parameter                           default prior
 ==================================  ===============================================
-``beta[k]``                         :math:`N(0, 2.5 s_y / s_k)`
+``beta[k]``                         :math:`N(0, s_y / (s_k \sqrt{p}))` (jointly scaled)
 :math:`\gamma_{e,k}`                :math:`N(\bar y, 2.5 s_y)`
 :math:`g_e, \lambda, \delta_0, d`   :math:`N(0, e_s s_y)` (independent effects: each
                                     :math:`\delta_k`)

@@ -13,7 +13,7 @@ units) and :math:`s_k` that of the ``k``-th column of ``X`` over pupils:
 parameter              default prior                                       units
 =====================  ==================================================  ====================
 ``intercept``          :math:`\mathrm{Normal}(\bar y,\; 2.5\, s_y)`        outcome
-``beta[k]``            :math:`\mathrm{Normal}(0,\; 2.5\, s_y / s_k)`       outcome per unit x_k
+``beta[k]``            :math:`\mathrm{Normal}(0,\; s_y/(s_k\sqrt{p}))`       outcome per unit x_k
 ``beta[federated]``    :math:`\mathrm{Normal}(0,\; e\, s_y)`, e = 1        outcome
 ``sd_school``          :math:`\mathrm{HalfNormal}(s_y)`                    outcome
 ``sigma``              :math:`\mathrm{HalfNormal}(s_y)`                    outcome
@@ -21,10 +21,19 @@ parameter              default prior                                       units
 
 Why these:
 
-* They are the weakly informative, scale-invariant defaults of rstanarm and bambi: a slope's
-  prior standard deviation says that a one-standard-deviation change of ``x_k`` is unlikely to
-  move the outcome by more than about 5 (2 x 2.5) outcome standard deviations. Rescaling the
-  outcome or a predictor rescales the prior with it, so results do not depend on units.
+* The slopes are scaled jointly (:data:`FIXED_SD`, :math:`p` the number of coefficients
+  other than the federation effect's): whatever the predictors' correlations,
+  :math:`E[\beta^\top \Sigma_X \beta] = \sum_k \mathrm{Var}(\beta_k)\, s_k^2 = s_y^2`, so the
+  predictors are expected to account for about as much variance as the outcome has, not
+  :math:`2.5^2 p` times it. rstanarm's and bambi's per-slope default, 2.5 :math:`s_y/s_k` each,
+  is weakly informative one slope at a time but implies for M1's eight coefficients a prior
+  predictive within-school sd about seven times the observed one (28 against 4 in the demo);
+  with the joint scale the prior predictive spread of pupils within schools and of school means
+  is of the data's order, and a one-sd change of one predictor is still allowed to move the
+  outcome by more than half an outcome sd (:math:`2/\sqrt{p}` at two prior sds). Rescaling the
+  outcome or a predictor rescales the prior with it, so results do not depend on units; with
+  about ten thousand pupils a year the data dominate (``docs/models/two-level.md`` gives the
+  demo's posterior before and after).
 * A 0/1 dummy (a flag, or one level of a treatment-coded categorical term) is scaled by its
   sample standard deviation :math:`\sqrt{p(1-p)}` (times ``n/(n-1)``), like any other column:
   a rare level gets a wider prior on its coefficient, matching the fact that its effect is
@@ -70,8 +79,13 @@ from bayesfed.design.suffstats import SchoolSummary, summary_of
 from bayesfed.errors import SpecError
 from bayesfed.inputs.spec import NormalPrior, Priors
 
-#: Multiplier of the outcome's standard deviation in the Normal priors' scales.
+#: Multiplier of the outcome's standard deviation in the intercept prior's scale.
 SCALE = 2.5
+
+#: Prior sd of the linear predictor's spread over pupils, in units of the outcome's sd: the
+#: slopes (all but the federation effect's) are scaled jointly so that the expected variance
+#: of :math:`x^\top\beta` is ``FIXED_SD**2`` times the outcome's variance.
+FIXED_SD = 1.0
 
 #: Sd of the federation effect's Normal(0, .) prior, in units of the outcome's sd.
 EFFECT_SD = 1.0
@@ -210,11 +224,12 @@ def default_priors(data: Design | SchoolSummary | Scales, effect_sd: float = EFF
     if not sd_y > 0 or constant:
         what = "the outcome" if not sd_y > 0 else f"predictor column(s) {constant}"
         raise SpecError(f"{what} constant: the data-scaled default priors are undefined")
+    joint = max(1, sum(name != FEDERATION_TERM for name in scales.coef_names))
     return PriorSet(
         intercept=Normal(scales.y_mean, SCALE * sd_y),
         coef_names=scales.coef_names,
         slopes=tuple(Normal(0.0, float(effect_sd * sd_y if name == FEDERATION_TERM
-                                       else SCALE * sd_y / s))
+                                       else FIXED_SD * sd_y / (s * math.sqrt(joint))))
                      for name, s in zip(scales.coef_names, sd_x, strict=True)),
         sd_school=sd_y,
         sigma=sd_y,

@@ -282,6 +282,37 @@ def school_loglik(tree: xr.DataTree) -> xr.DataArray:
                                 "draw": post["draw"].to_numpy(), "school": school})
 
 
+def log_prior(tree: xr.DataTree) -> xr.DataArray:
+    """The two-level model's log prior density at each draw (nats): the Normal priors of
+    ``intercept`` and each ``beta`` and the HalfNormal priors of ``sd_school`` and ``sigma``,
+    with the numbers the fit records (``bayesfed_priors``; in the collapsed model the prior of
+    ``level`` is the intercept's, moved with unit Jacobian).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims (chain, draw).
+    """
+    priors = json.loads(tree.attrs["bayesfed_priors"])
+    post = tree.posterior
+
+    def normal(x, mu, sd):
+        return -0.5 * ((x - mu) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
+
+    def half_normal(x, sd):
+        return normal(x, 0.0, sd) + np.log(2.0)
+
+    out = normal(post["intercept"], priors["prior.intercept.mu"],
+                 priors["prior.intercept.sigma"])
+    if "beta" in post:
+        names = [str(v) for v in post["beta"]["predictor"].to_numpy()]
+        mu = xr.DataArray([priors[f"prior.beta[{n}].mu"] for n in names], dims="predictor")
+        sd = xr.DataArray([priors[f"prior.beta[{n}].sigma"] for n in names], dims="predictor")
+        out = out + normal(post["beta"], mu, sd).sum("predictor")
+    out = out + half_normal(post["sd_school"], priors["prior.sd_school.sigma"])
+    return out + half_normal(post["sigma"], priors["prior.sigma.sigma"])
+
+
 def loo_school(tree: xr.DataTree) -> azs.ELPDData:
     """PSIS leave-one-school-out cross-validation of a two-level fit: pointwise elpd and Pareto
     k per school."""

@@ -52,10 +52,12 @@ from bayesfed.inputs.spec import ModelSpec
 from bayesfed.posterior.checks import (
     compare_loo,
     has_school_data,
+    log_prior,
     loo_school,
     loo_summary,
     predictive_checks,
     psis_loo,
+    school_loglik,
 )
 from bayesfed.posterior.effects import sensitivity
 from bayesfed.posterior.intervals import PROB
@@ -591,7 +593,26 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
         return None
     elpd = psis_loo(tree, "pupils") if stacked else loo_school(tree)
     fit["loo"] = loo_summary(elpd)
+    if not stacked:
+        fit["prior_sensitivity"] = two_level_prior_sensitivity(tree)
     return elpd
+
+
+def two_level_prior_sensitivity(tree: xr.DataTree) -> dict[str, dict[str, object]]:
+    """:func:`prior_sensitivity` of a per-year fit's key quantities: the school share of the
+    residual variance (``vpc_school``) and, where the model has it, the federation effect
+    (``federated``). The power-scaled prior is every prior of the model
+    (:func:`bayesfed.posterior.checks.log_prior`); the likelihood is each school's, its
+    intercept integrated out (:func:`bayesfed.posterior.checks.school_loglik`)."""
+    post = tree.posterior
+    quantities = {"vpc_school": vpc(post.to_dataset())["school"]}
+    if "beta" in post and "federated" in post["beta"]["predictor"].to_numpy():
+        quantities["federated"] = post["beta"].sel(predictor="federated", drop=True)
+    scaled = xr.DataTree.from_dict({
+        "posterior": xr.Dataset(quantities),
+        "log_prior": xr.Dataset({"prior": log_prior(tree)}),
+        "log_likelihood": xr.Dataset({"y": school_loglik(tree)})})
+    return prior_sensitivity(scaled, tuple(quantities))
 
 
 def loo_comparisons(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[dict]:

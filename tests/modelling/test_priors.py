@@ -33,8 +33,11 @@ def test_defaults_are_the_documented_formulas(design):
     # the federation effect in units of the outcome's sd (EFFECT_SD = 1), not of the flag's
     assert p.slopes[k].sigma == pytest.approx(1.0 * sd_y)
     others = [i for i, name in enumerate(design.coef_names) if name != "federated"]
-    np.testing.assert_allclose(p.slope_sigma[others],
-                               2.5 * sd_y / design.X[:, others].std(axis=0, ddof=1))
+    # jointly scaled: the linear predictor's expected variance is the outcome's
+    np.testing.assert_allclose(p.slope_sigma[others], sd_y / (
+        design.X[:, others].std(axis=0, ddof=1) * np.sqrt(len(others))))
+    cov = np.cov(design.X[:, others], rowvar=False)
+    assert np.sum(p.slope_sigma[others] ** 2 * np.diag(cov)) == pytest.approx(sd_y**2)
     assert p.sd_school == pytest.approx(sd_y) and p.sigma == pytest.approx(sd_y)
     assert default_priors(design, effect_sd=0.5).slopes[k].sigma == pytest.approx(0.5 * sd_y)
 

@@ -159,3 +159,38 @@ def test_leave_one_school_out_prefers_the_right_model():
     assert ranked[1]["elpd_diff"] < -2 * ranked[1]["dse"]
     # stacking weights from the shifted elpds (without the shift every weight was 1/2)
     assert ranked[0]["weight"] > 0.9
+
+
+def test_log_prior_is_the_models_prior_density():
+    """checks.log_prior (what the per-year prior sensitivity power-scales) equals PyMC's log
+    density of the collapsed model's free variables, its likelihood left out, at random
+    points."""
+    from bayesfed.design.suffstats import summary_of
+    from bayesfed.modelling.two_level import build_two_level_collapsed
+    from bayesfed.posterior.checks import log_prior
+
+    rng = np.random.default_rng(5)
+    n, schools = 300, 12
+    idx = np.sort(rng.integers(0, schools, n))
+    X = np.column_stack([rng.normal(size=n), rng.integers(0, 2, n)])
+    design = Design(y=rng.normal(3, 2, n), X=X, coef_names=("x", "flag"), school_idx=idx,
+                    schools=tuple(f"s{j:02d}" for j in range(schools)),
+                    school_level=(False, False))
+    priors = default_priors(design)
+    model = build_two_level_collapsed(design, priors)
+    prior_rvs = [model[v] for v in ("beta", "level", "sd_school", "sigma")]
+    logp = model.compile_logp(vars=prior_rvs, jacobian=False)
+    centre = summary_of(design).pooled().X_centre
+    for _ in range(3):
+        beta, level = rng.normal(size=2), rng.normal(3, 1)
+        tau, sigma = rng.uniform(0.2, 3, 2)
+        expected = logp({"beta": beta, "level": level, "sd_school_log__": np.log(tau),
+                         "sigma_log__": np.log(sigma)})
+        tree = xr.DataTree.from_dict({"posterior": xr.Dataset(
+            {"intercept": (("chain", "draw"), [[level - centre @ beta]]),
+             "beta": (("chain", "draw", "predictor"), [[beta]]),
+             "sd_school": (("chain", "draw"), [[tau]]), "sigma": (("chain", "draw"), [[sigma]])},
+            coords={"predictor": ["x", "flag"]})})
+        tree.attrs["bayesfed_priors"] = json.dumps(priors.as_dict())
+        np.testing.assert_allclose(float(log_prior(tree).squeeze()), float(expected),
+                                   rtol=1e-12)
