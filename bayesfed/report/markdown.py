@@ -137,7 +137,7 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     if any("variance_explained" in f or "comparison_refused" in f for f in fits):
         ref = next(f["reference"] for f in fits if "reference" in f)
         for level in ("school", "pupil"):
-            lines.append(_row(f"**% variance explained, {level} (vs {ref})**",
+            lines.append(_row(f"**% variance explained, {level} (vs {ref}: two fits)**",
                               ["not compared" if "comparison_refused" in f
                                else _pct(f.get("variance_explained", {}).get(level))
                                for f in fits]))
@@ -169,7 +169,10 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     paper = "; the published value (SE)" if has_paper else ""
     lines += ["", f"Cells: posterior mean (sd) and its {PERCENT} HDI; REML estimate (SE) on the "
                   "same pupils"
-              f"{paper}. Variance rows: posterior mean [{PERCENT} HDI], in percent.", ""]
+              f"{paper}. Variance rows: posterior mean [{PERCENT} HDI], in percent. The "
+              "variance explained is the paper's proportional reduction, which compares two "
+              "fits (draws paired; conservative intervals); the R² of the decomposition below "
+              "come from one posterior.", ""]
     lines += [f"**{_year_label(f['year'])}: variance explained {f['comparison_refused']}.**"
               for f in refused]
     return [*lines, ""] if refused else lines

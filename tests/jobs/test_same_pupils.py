@@ -55,6 +55,6 @@ def test_models_fitted_to_different_pupils_are_not_compared(missing_ks2, tmp_pat
         "dropped for all of them)")
     assert "variance_explained" not in fits["M1"]["reml"]
     report = results.report()
-    assert "| **% variance explained, school (vs M0)** | not compared |" in report
+    assert "| **% variance explained, school (vs M0: two fits)** | not compared |" in report
     assert f"**Year of foundation: variance explained {fits['M1']['comparison_refused']}.**" \
         in report
