@@ -70,8 +70,10 @@ bench: $(VENV)/.installed-bench
 	@$(VPY) bench/csv_reading.py
 
 # R from Debian's packages (root or sudo, as `browser`): r-base-dev for the compiler brms's
-# Stan models need, posterior for brms's ESS, data.table to read the national-size CSV.
-R_BENCH_CHECK := for (p in c("lme4", "brms", "posterior", "jsonlite", "data.table")) \
+# Stan models need, posterior for brms's ESS, data.table to read the national-size CSV,
+# performance for Nakagawa's R-squared (bench/r2_agreement.py).
+R_BENCH_CHECK := for (p in c("lme4", "brms", "posterior", "jsonlite", "data.table", \
+  "performance")) \
   if (!requireNamespace(p, quietly = TRUE)) quit(status = 1)
 bench-r: $(VENV)/.installed-bench
 	@if command -v Rscript >/dev/null 2>&1 && Rscript -e '$(R_BENCH_CHECK)' >/dev/null 2>&1; \
@@ -81,10 +83,11 @@ bench-r: $(VENV)/.installed-bench
 	  $$sudo apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends \
 	    r-base-core r-base-dev r-cran-lme4 r-cran-brms r-cran-posterior r-cran-jsonlite \
-	    r-cran-data.table; \
+	    r-cran-data.table r-cran-performance; \
 	fi
 	@$(VPY) bench/peers.py --r
 	@$(VPY) bench/event_time_scale.py
+	@$(VPY) bench/r2_agreement.py
 
 # -W --keep-going: every warning is reported, then fails the build; -n: every reference must
 # resolve. tests/test_docs.py runs the same build.
