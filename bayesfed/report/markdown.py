@@ -170,9 +170,9 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     lines += ["", f"Cells: posterior mean (sd) and its {PERCENT} HDI; REML estimate (SE) on the "
                   "same pupils"
               f"{paper}. Variance rows: posterior mean [{PERCENT} HDI], in percent. The "
-              "variance explained is the paper's proportional reduction, which compares two "
-              "fits (draws paired; conservative intervals); the R² of the decomposition below "
-              "come from one posterior.", ""]
+              "variance explained is the proportional reduction in variance between two fits "
+              "(draws paired; conservative intervals); the R² of the decomposition below come "
+              "from one posterior.", ""]
     lines += [f"**{_year_label(f['year'])}: variance explained {f['comparison_refused']}.**"
               for f in refused]
     return [*lines, ""] if refused else lines
