@@ -571,8 +571,10 @@ def summarize_dir(folder: str | Path) -> dict[str, object]:
         gc.collect()
     fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
     compare_with_per_year(fits)
-    return {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
-            "loo_comparison": loo_comparisons(fits, elpds)}
+    out = {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
+           "loo_comparison": loo_comparisons(fits, elpds)}
+    refused = loo_refusals(fits, elpds)
+    return out | ({"loo_refused": refused} if refused else {})
 
 
 def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
@@ -640,6 +642,27 @@ def loo_comparisons(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list
     return [{"year": key[0], "unit": "school",
              "models": compare_loo({f["model"]: elpds[f["file"]] for f in group})}
             for key, group in groups.items() if len(group) >= 2]
+
+
+def loo_refusals(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[dict]:
+    """The years whose leave-one-school-out results could not all be compared, because their
+    fits were made from different data or pupils (the groups of :func:`loo_comparisons`).
+
+    Returns
+    -------
+    list of dict
+        ``year`` and ``groups``: per group of comparable fits, its ``models``, ``n_pupils``
+        and ``n_schools``; one entry per year with more than one group.
+    """
+    by_year: dict[object, dict[tuple, list[dict]]] = {}
+    for fit in fits:
+        if fit["file"] in elpds:
+            key = (fit["data_sha256"], fit["n_pupils"], fit["n_schools"])
+            by_year.setdefault(fit["year"], {}).setdefault(key, []).append(fit)
+    return [{"year": year, "groups": [{"models": [f["model"] for f in group],
+                                       "n_pupils": key[1], "n_schools": key[2]}
+                                      for key, group in groups.items()]}
+            for year, groups in by_year.items() if len(groups) > 1]
 
 
 def write_summary(folder: str | Path) -> Path:

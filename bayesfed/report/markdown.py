@@ -931,6 +931,13 @@ def loo_section(summary: dict) -> list[str]:
     comparisons = summary.get("loo_comparison", [])
     fits = {(f["model"], f["year"]): f for f in summary["fits"] if "loo" in f}
     lines = ["## Model comparison: leave-one-school-out", ""]
+    for r in summary.get("loo_refused", []):
+        groups = "; ".join(f"{', '.join(g['models'])} ({g['n_pupils']:,} pupils, "
+                           f"{g['n_schools']} schools)" for g in r["groups"])
+        lines += [f"**{_year_label(r['year'])}: not compared across groups fitted to "
+                  f"different pupils or data: {groups}.** Fit them in one job (with "
+                  "--drop-incomplete, rows missing a value any of its models needs are "
+                  "dropped for all of them).", ""]
     if not comparisons:
         return [*lines, "No two models of this folder were fitted to the same pupils with "
                 "the per-school statistics that leave-one-school-out cross-validation needs, "

@@ -14,7 +14,7 @@ import pytest
 import bayesfed
 from bayesfed.inputs.shipped import spec_path
 
-SETTINGS = dict(years=[0], draws=100, tune=150, chains=2, seed=3, drop_incomplete=True)
+SETTINGS = dict(years=[0], draws=500, tune=500, chains=4, seed=3, drop_incomplete=True)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,9 @@ def test_one_job_drops_the_rows_any_of_its_models_needs(missing_ks2):
     assert len(year0) > fits["M1"]["n_pupils"]  # some rows of year 0 were dropped
     assert "comparison_refused" not in fits["M1"]
     assert set(fits["M1"]["variance_explained"]) == {"school", "pupil"}
-    assert "not compared" not in results.report()
+    report = results.report()
+    assert "| not compared |" not in report and "not compared across groups" not in report
+    assert "loo_refused" not in results.summary_json
 
 
 def test_models_fitted_to_different_pupils_are_not_compared(missing_ks2, tmp_path):
@@ -58,3 +60,9 @@ def test_models_fitted_to_different_pupils_are_not_compared(missing_ks2, tmp_pat
     assert "| **% variance explained, school (vs M0: two fits)** | not compared |" in report
     assert f"**Year of foundation: variance explained {fits['M1']['comparison_refused']}.**" \
         in report
+    assert results.summary_json["loo_refused"] == [{"year": 0, "groups": [
+        {"models": ["M0"], "n_pupils": n0, "n_schools": fits["M0"]["n_schools"]},
+        {"models": ["M1"], "n_pupils": n1, "n_schools": fits["M1"]["n_schools"]}]}]
+    assert not results.summary_json["loo_comparison"]
+    assert "**Year of foundation: not compared across groups fitted to different pupils or " \
+        "data: M0 (" in report
