@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from bayesfed.inputs.coding import term_of
 from bayesfed.inputs.moments import group_sums
 from bayesfed.inputs.spec import ModelSpec
 
@@ -31,15 +32,15 @@ if TYPE_CHECKING:  # the design's modules import this one
 
 
 def _columns(coef_names: tuple[str, ...], school_level: tuple[bool, ...], spec: ModelSpec
-             ) -> tuple[list[int], list[int]]:
-    """Indices of the pupil-level columns to centre and of those with a contextual term."""
-    def term(coef: str) -> str:
-        return coef.split("[", 1)[0]
-
+             ) -> tuple[list[int], list[int], tuple[str, ...], tuple[bool, ...]]:
+    """Indices of the pupil-level columns to centre and of those with a contextual term, and
+    the coefficient names and levels with the contextual columns appended."""
     pupil = [i for i, level in enumerate(school_level) if not level]
     centred = pupil if spec.predictors.centre == "within" else []
-    contextual = [i for i in pupil if term(coef_names[i]) in spec.predictors.contextual]
-    return centred, contextual
+    contextual = [i for i in pupil if term_of(coef_names[i]) in spec.predictors.contextual]
+    return (centred, contextual,
+            (*coef_names, *(contextual_name(coef_names[i]) for i in contextual)),
+            (*school_level, *([True] * len(contextual))))
 
 
 def contextual_name(coef: str) -> str:
@@ -50,7 +51,8 @@ def contextual_name(coef: str) -> str:
 def centre_summary(summary: SchoolSummary, spec: ModelSpec) -> SchoolSummary:
     """The summary of the columns ``spec`` asks for: pupil columns centred at their school
     means, then contextual school means appended as school-level columns."""
-    centred, contextual = _columns(summary.coef_names, summary.school_level, spec)
+    centred, contextual, names, levels = _columns(summary.coef_names, summary.school_level,
+                                                  spec)
     if not centred and not contextual:
         return summary
     X_mean = summary.X_mean.copy()
@@ -60,14 +62,12 @@ def centre_summary(summary: SchoolSummary, spec: ModelSpec) -> SchoolSummary:
     within = np.zeros((summary.n.size, 1 + p + k, 1 + p + k))
     within[:, :1 + p, :1 + p] = summary.within
     return replace(summary, X_mean=np.column_stack([X_mean, added]), within=within,
-                   coef_names=(*summary.coef_names,
-                               *(contextual_name(summary.coef_names[i]) for i in contextual)),
-                   school_level=(*summary.school_level, *([True] * k)))
+                   coef_names=names, school_level=levels)
 
 
 def centre_design(design: Design, spec: ModelSpec) -> Design:
     """:func:`centre_summary` on pupil rows: the same columns, computed for every pupil."""
-    centred, contextual = _columns(design.coef_names, design.school_level, spec)
+    centred, contextual, names, levels = _columns(design.coef_names, design.school_level, spec)
     if not centred and not contextual:
         return design
     n = np.bincount(design.school_idx, minlength=design.n_schools).astype(float)
@@ -76,6 +76,4 @@ def centre_design(design: Design, spec: ModelSpec) -> Design:
     X = design.X.copy()
     X[:, centred] -= pupil_means[:, centred]
     return replace(design, X=np.column_stack([X, pupil_means[:, contextual]]),
-                   coef_names=(*design.coef_names,
-                               *(contextual_name(design.coef_names[i]) for i in contextual)),
-                   school_level=(*design.school_level, *([True] * len(contextual))))
+                   coef_names=names, school_level=levels)

@@ -66,3 +66,9 @@ def predictor_columns(
         blocks.append(cols)
         names.extend(cnames)
     return np.hstack(blocks), names
+
+
+def term_of(coef: str) -> str:
+    """The term a coefficient name belongs to: ``sen[statemented]`` -> ``sen``, ``fsm`` ->
+    ``fsm`` (the names :func:`term_columns` gives)."""
+    return coef.split("[", 1)[0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from bayesfed.inputs.coding import predictor_columns
+from bayesfed.inputs.coding import predictor_columns, term_of
 from bayesfed.inputs.moments import GroupPart, group_part, merge_group_parts
 from bayesfed.inputs.problems import Problem
 from bayesfed.inputs.rules import Rules
@@ -189,7 +189,7 @@ def _collinearity_problems(sample: Sample, rules: Rules, where: str) -> list[Pro
         # the least-squares fit of column j on the kept ones, from R (X'X = R'R)
         coef, *_ = np.linalg.lstsq(R[:, kept], R[:, j], rcond=None)
         parts = [names[k] for k, c in zip(kept, coef, strict=True) if abs(c) > 1e-8]
-        term = names[j].split("[")[0]
+        term = term_of(names[j])
         problems.append(Problem(
             rules.present.get(term, term), term,
             f"coefficient {names[j]!r} is a linear combination of {', '.join(parts)} in {where}",

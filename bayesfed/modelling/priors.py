@@ -77,6 +77,7 @@ from bayesfed.design.columns import Design
 from bayesfed.design.stacked import StackedData
 from bayesfed.design.suffstats import SchoolSummary, summary_of
 from bayesfed.errors import SpecError
+from bayesfed.inputs.coding import term_of
 from bayesfed.inputs.spec import NormalPrior, Priors
 
 #: Multiplier of the outcome's standard deviation in the intercept prior's scale.
@@ -242,14 +243,9 @@ def effect_sd(sources: list[Priors]) -> float:
     return _pick([s.effect_sd for s in sources], EFFECT_SD)
 
 
-def _term(coef: str) -> str:
-    """Term of a coefficient name: ``sen[statemented]`` -> ``sen``, ``fsm`` -> ``fsm``."""
-    return coef.split("[", 1)[0]
-
-
 def _slope_entries(priors: Priors, coef: str) -> list[NormalPrior]:
     """One source's entries for a coefficient, most specific first."""
-    entries = [priors.slope[k] for k in (coef, _term(coef)) if k in priors.slope]
+    entries = [priors.slope[k] for k in (coef, term_of(coef)) if k in priors.slope]
     return entries + ([priors.slopes] if priors.slopes is not None else [])
 
 
@@ -260,7 +256,7 @@ def _pick(values: list[float | None], default: float) -> float:
 
 def _check_slope_names(priors: Priors, design: Design | SchoolSummary | Scales,
                        source: str) -> None:
-    known = {*design.coef_names, *map(_term, design.coef_names)}
+    known = {*design.coef_names, *map(term_of, design.coef_names)}
     unknown = sorted(set(priors.slope) - known)
     if unknown:
         raise SpecError(f"{source} priors.slope names no coefficient of this model: {unknown} "

@@ -70,6 +70,7 @@ import warnings
 import arviz_stats as azs
 import numpy as np
 import xarray as xr
+from scipy import stats
 
 from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import SchoolSummary, summary_of
@@ -136,24 +137,33 @@ def _flat(da: xr.DataArray, *dims: str) -> np.ndarray:
 def _posterior_draws(tree: xr.DataTree) -> dict[str, np.ndarray]:
     post = tree.posterior
     alpha = _flat(post["intercept"])
-    p = tree["constant_data"]["school_x_mean"].sizes["predictor"]
-    beta = _flat(post["beta"], "predictor") if "beta" in post else np.zeros((alpha.size, p))
+    beta = _flat(post["beta"], "predictor") if "beta" in post else np.zeros((alpha.size, 0))
     return {"alpha": alpha, "beta": beta, "tau": _flat(post["sd_school"]),
             "sigma": _flat(post["sigma"])}
 
 
-def _prior_draws(tree: xr.DataTree, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """``n`` draws from the fit's resolved priors (``bayesfed_priors``, see
-    :meth:`bayesfed.modelling.priors.PriorSet.as_dict`)."""
+def _recorded_priors(tree: xr.DataTree) -> dict[str, np.ndarray | float]:
+    """The fit's resolved priors (``bayesfed_priors``, see
+    :meth:`bayesfed.modelling.priors.PriorSet.as_dict`) as arrays: ``alpha_mu``,
+    ``alpha_sd``, ``beta_mu`` and ``beta_sd`` (predictor, in the posterior's order),
+    ``tau_sd``, ``sigma_sd`` (outcome units)."""
     priors = json.loads(tree.attrs["bayesfed_priors"])
-    names = [str(v) for v in tree["constant_data"]["predictor"].to_numpy()]
-    alpha = rng.normal(priors["prior.intercept.mu"], priors["prior.intercept.sigma"], n)
-    beta = np.column_stack([rng.normal(priors[f"prior.beta[{k}].mu"],
-                                       priors[f"prior.beta[{k}].sigma"], n) for k in names]) \
-        if names else np.zeros((n, 0))
-    return {"alpha": alpha, "beta": beta,
-            "tau": np.abs(rng.normal(0.0, priors["prior.sd_school.sigma"], n)),
-            "sigma": np.abs(rng.normal(0.0, priors["prior.sigma.sigma"], n))}
+    post = tree.posterior
+    names = [str(v) for v in post["beta"]["predictor"].to_numpy()] if "beta" in post else []
+    return {"alpha_mu": priors["prior.intercept.mu"], "alpha_sd": priors["prior.intercept.sigma"],
+            "beta_mu": np.array([priors[f"prior.beta[{k}].mu"] for k in names]),
+            "beta_sd": np.array([priors[f"prior.beta[{k}].sigma"] for k in names]),
+            "tau_sd": priors["prior.sd_school.sigma"], "sigma_sd": priors["prior.sigma.sigma"]}
+
+
+def _prior_draws(tree: xr.DataTree, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``n`` draws from the fit's resolved priors (:func:`_recorded_priors`)."""
+    p = _recorded_priors(tree)
+    alpha = rng.normal(p["alpha_mu"], p["alpha_sd"], n)
+    beta = np.column_stack([rng.normal(mu, sd, n) for mu, sd in zip(
+        p["beta_mu"], p["beta_sd"], strict=True)]) if p["beta_mu"].size else np.zeros((n, 0))
+    return {"alpha": alpha, "beta": beta, "tau": np.abs(rng.normal(0.0, p["tau_sd"], n)),
+            "sigma": np.abs(rng.normal(0.0, p["sigma_sd"], n))}
 
 
 def _replicate(draws: dict[str, np.ndarray], data: dict[str, np.ndarray],
@@ -293,30 +303,21 @@ def log_prior(tree: xr.DataTree) -> xr.DataArray:
     xarray.DataArray
         Dims (chain, draw).
     """
-    priors = json.loads(tree.attrs["bayesfed_priors"])
+    p = _recorded_priors(tree)
+    d = _posterior_draws(tree)
+    density = (stats.norm.logpdf(d["alpha"], p["alpha_mu"], p["alpha_sd"])
+               + stats.norm.logpdf(d["beta"], p["beta_mu"], p["beta_sd"]).sum(axis=1)
+               + stats.halfnorm.logpdf(d["tau"], scale=p["tau_sd"])
+               + stats.halfnorm.logpdf(d["sigma"], scale=p["sigma_sd"]))
     post = tree.posterior
-
-    def normal(x, mu, sd):
-        return -0.5 * ((x - mu) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
-
-    def half_normal(x, sd):
-        return normal(x, 0.0, sd) + np.log(2.0)
-
-    out = normal(post["intercept"], priors["prior.intercept.mu"],
-                 priors["prior.intercept.sigma"])
-    if "beta" in post:
-        names = [str(v) for v in post["beta"]["predictor"].to_numpy()]
-        mu = xr.DataArray([priors[f"prior.beta[{n}].mu"] for n in names], dims="predictor")
-        sd = xr.DataArray([priors[f"prior.beta[{n}].sigma"] for n in names], dims="predictor")
-        out = out + normal(post["beta"], mu, sd).sum("predictor")
-    out = out + half_normal(post["sd_school"], priors["prior.sd_school.sigma"])
-    return out + half_normal(post["sigma"], priors["prior.sigma.sigma"])
+    return xr.DataArray(density.reshape(post.sizes["chain"], post.sizes["draw"]),
+                        dims=("chain", "draw"))
 
 
-def loo_school(tree: xr.DataTree) -> azs.ELPDData:
+def loo_school(tree: xr.DataTree, ll: xr.DataArray | None = None) -> azs.ELPDData:
     """PSIS leave-one-school-out cross-validation of a two-level fit: pointwise elpd and Pareto
-    k per school."""
-    ll = school_loglik(tree)
+    k per school (``ll``: :func:`school_loglik`'s result, computed here when not given)."""
+    ll = school_loglik(tree) if ll is None else ll
     dt = xr.DataTree.from_dict({
         "posterior": tree.posterior.to_dataset()[["intercept", "sd_school", "sigma"]],
         "log_likelihood": xr.Dataset({"y": ll})})

@@ -276,8 +276,9 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "variance_partition": {k: hdi_summary(v, PROB) for k, v in vpc(post).items()},
         "decomposition": {k: hdi_summary(v, PROB) for k, v in shares.items()},
         "diagnostics": diagnostics(tree),
-        "reml": reml_summary(tree, reference),
     }
+    refused = None if reference is None else different_pupils(tree.attrs, reference.attrs)
+    out["reml"] = reml_summary(tree, None if refused else reference)
     if has_school_data(tree):  # the fixed part within and between schools (Rights & Sterba)
         within, between = predictor_cov_levels(tree["constant_data"])
         levels = decomposition_levels(post, within, between)
@@ -290,10 +291,8 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
                 term_share_between(post, between, "federated"), PROB)
     if reference is not None:
         out["reference"] = str(reference.attrs["bayesfed_model"])
-        refused = different_pupils(tree.attrs, reference.attrs)
         if refused:
             out["comparison_refused"] = refused
-            out["reml"] = reml_summary(tree, None)
         else:
             ref_post = reference.posterior.to_dataset()
             out["variance_explained"] = {k: hdi_summary(v, PROB) for k, v in
@@ -323,6 +322,7 @@ def _common(tree: xr.DataTree, file: str) -> dict[str, object]:
         "seed": options["fit_seed"],
         "draws": options["draws"] * options["chains"],
         "data_sha256": str(tree.attrs["bayesfed_data_sha256"]),
+        "sample_sha256": tree.attrs.get("bayesfed_sample"),
     }
 
 
@@ -593,19 +593,23 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
         fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
     if not fit["diagnostics"]["ok"]:
         return None
-    elpd = psis_loo(tree, "pupils") if stacked else loo_school(tree)
+    if stacked:
+        elpd = psis_loo(tree, "pupils")
+    else:
+        ll = school_loglik(tree)  # once: for LOO and for the prior sensitivity
+        elpd = loo_school(tree, ll)
+        fit["prior_sensitivity"] = two_level_prior_sensitivity(tree, ll)
     fit["loo"] = loo_summary(elpd)
-    if not stacked:
-        fit["prior_sensitivity"] = two_level_prior_sensitivity(tree)
     return elpd
 
 
-def two_level_prior_sensitivity(tree: xr.DataTree) -> dict[str, dict[str, object]]:
+def two_level_prior_sensitivity(tree: xr.DataTree, ll: xr.DataArray
+                                ) -> dict[str, dict[str, object]]:
     """:func:`prior_sensitivity` of a per-year fit's key quantities: the school share of the
     residual variance (``vpc_school``) and, where the model has it, the federation effect
     (``federated``). The power-scaled prior is every prior of the model
     (:func:`bayesfed.posterior.checks.log_prior`); the likelihood is each school's, its
-    intercept integrated out (:func:`bayesfed.posterior.checks.school_loglik`)."""
+    intercept integrated out (``ll``: :func:`bayesfed.posterior.checks.school_loglik`)."""
     post = tree.posterior
     quantities = {"vpc_school": vpc(post.to_dataset())["school"]}
     if "beta" in post and "federated" in post["beta"]["predictor"].to_numpy():
@@ -613,7 +617,7 @@ def two_level_prior_sensitivity(tree: xr.DataTree) -> dict[str, dict[str, object
     scaled = xr.DataTree.from_dict({
         "posterior": xr.Dataset(quantities),
         "log_prior": xr.Dataset({"prior": log_prior(tree)}),
-        "log_likelihood": xr.Dataset({"y": school_loglik(tree)})})
+        "log_likelihood": xr.Dataset({"y": ll})})
     return prior_sensitivity(scaled, tuple(quantities))
 
 
@@ -634,14 +638,24 @@ def loo_comparisons(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list
         ``year``, ``unit`` (``"school"``) and ``models``
         (:func:`bayesfed.posterior.checks.compare_loo`, best first).
     """
-    groups: dict[tuple, list[dict]] = {}
+    return [{"year": year, "unit": "school",
+             "models": compare_loo({f["model"]: elpds[f["file"]] for f in group})}
+            for year, groups in _loo_groups(fits, elpds).items()
+            for group in groups.values() if len(group) >= 2]
+
+
+def _loo_groups(fits: list[dict], elpds: Mapping[str, azs.ELPDData]
+                ) -> dict[object, dict[tuple, list[dict]]]:
+    """Year -> (data hash, sample fingerprint, pupils, schools) -> the fits with a
+    leave-one-school-out result made from those pupils (the identity :func:`different_pupils`
+    uses): only fits of one group are compared."""
+    out: dict[object, dict[tuple, list[dict]]] = {}
     for fit in fits:
         if fit["file"] in elpds:
-            key = (fit["year"], fit["data_sha256"], fit["n_pupils"], fit["n_schools"])
-            groups.setdefault(key, []).append(fit)
-    return [{"year": key[0], "unit": "school",
-             "models": compare_loo({f["model"]: elpds[f["file"]] for f in group})}
-            for key, group in groups.items() if len(group) >= 2]
+            key = (fit["data_sha256"], fit.get("sample_sha256"), fit["n_pupils"],
+                   fit["n_schools"])
+            out.setdefault(fit["year"], {}).setdefault(key, []).append(fit)
+    return out
 
 
 def loo_refusals(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[dict]:
@@ -654,15 +668,10 @@ def loo_refusals(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[di
         ``year`` and ``groups``: per group of comparable fits, its ``models``, ``n_pupils``
         and ``n_schools``; one entry per year with more than one group.
     """
-    by_year: dict[object, dict[tuple, list[dict]]] = {}
-    for fit in fits:
-        if fit["file"] in elpds:
-            key = (fit["data_sha256"], fit["n_pupils"], fit["n_schools"])
-            by_year.setdefault(fit["year"], {}).setdefault(key, []).append(fit)
     return [{"year": year, "groups": [{"models": [f["model"] for f in group],
-                                       "n_pupils": key[1], "n_schools": key[2]}
+                                       "n_pupils": key[2], "n_schools": key[3]}
                                       for key, group in groups.items()]}
-            for year, groups in by_year.items() if len(groups) > 1]
+            for year, groups in _loo_groups(fits, elpds).items() if len(groups) > 1]
 
 
 def write_summary(folder: str | Path) -> Path:

@@ -489,6 +489,15 @@ def sensitivity_lines(fit: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _psense_cells(row: dict) -> str:
+    """A power-scaling result's prior, likelihood and diagnosis cells (prior in bold above
+    :data:`PSENSE_THRESHOLD`)."""
+    prior = f"{row['prior']:.3f}"
+    prior = f"**{prior}**" if row["prior"] > PSENSE_THRESHOLD else prior
+    diagnosis = "no prior sensitivity" if row["diagnosis"] == "✓" else row["diagnosis"]
+    return f"{prior} | {row['likelihood']:.3f} | {diagnosis}"
+
+
 #: Names of the per-year models' quantities in the prior sensitivity table.
 PER_YEAR_QUANTITIES = {"federated": "federation effect", "vpc_school": "school share (VPC)"}
 
@@ -510,12 +519,8 @@ def per_year_prior_sensitivity(fits: list[dict]) -> list[str]:
              "|---|---|---|---|---|---|"]
     for f in rows:
         for name, row in f["prior_sensitivity"].items():
-            prior = (f"**{row['prior']:.3f}**" if row["prior"] > PSENSE_THRESHOLD
-                     else f"{row['prior']:.3f}")
-            diagnosis = "no prior sensitivity" if row["diagnosis"] == "✓" else row["diagnosis"]
             lines.append(f"| {f['model']} | {_year_label(f['year'])} | "
-                         f"{PER_YEAR_QUANTITIES.get(name, name)} | {prior} | "
-                         f"{row['likelihood']:.3f} | {diagnosis} |")
+                         f"{PER_YEAR_QUANTITIES.get(name, name)} | {_psense_cells(row)} |")
     return [*lines, ""]
 
 
@@ -539,10 +544,7 @@ def prior_sensitivity_lines(fit: dict) -> list[str]:
              "| quantity | prior | likelihood | diagnosis |", "|---|---|---|---|"]
 
     for name, row in table.items():
-        prior = (f"**{row['prior']:.3f}**" if row["prior"] > PSENSE_THRESHOLD
-                 else f"{row['prior']:.3f}")
-        diagnosis = "no prior sensitivity" if row["diagnosis"] == "✓" else row["diagnosis"]
-        lines.append(f"| {_att_name(name)} | {prior} | {row['likelihood']:.3f} | {diagnosis} |")
+        lines.append(f"| {_att_name(name)} | {_psense_cells(row)} |")
     return [*lines, ""]
 
 
