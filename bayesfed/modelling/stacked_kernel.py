@@ -5,7 +5,8 @@ PyTensor graph; its gradient, taken by PyTensor, is dozens of separate loops ove
 T) arrays and (2E, T, T) products, several times the cost of the pooled model's. This module
 computes the same number and its gradient in one pass over the schools, forward and back, with
 the adjoint written by hand (the graph stays the reference: ``tests/test_stacked_kernel.py``
-checks both to 1e-9; ``docs/benchmarks.md`` has the costs).
+checks both to 1e-9; ``docs/benchmarks.md`` has the costs). The schools are taken
+:data:`CHUNK` at a time, each step of their algebra a loop over the chunk's schools.
 
 The adjoint in brief (notation of :mod:`bayesfed.modelling.event_stacked`; :math:`\ell = -2\log p`).
 The block enters through :math:`\log\det G - b^\top G^{-1} b`, so
@@ -68,94 +69,147 @@ def _dot(x, y):
     return v
 
 
-@numba.njit(cache=True)
-def _school_forward(h, c, rho, tau2, Jinv, M, q, work):
-    r"""One school's :math:`J^{-1}` and :math:`M_u`, written into ``Jinv`` and ``M`` (T, T),
-    and :math:`q = M_v 1` into ``q`` (T,); ``h`` (T,) is :math:`n/\sigma^2`, ``work`` (3, T)
-    scratch. Returns ``(s, w, log_det_J)``: :math:`s = 1^\top q`, :math:`w`."""
-    T = h.shape[0]
-    a, d, f = work[0], work[1], work[2]
-    for i in range(T):
-        end = 1.0 if (i == 0 or i == T - 1) else 1.0 + rho * rho
-        a[i] = h[i] + end / c
-    o2 = (rho / c) ** 2
-    d[0] = a[0]
-    for i in range(1, T):
-        d[i] = a[i] - o2 / d[i - 1]
-    f[T - 1] = a[T - 1]
-    for i in range(T - 2, -1, -1):
-        f[i] = a[i] - o2 / f[i + 1]
-    log_det_J = 0.0
-    for i in range(T):
-        log_det_J += math.log(d[i])
-        Jinv[i, i] = 1.0 / (d[i] + f[i] - a[i])
-        f[i] = rho / (c * d[i])  # f no longer needed: the ratio -o / d_i
-    for j in range(T):
-        for i in range(j - 1, -1, -1):
-            Jinv[i, j] = Jinv[i + 1, j] * f[i]
-            Jinv[j, i] = Jinv[i, j]
-    s = 0.0
-    for i in range(T):
-        v = 0.0
-        for k in range(T):
-            M[i, k] = -h[i] * Jinv[i, k] * h[k]
-            v += M[i, k]
-        M[i, i] += h[i]
-        q[i] = v + h[i]
-        s += q[i]
-    w = tau2 / (1.0 + tau2 * s)
-    for i in range(T):
-        for k in range(T):
-            M[i, k] -= w * q[i] * q[k]
-    return s, w, log_det_J
+#: Schools a chunk: the kernel's loops run over the schools of a chunk innermost, so that each
+#: step of a school's algebra is one vector instruction for several schools (the pivots'
+#: recursions are chains of dependent divisions, slow one school at a time), and a chunk's
+#: (T, T, CHUNK) arrays stay in the core's cache.
+CHUNK = 64
 
 
 @numba.njit(cache=True)
-def _school_backward(Mbar, h, c, rho, tau2, Jinv, q, s, w, work, P, PM):
-    r"""The adjoint of one school's :math:`M_u` and log-determinant terms.
+def _chunk_forward(h, b, c, rho, tau2, Jinv, M, q, s, w, log_det, a, d, f):
+    r"""The :math:`J^{-1}`, :math:`M_u` and :math:`q = M_v 1` of a chunk's first ``b`` schools.
 
-    ``Mbar`` (T, T, symmetric) is :math:`\partial\ell/\partial M_u` (overwritten); the
-    log-determinant terms enter with weight 1; ``work`` (2, T), ``P`` and ``PM`` (T, T)
-    scratch. Returns the derivatives of :math:`\ell` with respect to :math:`\log\sigma^2`
-    through :math:`h` (times -1: :math:`\sum_a \bar h_a h_a`), :math:`c`, :math:`\rho`
-    (through :math:`\Lambda` only) and :math:`\tau^2`.
+    ``h`` (T, CHUNK) is :math:`n/\sigma^2`; writes ``Jinv`` and ``M`` (T, T, CHUNK), ``q``
+    (T, CHUNK), ``s`` (:math:`1^\top q`), ``w`` and ``log_det`` (:math:`\log\det J_j +
+    \log(1 + \tau^2 s_j)`) (CHUNK,); ``a``, ``d``, ``f`` (T, CHUNK) scratch.
     """
     T = h.shape[0]
-    Mq, band = work[0], work[1]
-    _matvec(Mbar, q, Mq)
-    qMq = _dot(q, Mq)
-    one_plus = 1.0 + tau2 * s
-    tau2_bar = -qMq / one_plus**2 + s / one_plus
-    kappa = w * w * qMq + w
+    o2 = (rho / c) ** 2
+    for i in range(T):
+        end = 1.0 / c if (i == 0 or i == T - 1) else (1.0 + rho * rho) / c
+        for jj in range(b):
+            a[i, jj] = h[i, jj] + end
+    for jj in range(b):
+        d[0, jj] = a[0, jj]
+        f[T - 1, jj] = a[T - 1, jj]
+    for i in range(1, T):
+        for jj in range(b):
+            d[i, jj] = a[i, jj] - o2 / d[i - 1, jj]
+    for i in range(T - 2, -1, -1):
+        for jj in range(b):
+            f[i, jj] = a[i, jj] - o2 / f[i + 1, jj]
+    ratio = rho / c
+    for i in range(T):
+        for jj in range(b):
+            Jinv[i, i, jj] = 1.0 / (d[i, jj] + f[i, jj] - a[i, jj])
+            f[i, jj] = ratio / d[i, jj]  # f no longer needed: J^-1's ratio -o / d_i
+    for k in range(T):
+        for i in range(k - 1, -1, -1):
+            for jj in range(b):
+                v = Jinv[i + 1, k, jj] * f[i, jj]
+                Jinv[i, k, jj] = v
+                Jinv[k, i, jj] = v
+    for i in range(T):
+        for jj in range(b):
+            q[i, jj] = h[i, jj]
     for i in range(T):
         for k in range(T):
-            Mbar[i, k] += kappa - w * (Mq[i] + Mq[k])  # now the cotangent of M_v
-            P[i, k] = Jinv[i, k] * h[k]
-            PM[i, k] = 0.0
+            for jj in range(b):
+                v = -h[i, jj] * Jinv[i, k, jj] * h[k, jj]
+                M[i, k, jj] = v
+                q[i, jj] += v
+        for jj in range(b):
+            M[i, i, jj] += h[i, jj]
+    for jj in range(b):
+        s[jj] = 0.0
+    for i in range(T):
+        for jj in range(b):
+            s[jj] += q[i, jj]
+    for jj in range(b):
+        w[jj] = tau2 / (1.0 + tau2 * s[jj])
+    for i in range(T):
+        for k in range(T):
+            for jj in range(b):
+                M[i, k, jj] -= w[jj] * q[i, jj] * q[k, jj]
+    for jj in range(b):  # one logarithm a school unless the product leaves a safe range
+        v = 1.0 + tau2 * s[jj]
+        for i in range(T):
+            v *= d[i, jj]
+        if 1e-250 < v < 1e250:
+            log_det[jj] = math.log(v)
+        else:
+            v = math.log1p(tau2 * s[jj])
+            for i in range(T):
+                v += math.log(d[i, jj])
+            log_det[jj] = v
+
+
+@numba.njit(cache=True)
+def _chunk_backward(Mbar, h, b, c, rho, tau2, Jinv, q, s, w, Mq, P, PM):
+    r"""The adjoint of a chunk's :math:`M_u` and log-determinant terms.
+
+    ``Mbar`` (T, T, CHUNK, symmetric in its first two axes) is :math:`\partial\ell/\partial M_u`
+    of each school (overwritten); the log-determinant terms enter with weight 1; ``Mq`` (T,
+    CHUNK), ``P`` and ``PM`` (T, T, CHUNK) scratch. Returns the derivatives of :math:`\ell`,
+    summed over the chunk's first ``b`` schools, with respect to :math:`\log\sigma^2` through
+    :math:`h` (times -1: :math:`\sum_a \bar h_a h_a`), :math:`c`, :math:`\rho` (through
+    :math:`\Lambda` only) and :math:`\tau^2`.
+    """
+    T = h.shape[0]
+    for i in range(T):
+        for jj in range(b):
+            Mq[i, jj] = 0.0
+    for i in range(T):
+        for k in range(T):
+            for jj in range(b):
+                Mq[i, jj] += Mbar[i, k, jj] * q[k, jj]
+    tau2_bar = 0.0
+    for jj in range(b):
+        qMq = 0.0
+        for i in range(T):  # a chunk's q and Mq are a few kB: strided is cheap here
+            qMq += q[i, jj] * Mq[i, jj]
+        one_plus = 1.0 + tau2 * s[jj]
+        tau2_bar += -qMq / one_plus**2 + s[jj] / one_plus
+        s[jj] = w[jj] * w[jj] * qMq + w[jj]  # s no longer needed: kappa
+    for i in range(T):
+        for k in range(T):
+            for jj in range(b):
+                Mbar[i, k, jj] += s[jj] - w[jj] * (Mq[i, jj] + Mq[k, jj])  # cotangent of M_v
+                P[i, k, jj] = Jinv[i, k, jj] * h[k, jj]
+                PM[i, k, jj] = 0.0
     for i in range(T):
         for m in range(T):
-            v = P[i, m]
             for k in range(T):
-                PM[i, k] += v * Mbar[m, k]
+                for jj in range(b):
+                    PM[i, k, jj] += P[i, m, jj] * Mbar[m, k, jj]
+    band = Mq  # Mq no longer needed: the diagonal of Lambda's cotangent
+    for i in range(T):
+        for jj in range(b):
+            band[i, jj] = Jinv[i, i, jj]
+        for k in range(T):
+            for jj in range(b):
+                band[i, jj] += PM[i, k, jj] * P[i, k, jj]
     h_bar_h = 0.0
     for i in range(T):
-        y = 0.0
-        for k in range(T):
-            y += PM[i, k] * P[i, k]
-        h_bar_h += (Mbar[i, i] - 2.0 * PM[i, i] + y + Jinv[i, i]) * h[i]
-        band[i] = y + Jinv[i, i]
+        for jj in range(b):
+            h_bar_h += (Mbar[i, i, jj] - 2.0 * PM[i, i, jj] + band[i, jj]) * h[i, jj]
     off = 0.0  # the first off-diagonal of Lambda's cotangent, summed
     for i in range(T - 1):
-        y = 0.0
+        for jj in range(b):
+            off += Jinv[i, i + 1, jj]
         for k in range(T):
-            y += PM[i, k] * P[i + 1, k]
-        off += y + Jinv[i, i + 1]
+            for jj in range(b):
+                off += PM[i, k, jj] * P[i + 1, k, jj]
+    ends = 0.0
     interior = 0.0
+    for jj in range(b):
+        ends += band[0, jj] + band[T - 1, jj]
     for i in range(1, T - 1):
-        interior += band[i]
+        for jj in range(b):
+            interior += band[i, jj]
     rho_bar = (2.0 * rho * interior - 2.0 * off) / c
-    c_bar = (-(band[0] + band[T - 1] + (1.0 + rho * rho) * interior - 2.0 * rho * off) / c**2
-             + T / c)
+    c_bar = (-(ends + (1.0 + rho * rho) * interior - 2.0 * rho * off) / c**2 + b * T / c)
     return h_bar_h, c_bar, rho_bar, tau2_bar
 
 
@@ -164,7 +218,8 @@ def _forward(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, t
              index, federation_founding, constants, grams, counts, post, n_foundings,
              floor_scale):
     r"""The forward pass of :func:`loglik_and_grad` (same parameters): :math:`\ell` and what
-    the backward pass and the exact draws need."""
+    the backward pass and the exact draws need, the schools' arrays by chunk (:data:`CHUNK`;
+    school ``j`` is lane ``j % CHUNK`` of chunk ``j // CHUNK``)."""
     S, T, width = cells.shape
     p = width - 2
     E = n_foundings
@@ -181,52 +236,69 @@ def _forward(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, t
     rho = 2.0 * rho01 - 1.0
     omr2 = 4.0 * rho01 * (1.0 - rho01)
     c = sd_cell * sd_cell * omr2 + floor
+    common_log_det = T * math.log(c) - math.log(omr2)
 
     # forward: every school's M, the group sums and the federations' rank-one terms
-    h = np.empty((S, T))
-    r = np.empty((S, T))
-    for j in range(S):
-        for k in range(T):
-            h[j, k] = cells[j, k, 0] / sigma2
-            v = cells[j, k, 1] - level_mu
-            for i in range(p):
-                v -= (cells[j, k, 2 + i] - x_mean[i]) * beta[i]
-            r[j, k] = v
-    Ms = np.empty((S, T, T))
-    Jinvs = np.empty((S, T, T))
-    qs = np.empty((S, T))
-    ss = np.empty(S)
-    ws = np.empty(S)
-    work = np.empty((3, T))
-    vec = np.empty(T)
+    n_chunks = (S + CHUNK - 1) // CHUNK
+    hs = np.empty((n_chunks, T, CHUNK))
+    rs = np.empty((n_chunks, T, CHUNK))
+    qs = np.empty((n_chunks, T, CHUNK))
+    Mps = np.empty((n_chunks, T, CHUNK))
+    ss = np.empty((n_chunks, CHUNK))
+    ws = np.empty((n_chunks, CHUNK))
+    Ms = np.empty((n_chunks, T, T, CHUNK))
+    Jinvs = np.empty((n_chunks, T, T, CHUNK))
+    scratch = np.empty((4, T, CHUNK))
+    lane_log_det = np.empty(CHUNK)
+    log_dets = np.empty(S)
     group = np.empty(S, dtype=np.int64)
     H = np.zeros((2 * E, T, T))
     b = np.zeros((2 * E, T))
     fed_Q = np.zeros((F, T))
     fed_s = np.zeros(F)
     fed_pMr = np.zeros(F)
-    log_dets = np.empty(S)
     quad = 0.0
-    for j in range(S):
-        s, w, log_det_J = _school_forward(h[j], c, rho, tau2, Jinvs[j], Ms[j], qs[j], work)
-        ss[j], ws[j] = s, w
-        log_dets[j] = T * math.log(c) - math.log(omr2) + log_det_J + math.log1p(tau2 * s)
-        g = index[j, 0] + E * index[j, 1]
-        group[j] = g
-        M = Ms[j]
-        Mr = _matvec(M, r[j], vec)
-        quad += _dot(r[j], Mr)
-        for k in range(T):
-            b[g, k] += Mr[k]
-            for m in range(T):
-                H[g, k, m] += M[k, m]
-        if index[j, 1] == 1:
-            f = index[j, 2]
-            fed_pMr[f] += _dot(post, Mr)
-            Mp = _matvec(M, post, vec)
+    for ci in range(n_chunks):
+        j0 = ci * CHUNK
+        size = min(CHUNK, S - j0)
+        hc, rc, M, Mp = hs[ci], rs[ci], Ms[ci], Mps[ci]
+        for jj in range(size):
+            j = j0 + jj
             for k in range(T):
-                fed_Q[f, k] += Mp[k]
-            fed_s[f] += _dot(post, Mp)
+                hc[k, jj] = cells[j, k, 0] / sigma2
+                v = cells[j, k, 1] - level_mu
+                for i in range(p):
+                    v -= (cells[j, k, 2 + i] - x_mean[i]) * beta[i]
+                rc[k, jj] = v
+        _chunk_forward(hc, size, c, rho, tau2, Jinvs[ci], M, qs[ci], ss[ci], ws[ci],
+                       lane_log_det, scratch[0], scratch[1], scratch[2])
+        Mr = scratch[3]
+        for i in range(T):
+            for jj in range(size):
+                Mr[i, jj] = 0.0
+                Mp[i, jj] = 0.0
+            for k in range(T):
+                for jj in range(size):
+                    Mr[i, jj] += M[i, k, jj] * rc[k, jj]
+                    Mp[i, jj] += M[i, k, jj] * post[k]
+        for i in range(T):
+            for jj in range(size):
+                quad += rc[i, jj] * Mr[i, jj]
+        for jj in range(size):
+            j = j0 + jj
+            log_dets[j] = common_log_det + lane_log_det[jj]
+            g = index[j, 0] + E * index[j, 1]
+            group[j] = g
+            for k in range(T):
+                b[g, k] += Mr[k, jj]
+                for m in range(T):
+                    H[g, k, m] += M[k, m, jj]
+            if index[j, 1] == 1:
+                f = index[j, 2]
+                for k in range(T):
+                    fed_pMr[f] += post[k] * Mr[k, jj]
+                    fed_Q[f, k] += Mp[k, jj]
+                    fed_s[f] += post[k] * Mp[k, jj]
     minus2 = log_dets.sum()
     fed_w = taub2 / (1.0 + taub2 * fed_s)
     for f in range(F):
@@ -268,8 +340,8 @@ def _forward(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, t
     minus2 += (n_pupils * math.log(2.0 * math.pi * sigma2) + within / sigma2 + quad
                - _dot(bvec, xhat))
 
-    return (minus2, h, r, Ms, Jinvs, qs, ss, ws, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr,
-            L, Ginv, xhat, XXb, within, variances)
+    return (minus2, hs, rs, Ms, Jinvs, qs, ss, ws, Mps, group, log_dets, fed_Q, fed_s, fed_w,
+            fed_pMr, L, Ginv, xhat, XXb, within, variances)
 
 
 
@@ -322,14 +394,12 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
     omr2 = 4.0 * rho01 * (1.0 - rho01)
     c = sd_cell * sd_cell * omr2 + floor
 
-    (minus2, h, r, Ms, Jinvs, qs, ss, ws, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr, L, Ginv,
-     xhat, XXb, within, variances) = _forward(
+    (minus2, hs, rs, Ms, Jinvs, qs, ss, ws, Mps, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr, L,
+     Ginv, xhat, XXb, within, variances) = _forward(
         beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells, index,
         federation_founding, constants, grams, counts, post, n_foundings, floor_scale)
 
     # backward
-    work = np.empty((3, T))
-    vec = np.empty(T)
     grad = np.zeros(7)
     grad_beta = (2.0 * XXb - 2.0 * Xy) / sigma2
     for gi in (2, 3):
@@ -342,14 +412,29 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
             grad[5] = 2.0 * sd_cohort * v_bar
         else:
             grad[6] = 2.0 * tau_step * v_bar
-    e = np.empty((S, T))
+    n_chunks = hs.shape[0]
+    es = np.empty((n_chunks, T, CHUNK))
+    Mes = np.empty((n_chunks, T, CHUNK))
     Z = np.zeros(F)
-    for j in range(S):
-        g = group[j]
-        for k in range(T):
-            e[j, k] = r[j, k] - xhat[g * T + k]
-        if index[j, 1] == 1:
-            Z[index[j, 2]] += _dot(post, _matvec(Ms[j], e[j], vec))
+    for ci in range(n_chunks):
+        j0 = ci * CHUNK
+        size = min(CHUNK, S - j0)
+        ec, Me, M = es[ci], Mes[ci], Ms[ci]
+        for jj in range(size):
+            g = group[j0 + jj]
+            for k in range(T):
+                ec[k, jj] = rs[ci, k, jj] - xhat[g * T + k]
+        for i in range(T):
+            for jj in range(size):
+                Me[i, jj] = 0.0
+            for k in range(T):
+                for jj in range(size):
+                    Me[i, jj] += M[i, k, jj] * ec[k, jj]
+        for jj in range(size):
+            if index[j0 + jj, 1] == 1:
+                f = index[j0 + jj, 2]
+                for k in range(T):
+                    Z[f] += post[k] * Me[k, jj]
     X = np.zeros(F)
     U = np.zeros((F, T))  # C_g Q_f
     taub2_bar = 0.0
@@ -363,41 +448,56 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
     c_bar = 0.0
     rho_bar = 0.0
     tau2_bar = 0.0
-    Mbar = np.empty((T, T))
-    P = np.empty((T, T))
-    PM = np.empty((T, T))
-    r_bar = np.empty(T)
-    Mp = np.empty(T)
-    for j in range(S):
-        g = group[j]
-        M = Ms[j]
-        ej = e[j]
-        _matvec(M, ej, r_bar)
-        for k in range(T):
-            r_bar[k] *= 2.0
-            for m in range(T):
-                Mbar[k, m] = Ginv[g * T + k, g * T + m] + ej[k] * ej[m]
-        if index[j, 1] == 1 and F > 0:
-            f = index[j, 2]
-            wf = fed_w[f]
-            alpha = wf + wf * wf * X[f]
-            wz = wf * Z[f]
-            _matvec(M, post, Mp)
+    Mbar = np.empty((T, T, CHUNK))
+    P = np.empty((T, T, CHUNK))
+    PM = np.empty((T, T, CHUNK))
+    r_bar = np.empty((T, CHUNK))
+    Uc = np.empty((T, CHUNK))
+    lanes = np.empty((3, CHUNK))  # each lane's alpha, w_f, w_f Z_f (0 for matched schools)
+    for ci in range(n_chunks):
+        j0 = ci * CHUNK
+        size = min(CHUNK, S - j0)
+        ec, Mp = es[ci], Mps[ci]
+        for jj in range(size):
+            j = j0 + jj
+            g = group[j]
             for k in range(T):
-                r_bar[k] -= 2.0 * wz * Mp[k]
                 for m in range(T):
-                    Mbar[k, m] += (alpha * post[k] * post[m]
-                                   - wf * (U[f, k] * post[m] + post[k] * U[f, m])
-                                   - wz * (post[k] * ej[m] + ej[k] * post[m]))
-        hb, cb, rb, tb = _school_backward(Mbar, h[j], c, rho, tau2, Jinvs[j], qs[j], ss[j],
-                                          ws[j], work, P, PM)
+                    Mbar[k, m, jj] = Ginv[g * T + k, g * T + m]
+            if index[j, 1] == 1 and F > 0:
+                f = index[j, 2]
+                wf = fed_w[f]
+                lanes[0, jj] = wf + wf * wf * X[f]
+                lanes[1, jj] = wf
+                lanes[2, jj] = wf * Z[f]
+                for k in range(T):
+                    Uc[k, jj] = U[f, k]
+            else:
+                lanes[0, jj] = 0.0
+                lanes[1, jj] = 0.0
+                lanes[2, jj] = 0.0
+                for k in range(T):
+                    Uc[k, jj] = 0.0
+        for k in range(T):
+            for jj in range(size):
+                r_bar[k, jj] = 2.0 * Mes[ci, k, jj] - 2.0 * lanes[2, jj] * Mp[k, jj]
+            for m in range(T):
+                pk, pm = post[k], post[m]
+                for jj in range(size):
+                    Mbar[k, m, jj] += (ec[k, jj] * ec[m, jj] + lanes[0, jj] * pk * pm
+                                       - lanes[1, jj] * (Uc[k, jj] * pm + pk * Uc[m, jj])
+                                       - lanes[2, jj] * (pk * ec[m, jj] + ec[k, jj] * pm))
+        hb, cb, rb, tb = _chunk_backward(Mbar, hs[ci], size, c, rho, tau2, Jinvs[ci], qs[ci],
+                                         ss[ci], ws[ci], Uc, P, PM)  # Uc as scratch
         h_bar_h += hb
         c_bar += cb
         rho_bar += rb
         tau2_bar += tb
-        for k in range(T):
-            for i in range(p):
-                grad_beta[i] -= r_bar[k] * (cells[j, k, 2 + i] - x_mean[i])
+        for jj in range(size):
+            j = j0 + jj
+            for k in range(T):
+                for i in range(p):
+                    grad_beta[i] -= r_bar[k, jj] * (cells[j, k, 2 + i] - x_mean[i])
     omr2_bar = c_bar * sd_cell * sd_cell - S / omr2
     grad[0] = 2.0 * n_pupils / sigma - 2.0 * within / (sigma2 * sigma) - 2.0 * h_bar_h / sigma
     grad[1] = c_bar * 2.0 * sd_cell * omr2
@@ -422,7 +522,7 @@ def draw_parts(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort,
     block_chol : ndarray, shape (K, K)
         Lower Cholesky factor of the block's precision :math:`G`.
     fed_w, fed_pMr : ndarray, shape (F,)
-        :math:`w_f` and :math:`\sum_{j \in f} p^	op M_j r_j`.
+        :math:`w_f` and :math:`\sum_{j \in f} p^\top M_j r_j`.
     fed_Q : ndarray, shape (F, T)
     school_precision : ndarray, shape (S, T, T)
         Each school's :math:`M_u` (0 in the rows and columns of empty cells).
@@ -431,11 +531,20 @@ def draw_parts(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort,
     residual : ndarray, shape (S, T)
         :math:`r`.
     """
-    (minus2, h, r, Ms, Jinvs, qs, ss, ws, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr, L, Ginv,
-     xhat, XXb, within, variances) = _forward(
+    (minus2, hs, rs, Ms, Jinvs, qs, ss, ws, Mps, group, log_dets, fed_Q, fed_s, fed_w, fed_pMr, L,
+     Ginv, xhat, XXb, within, variances) = _forward(
         beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells, index,
         federation_founding, constants, grams, counts, post, n_foundings, floor_scale)
-    return -0.5 * minus2, xhat, L, fed_w, fed_Q, fed_pMr, Ms, log_dets, r
+    S, T, _ = cells.shape
+    precision = np.empty((S, T, T))
+    residual = np.empty((S, T))
+    for j in range(S):
+        ci, jj = j // CHUNK, j % CHUNK
+        for k in range(T):
+            residual[j, k] = rs[ci, k, jj]
+            for m in range(T):
+                precision[j, k, m] = Ms[ci, k, m, jj]
+    return -0.5 * minus2, xhat, L, fed_w, fed_Q, fed_pMr, precision, log_dets, residual
 
 
 class StackedLogLik(Op):
