@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import warnings
 
 import numba
 import numpy as np
@@ -177,10 +178,15 @@ def compile_model(model: pm.Model):
         What ``nutpie.compile_pymc_model(model)`` returns: same initial points (support
         points, jittered), same log density, same draws.
     """
-    # one thread at a time: nutpie calls it from each chain's thread
-    initial_point = nutpie_pymc._wrap_with_lock(make_initial_point_fn(
-        model=model, overrides=None, default_strategy="support_point",
-        jitter_rvs=set(model.free_RVs), return_transformed=True))
+    # one thread at a time: nutpie calls it from each chain's thread. PyTensor's C backend
+    # compiles it, and warns that it has no BLAS when the graph has a product (the LKJ prior's
+    # support point, bayesfed.modelling.random_slopes): irrelevant for one call a chain.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="PyTensor could not link to a BLAS",
+                                category=UserWarning)
+        initial_point = nutpie_pymc._wrap_with_lock(make_initial_point_fn(
+            model=model, overrides=None, default_strategy="support_point",
+            jitter_rvs=set(model.free_RVs), return_transformed=True))
     (n_dim, n_expanded, logp_function, expand_function, initial_point_function, shape_info,
      reparameterized) = nutpie_pymc._make_functions(
         model, mode="NUMBA", compute_grad=True, join_expanded=True,

@@ -1,0 +1,256 @@
+r"""The two-level model with random slopes, collapsed: the school effects integrated out exactly.
+
+For pupil :math:`i` in school :math:`j`, with the predictors :math:`x_{ij}` (all of ``X``'s
+columns) and the random-effect design :math:`z_{ij} = (1, x_{ij,S})`, the intercept and the
+``slopes`` columns :math:`S` (:math:`r = 1 + |S|`):
+
+.. math::
+
+    y_{ij} &= \alpha + x_{ij}^\top\beta + z_{ij}^\top b_j + e_{ij}, \quad
+    e_{ij} \sim \mathrm{Normal}(0, \sigma^2), \quad
+    b_j \sim \mathrm{MvNormal}(0, \Sigma), \\
+    \Sigma &= \mathrm{diag}(s)\,\Omega\,\mathrm{diag}(s), \quad
+    \Omega \sim \mathrm{LKJ}(\eta), \quad s_0 \sim \mathrm{HalfNormal}(s_\tau), \quad
+    s_k \sim \mathrm{HalfNormal}(s_y / s_{x_k}),
+
+lme4's and brms's ``(1 + ks2 | school)``. ``b_j`` holds the school's intercept deviation
+(sd :math:`s_0` = ``sd_school``, the variance at :math:`x_S = 0`) and its slope deviations
+(sds ``sd_slope``, dim ``slope``; outcome units per predictor unit), correlated by
+:math:`\Omega` (``cor_school``, dims ``re_term`` and ``re_term_b``). The fixed part and its
+priors are the random-intercept model's (:mod:`bayesfed.modelling.two_level`, sampled through
+``level`` likewise).
+
+Collapsed likelihood. With :math:`L` the lower Cholesky factor of :math:`\Sigma`, the school's
+Gram matrix :math:`A_j = \sum_i z_{ij} z_{ij}^\top`, :math:`c_j = \sum_i z_{ij} e_{ij}(\beta)`
+(the cross products of the random-effect design with the fixed-part residuals
+:math:`e_{ij}(\beta) = y_{ij} - \alpha - x_{ij}^\top\beta`), Woodbury's identity and the
+determinant lemma give for the school's :math:`n_j` pupils
+
+.. math::
+
+    -2\log p(y_j \mid \alpha, \beta, \Sigma, \sigma) = n_j \log 2\pi\sigma^2
+    + \log\det B_j - r\log\sigma^2
+    + \Big(\sum_i e_{ij}^2 - \lVert R_j^{-1} L^\top c_j \rVert^2\Big)/\sigma^2,
+    \qquad B_j = \sigma^2 I_r + L^\top A_j L = R_j R_j^\top,
+
+finite and exact even where :math:`\Sigma` is singular. Everything is a quadratic form in
+:math:`g = (-(\alpha - \bar y), -\beta, 1)` of each school's cross products of :math:`w =
+(1, x - \bar x, y - \bar y)` (bars: the pupils' grand means, so that no large sum cancels),
+which :class:`~bayesfed.design.suffstats.SchoolSummary` already holds: :math:`\sum_i e_{ij}^2 =
+g^\top W_j g`, :math:`c_j = T W_j g`, :math:`A_j = T W_j T^\top` with :math:`T` the map from
+:math:`w` to :math:`z`. A gradient costs :math:`O(J r^2 (p + r))`, whatever the number of
+pupils: :math:`R_j` and the solve are written out element by element for the small :math:`r`
+(``tests/modelling/test_random_slopes.py`` checks the density against the pupils' dense
+multivariate normal to 1e-8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from bayesfed.design.suffstats import SchoolSummary
+from bayesfed.modelling.priors import PriorSet
+
+#: The LKJ prior's shape on the correlation of a school's intercept and slopes: 2 puts
+#: little mass on correlations near +-1 (brms's default is 1, flat; lme4 has none).
+LKJ_ETA = 2.0
+
+
+@dataclass(frozen=True)
+class SlopeData:
+    """The statistics the collapsed random-slope likelihood needs.
+
+    Attributes
+    ----------
+    gram : ndarray, shape (n_schools, r, r)
+        :math:`A_j`, each school's cross products of :math:`z = (1, x_S)`.
+    cross : ndarray, shape (n_schools, r, 2 + n_coef)
+        :math:`T W_j`: the cross products of :math:`z` with :math:`w = (1, x - \\bar x, y -
+        \\bar y)`.
+    total : ndarray, shape (2 + n_coef, 2 + n_coef)
+        :math:`\\sum_j W_j`.
+    n_pupils : int
+    y_centre : float
+        :math:`\\bar y` (outcome units).
+    x_centre : ndarray, shape (n_coef,)
+        :math:`\\bar x`.
+    slopes : tuple of str
+        The coefficients with a random slope (names of ``coef_names``).
+    """
+
+    gram: np.ndarray
+    cross: np.ndarray
+    total: np.ndarray
+    n_pupils: int
+    y_centre: float
+    x_centre: np.ndarray
+    slopes: tuple[str, ...]
+
+
+def slope_columns(summary: SchoolSummary, slopes: tuple[str, ...]) -> np.ndarray:
+    """The indices of ``slopes`` in ``summary.coef_names``.
+
+    Raises
+    ------
+    ValueError
+        A slope is not a coefficient, or is school-level (constant within a school: its
+        slope cannot vary by school).
+    """
+    out = []
+    for name in slopes:
+        if name not in summary.coef_names:
+            raise ValueError(f"random slope {name!r} is not a coefficient of the model "
+                             f"({', '.join(summary.coef_names)})")
+        k = summary.coef_names.index(name)
+        if summary.school_level[k]:
+            raise ValueError(f"random slope {name!r} is school-level: it is constant within "
+                             "a school, so it has no slope by school")
+        out.append(k)
+    return np.array(out, dtype=np.int64)
+
+
+def slope_data(summary: SchoolSummary, slopes: tuple[str, ...]) -> SlopeData:
+    """The :class:`SlopeData` of a summary's pupils (module docstring's :math:`W_j`, :math:`T`).
+
+    Parameters
+    ----------
+    summary : SchoolSummary
+    slopes : tuple of str
+        Coefficient names with a random slope (at least one).
+    """
+    cols = slope_columns(summary, slopes)
+    n = summary.n.astype(float)
+    y_centre = float(n @ summary.y_mean / n.sum())
+    x_centre = n @ summary.X_mean / n.sum()
+    p = len(summary.coef_names)
+    # each school's means of w = (1, x - xbar, y - ybar) and its centred cross products
+    mean = np.column_stack([np.ones_like(n), summary.X_mean - x_centre,
+                            summary.y_mean - y_centre])
+    within = np.zeros((len(n), 2 + p, 2 + p))
+    within[:, 1:1 + p, 1:1 + p] = summary.within[:, 1:, 1:]
+    within[:, 1:1 + p, 1 + p] = summary.within[:, 1:, 0]
+    within[:, 1 + p, 1:1 + p] = summary.within[:, 0, 1:]
+    within[:, 1 + p, 1 + p] = summary.within[:, 0, 0]
+    W = within + n[:, None, None] * mean[:, :, None] * mean[:, None, :]
+    r = 1 + len(cols)
+    T = np.zeros((r, 2 + p))  # z = T w: z_0 = 1, z_s = (x_s - xbar_s) + xbar_s
+    T[0, 0] = 1.0
+    for i, k in enumerate(cols):
+        T[1 + i, 1 + k] = 1.0
+        T[1 + i, 0] = x_centre[k]
+    cross = np.einsum("ra,jab->jrb", T, W)
+    gram = np.einsum("jrb,sb->jrs", cross, T)
+    return SlopeData(gram=gram, cross=cross, total=W.sum(axis=0), n_pupils=int(n.sum()),
+                     y_centre=y_centre, x_centre=x_centre, slopes=tuple(slopes))
+
+
+def _cholesky(B: list[list]) -> list[list]:
+    """Lower Cholesky factors of a batch of small SPD matrices given element by element
+    (``B[a][b]`` a tensor over the batch); returns ``R[a][b]`` for ``b <= a``."""
+    r = len(B)
+    R = [[None] * r for _ in range(r)]
+    for a in range(r):
+        for b in range(a + 1):
+            v = B[a][b]
+            for k in range(b):
+                v = v - R[a][k] * R[b][k]
+            R[a][b] = pt.sqrt(v) if a == b else v / R[b][b]
+    return R
+
+
+def marginal_loglik(gram, cross, total, n_pupils, g, sigma, chol, r: int):
+    """The module docstring's log-likelihood (nats).
+
+    Parameters
+    ----------
+    gram : tensor, shape (n_schools, r, r)
+    cross : tensor, shape (n_schools, r, 2 + p)
+    total : tensor, shape (2 + p, 2 + p)
+    n_pupils : int or tensor scalar
+    g : tensor, shape (2 + p,)
+        :math:`(-(\\alpha + \\bar x^\\top\\beta - \\bar y), -\\beta, 1)`.
+    sigma : tensor scalar
+        Pupil sd (outcome units).
+    chol : tensor, shape (r, r)
+        Lower Cholesky factor of the school effects' covariance :math:`\\Sigma`.
+    r : int
+        Random effects a school (1 + the slopes).
+    """
+    s2 = sigma**2
+    c = pt.dot(cross, g)  # (J, r)
+    Lc = pt.dot(c, chol)  # (J, r): L' c_j
+    LAL = pt.dot(pt.dot(chol.T, gram).dimshuffle(1, 0, 2), chol)  # (J, r, r): L' A_j L
+    B = [[LAL[:, a, b] + (s2 if a == b else 0.0) for b in range(r)] for a in range(r)]
+    R = _cholesky(B)
+    log_det = 0.0
+    quad = 0.0
+    v = []
+    for a in range(r):  # forward solve R v = L' c, and log det B = 2 sum log R_aa
+        t = Lc[:, a]
+        for k in range(a):
+            t = t - R[a][k] * v[k]
+        v.append(t / R[a][a])
+        log_det = log_det + 2.0 * pt.log(R[a][a])
+        quad = quad + v[a] ** 2
+    rss = pt.dot(g, pt.dot(total, g))
+    n_schools = gram.shape[0]
+    return -0.5 * (n_pupils * np.log(2 * np.pi) + n_pupils * pt.log(s2)
+                   + pt.sum(log_det) - r * n_schools * pt.log(s2)
+                   + (rss - pt.sum(quad)) / s2)
+
+
+def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[str, ...],
+                        slope_sd: np.ndarray, eta: float = LKJ_ETA) -> pm.Model:
+    """Build the collapsed random-slope model (module docstring).
+
+    Parameters
+    ----------
+    summary : SchoolSummary
+    priors : PriorSet
+        The fixed part's and ``sd_school``'s and ``sigma``'s priors (as for the random-intercept
+        model).
+    slopes : tuple of str
+        Coefficients with a random slope.
+    slope_sd : ndarray, shape (len(slopes),)
+        Scales of the slope sds' HalfNormal priors (outcome units per predictor unit).
+    eta : float
+        The LKJ prior's shape.
+
+    Returns
+    -------
+    pm.Model
+        Coords ``predictor``, ``slope`` (``slopes``), ``re_term`` and ``re_term_b``
+        (``intercept`` then the slopes). Free variables ``beta``, ``level``, ``school_cov``
+        (LKJ Cholesky, packed) and ``sigma``; deterministics ``intercept``, ``sd_school``,
+        ``sd_slope``, ``cor_school``; the likelihood is the potential ``marginal_loglik``.
+    """
+    data = slope_data(summary, tuple(slopes))
+    terms = ["intercept", *slopes]
+    coords = {"predictor": list(summary.coef_names), "slope": list(slopes), "re_term": terms,
+              "re_term_b": terms}
+    r = len(terms)
+    with pm.Model(coords=coords) as model:
+        gram = pm.Data("slope_gram", data.gram)
+        cross = pm.Data("slope_cross", data.cross)
+        total = pm.Data("slope_total", data.total)
+        beta = pm.Normal("beta", mu=priors.slope_mu, sigma=priors.slope_sigma, dims="predictor")
+        composition = pt.dot(data.x_centre, beta)
+        level = pm.Normal("level", mu=composition + np.float64(priors.intercept.mu),
+                          sigma=np.float64(priors.intercept.sigma))
+        pm.Deterministic("intercept", level - composition)
+        scales = np.concatenate([[priors.sd_school], np.asarray(slope_sd, dtype=float)])
+        chol, corr, sds = pm.LKJCholeskyCov(
+            "school_cov", n=r, eta=np.float64(eta),
+            sd_dist=pm.HalfNormal.dist(sigma=scales, shape=r), compute_corr=True)
+        pm.Deterministic("sd_school", sds[0])
+        pm.Deterministic("sd_slope", sds[1:], dims="slope")
+        pm.Deterministic("cor_school", corr, dims=("re_term", "re_term_b"))
+        sigma = pm.HalfNormal("sigma", sigma=np.float64(priors.sigma))
+        g = pt.concatenate([pt.stack([data.y_centre - level]), -beta, pt.ones(1)])
+        pm.Potential("marginal_loglik", marginal_loglik(gram, cross, total, data.n_pupils, g,
+                                                        sigma, chol, r))
+    return model
