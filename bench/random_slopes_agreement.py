@@ -60,7 +60,7 @@ def loglik_at(summary, estimates: dict) -> float:
     chol = np.array([[s0, 0.0], [s1 * rho, s1 * np.sqrt(1.0 - rho**2)]])  # |rho| = 1 allowed
     g_, s_, L_ = pt.dvector(), pt.dscalar(), pt.dmatrix()
     f = pytensor.function([g_, s_, L_], marginal_loglik(
-        data.gram, data.cross, data.total, data.n_pupils, g_, s_, L_, 2))
+        data.gram, data.cross, data.total, data.pupil_count, g_, s_, L_, 2))
     return float(f(g, estimates["sigma"], chol))
 
 

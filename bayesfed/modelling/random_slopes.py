@@ -73,7 +73,7 @@ class SlopeData:
         \\bar y)`.
     total : ndarray, shape (2 + n_coef, 2 + n_coef)
         :math:`\\sum_j W_j`.
-    n_pupils : int
+    pupil_count : int
     y_centre : float
         :math:`\\bar y` (outcome units).
     x_centre : ndarray, shape (n_coef,)
@@ -85,7 +85,7 @@ class SlopeData:
     gram: np.ndarray
     cross: np.ndarray
     total: np.ndarray
-    n_pupils: int
+    pupil_count: int
     y_centre: float
     x_centre: np.ndarray
     slopes: tuple[str, ...]
@@ -144,7 +144,7 @@ def slope_data(summary: SchoolSummary, slopes: tuple[str, ...]) -> SlopeData:
         T[1 + i, 0] = x_centre[k]
     cross = np.einsum("ra,jab->jrb", T, W)
     gram = np.einsum("jrb,sb->jrs", cross, T)
-    return SlopeData(gram=gram, cross=cross, total=W.sum(axis=0), n_pupils=int(n.sum()),
+    return SlopeData(gram=gram, cross=cross, total=W.sum(axis=0), pupil_count=int(n.sum()),
                      y_centre=y_centre, x_centre=x_centre, slopes=tuple(slopes))
 
 
@@ -215,7 +215,7 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
         model).
     slopes : tuple of str
         Coefficients with a random slope.
-    slope_sd : ndarray, shape (len(slopes),)
+    slope_sd : ndarray, shape (n_slopes,)
         Scales of the slope sds' HalfNormal priors (outcome units per predictor unit).
     eta : float
         The LKJ prior's shape.
@@ -251,6 +251,6 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
         pm.Deterministic("cor_school", corr, dims=("re_term", "re_term_b"))
         sigma = pm.HalfNormal("sigma", sigma=np.float64(priors.sigma))
         g = pt.concatenate([pt.stack([data.y_centre - level]), -beta, pt.ones(1)])
-        pm.Potential("marginal_loglik", marginal_loglik(gram, cross, total, data.n_pupils, g,
+        pm.Potential("marginal_loglik", marginal_loglik(gram, cross, total, data.pupil_count, g,
                                                         sigma, chol, r))
     return model

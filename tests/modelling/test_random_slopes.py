@@ -65,7 +65,7 @@ def test_collapsed_density_equals_the_pupils_dense_density(slopes):
     r = 1 + len(slopes)
     g_, sigma_, chol_ = pt.dvector(), pt.dscalar(), pt.dmatrix()
     f = pytensor.function([g_, sigma_, chol_], marginal_loglik(
-        data.gram, data.cross, data.total, data.n_pupils, g_, sigma_, chol_, r))
+        data.gram, data.cross, data.total, data.pupil_count, g_, sigma_, chol_, r))
     rng = np.random.default_rng(7)
     for trial in range(4):
         alpha, beta = rng.normal(), rng.normal(size=3)
