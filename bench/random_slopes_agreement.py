@@ -40,7 +40,7 @@ from bayesfed.design.suffstats import summary_of
 from bayesfed.inputs.shipped import example_path, spec_path
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.modelling.priors import default_priors, scales_of
+from bayesfed.modelling.priors import default_priors
 from bayesfed.modelling.random_slopes import build_random_slopes, marginal_loglik, slope_data
 from bayesfed.sampling.nuts import sample
 
@@ -96,9 +96,7 @@ def main() -> int:
           f"{r['ml']['sigma']:.4f}")
     print(f"log-likelihood at lme4's ML estimates: lme4 {r['ml']['loglik']:.8f}, bayesfed "
           f"{ours:.8f}, difference {diff:.2e} nats (tolerance {TOLERANCE:g})\n")
-    priors, scales = default_priors(summary), scales_of(summary)
-    model = build_random_slopes(summary, priors, (SLOPE,),
-                                slope_sd=np.array([scales.sd_y / scales.sd_x[k]]))
+    model = build_random_slopes(summary, default_priors(summary), (SLOPE,))
     start = time.perf_counter()
     tree = sample(model, draws=1000, tune=1000, chains=4, seed=1)
     seconds = time.perf_counter() - start

@@ -17,6 +17,7 @@ parameter              default prior                                       units
 ``beta[federated]``    :math:`\mathrm{Normal}(0,\; e\, s_y)`, e = 1        outcome
 ``sd_school``          :math:`\mathrm{HalfNormal}(s_y)`                    outcome
 ``sigma``              :math:`\mathrm{HalfNormal}(s_y)`                    outcome
+``sd_slope[k]``        :math:`\mathrm{HalfNormal}(s_y/s_k)`                outcome per unit x_k
 =====================  ==================================================  ====================
 
 Why these:
@@ -235,6 +236,21 @@ def default_priors(data: Design | SchoolSummary | Scales, effect_sd: float = EFF
         sd_school=sd_y,
         sigma=sd_y,
     )
+
+
+def default_slope_sd(data: Design | SchoolSummary | Scales, slopes: tuple[str, ...]
+                     ) -> np.ndarray:
+    """The scales of the random slopes' sds' HalfNormal priors, :math:`s_y/s_k` (module
+    docstring's table; :mod:`bayesfed.modelling.random_slopes`).
+
+    Returns
+    -------
+    ndarray, shape (n_slopes,)
+        Outcome units per unit of each slope's column.
+    """
+    scales = data if isinstance(data, Scales) else scales_of(data)
+    return np.array([scales.sd_y / scales.sd_x[scales.coef_names.index(name)]
+                     for name in slopes], dtype=float)
 
 
 def effect_sd(sources: list[Priors]) -> float:

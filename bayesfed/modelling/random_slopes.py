@@ -53,7 +53,8 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from bayesfed.design.suffstats import SchoolSummary
-from bayesfed.modelling.priors import PriorSet
+from bayesfed.modelling.priors import PriorSet, default_slope_sd
+from bayesfed.modelling.two_level import centred_fixed_part
 
 #: The LKJ prior's shape on the correlation of a school's intercept and slopes: 2 puts
 #: little mass on correlations near +-1 (brms's default is 1, flat; lme4 has none).
@@ -78,8 +79,6 @@ class SlopeData:
         :math:`\\bar y` (outcome units).
     x_centre : ndarray, shape (n_coef,)
         :math:`\\bar x`.
-    slopes : tuple of str
-        The coefficients with a random slope (names of ``coef_names``).
     """
 
     gram: np.ndarray
@@ -88,7 +87,6 @@ class SlopeData:
     pupil_count: int
     y_centre: float
     x_centre: np.ndarray
-    slopes: tuple[str, ...]
 
 
 def slope_columns(summary: SchoolSummary, slopes: tuple[str, ...]) -> np.ndarray:
@@ -145,7 +143,7 @@ def slope_data(summary: SchoolSummary, slopes: tuple[str, ...]) -> SlopeData:
     cross = np.einsum("ra,jab->jrb", T, W)
     gram = np.einsum("jrb,sb->jrs", cross, T)
     return SlopeData(gram=gram, cross=cross, total=W.sum(axis=0), pupil_count=int(n.sum()),
-                     y_centre=y_centre, x_centre=x_centre, slopes=tuple(slopes))
+                     y_centre=y_centre, x_centre=x_centre)
 
 
 def _cholesky(B: list[list]) -> list[list]:
@@ -204,7 +202,7 @@ def marginal_loglik(gram, cross, total, n_pupils, g, sigma, chol, r: int):
 
 
 def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[str, ...],
-                        slope_sd: np.ndarray, eta: float = LKJ_ETA) -> pm.Model:
+                        slope_sd: np.ndarray | None = None, eta: float = LKJ_ETA) -> pm.Model:
     """Build the collapsed random-slope model (module docstring).
 
     Parameters
@@ -215,8 +213,9 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
         model).
     slopes : tuple of str
         Coefficients with a random slope.
-    slope_sd : ndarray, shape (n_slopes,)
-        Scales of the slope sds' HalfNormal priors (outcome units per predictor unit).
+    slope_sd : ndarray, shape (n_slopes,), optional
+        Scales of the slope sds' HalfNormal priors (outcome units per predictor unit); by
+        default :func:`bayesfed.modelling.priors.default_slope_sd`.
     eta : float
         The LKJ prior's shape.
 
@@ -229,6 +228,8 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
         ``sd_slope``, ``cor_school``; the likelihood is the potential ``marginal_loglik``.
     """
     data = slope_data(summary, tuple(slopes))
+    if slope_sd is None:
+        slope_sd = default_slope_sd(summary, tuple(slopes))
     terms = ["intercept", *slopes]
     coords = {"predictor": list(summary.coef_names), "slope": list(slopes), "re_term": terms,
               "re_term_b": terms}
@@ -237,11 +238,10 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
         gram = pm.Data("slope_gram", data.gram)
         cross = pm.Data("slope_cross", data.cross)
         total = pm.Data("slope_total", data.total)
-        beta = pm.Normal("beta", mu=priors.slope_mu, sigma=priors.slope_sigma, dims="predictor")
-        composition = pt.dot(data.x_centre, beta)
-        level = pm.Normal("level", mu=composition + np.float64(priors.intercept.mu),
-                          sigma=np.float64(priors.intercept.sigma))
-        pm.Deterministic("intercept", level - composition)
+        beta, level = centred_fixed_part(data.x_centre, priors.slope_mu, priors.slope_sigma,
+                                         np.float64(priors.intercept.mu),
+                                         np.float64(priors.intercept.sigma),
+                                         len(summary.coef_names))
         scales = np.concatenate([[priors.sd_school], np.asarray(slope_sd, dtype=float)])
         chol, corr, sds = pm.LKJCholeskyCov(
             "school_cov", n=r, eta=np.float64(eta),

@@ -339,6 +339,34 @@ def unpack_collapsed(packed, n_coef: int) -> dict:
     return out | {"n": schools[:, 0], "y_mean": schools[:, 1], "X_mean": schools[:, 2:]}
 
 
+def centred_fixed_part(x_centre, slope_mu, slope_sigma, intercept_mu, intercept_sigma,
+                       n_coef: int):
+    """The fixed part's free variables of the collapsed models, in the current PyMC model:
+    ``beta`` (dim ``predictor``; None without coefficients), ``level`` :math:`= \\alpha +
+    \\bar x^\\top\\beta` with the intercept's prior moved to it (unit Jacobian: module
+    docstring), and the deterministic ``intercept``.
+
+    Parameters
+    ----------
+    x_centre : tensor or ndarray, shape (n_coef,)
+        :math:`\\bar x`, the pupils' mean of each column of ``X``.
+    slope_mu, slope_sigma : tensor or ndarray, shape (n_coef,)
+    intercept_mu, intercept_sigma : tensor scalar or float
+    n_coef : int
+
+    Returns
+    -------
+    beta, level : tensors
+    """
+    beta, composition = None, 0.0
+    if n_coef:
+        beta = pm.Normal("beta", mu=slope_mu, sigma=slope_sigma, dims="predictor")
+        composition = pt.dot(x_centre, beta)
+    level = pm.Normal("level", mu=composition + intercept_mu, sigma=intercept_sigma)
+    pm.Deterministic("intercept", level - composition)
+    return beta, level
+
+
 def build_two_level_collapsed(design: Design | SchoolSummary, priors: PriorSet) -> pm.Model:
     """Build the two-level model with the school intercepts integrated out (module docstring).
 
@@ -369,16 +397,10 @@ def build_two_level_collapsed(design: Design | SchoolSummary, priors: PriorSet) 
         d = unpack_collapsed(pm.Data("collapsed_data", collapsed_data(design, priors)), n_coef)
         stats = SchoolStats(n=d["n"], y_mean=d["y_mean"], X_mean=d["X_mean"], XX=d["XX"],
                             Xy=d["Xy"], yy=d["yy"])
-        beta, composition, fixed_part = None, 0.0, 0.0
-        if n_coef:
-            beta = pm.Normal("beta", mu=d["prior_slope_mu"], sigma=d["prior_slope_sigma"],
-                             dims="predictor")
-            composition = pt.dot(d["X_centre"], beta)
-            fixed_part = pt.dot(d["X_mean"] - d["X_centre"], beta)  # per school
-        # the intercept's prior, moved to level = intercept + xbar' beta (unit Jacobian)
-        level = pm.Normal("level", mu=composition + d["prior_intercept_mu"],
-                          sigma=d["prior_intercept_sigma"])
-        pm.Deterministic("intercept", level - composition)
+        beta, level = centred_fixed_part(d["X_centre"], d["prior_slope_mu"],
+                                         d["prior_slope_sigma"], d["prior_intercept_mu"],
+                                         d["prior_intercept_sigma"], n_coef)
+        fixed_part = 0.0 if beta is None else pt.dot(d["X_mean"] - d["X_centre"], beta)
         sd_school = pm.HalfNormal("sd_school", sigma=d["prior_sd_school"])
         sigma = pm.HalfNormal("sigma", sigma=d["prior_sigma"])
         pm.Potential("marginal_loglik", marginal_loglik(

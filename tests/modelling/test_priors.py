@@ -6,12 +6,19 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from test_random_slopes import simulate
 
 from bayesfed.design.columns import build_design
 from bayesfed.errors import SpecError
 from bayesfed.inputs.spec import Priors
 from bayesfed.inputs.validate import validate_table
-from bayesfed.modelling.priors import Normal, default_priors, resolve_priors
+from bayesfed.modelling.priors import (
+    Normal,
+    default_priors,
+    default_slope_sd,
+    resolve_priors,
+    scales_of,
+)
 
 
 @pytest.fixture
@@ -113,3 +120,11 @@ def test_as_dict_is_flat_numbers(design):
     assert len(d) == 2 + 2 * len(design.coef_names) + 2
     assert d["prior.beta[sen[school_action]].mu"] == 0.0
     assert d["prior.sigma.sigma"] == pytest.approx(np.std(design.y, ddof=1))
+
+
+def test_default_slope_sd_is_the_outcome_sd_over_the_columns():
+    design, _ = simulate(seed=2, n_schools=20)
+    expected = [np.std(design.y, ddof=1) / np.std(design.X[:, k], ddof=1) for k in (1, 0)]
+    np.testing.assert_allclose(default_slope_sd(design, ("x1", "x0")), expected, rtol=1e-10)
+    np.testing.assert_allclose(default_slope_sd(scales_of(design), ("x1", "x0")), expected,
+                               rtol=1e-10)
