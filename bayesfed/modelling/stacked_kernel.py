@@ -34,7 +34,9 @@ product a school, plus :math:`O(K^3)` for the block.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -583,7 +585,14 @@ class StackedLogLik(Op):
 stacked_loglik = StackedLogLik()
 
 
-@numba_basic.register_funcify_default_op_cache_key(StackedLogLik)
+def source_digest() -> str:
+    """SHA-256 of this module's source: part of the kernel's key in PyTensor's numba cache, so
+    that a changed kernel is compiled again instead of served from the cache (PyTensor's
+    default key is the Op's class and props only, which do not change with the code)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+@numba_basic.register_funcify_and_cache_key(StackedLogLik)
 def _numba_stacked_loglik(op, node, **kwargs):
     @numba_basic.numba_njit
     def fused(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells,
@@ -596,4 +605,4 @@ def _numba_stacked_loglik(op, node, **kwargs):
             floor_scale.item())
         return np.asarray(value), grad_beta, grad
 
-    return fused, 1
+    return fused, f"bayesfed.modelling.stacked_kernel.StackedLogLik:{source_digest()}"

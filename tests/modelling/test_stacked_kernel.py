@@ -70,3 +70,19 @@ def test_numba_backend_runs_the_kernel_once_for_the_density_and_its_gradient():
     args = [point[v.name] for v in model.value_vars]
     for a, b in zip(fn(*args), c_fn(*args), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_pytensor_cache_key_changes_with_the_kernel_source():
+    import hashlib
+    from pathlib import Path
+
+    from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
+
+    from bayesfed.modelling import stacked_kernel
+
+    _, _, parts = stacked(small_frame())
+    node = next(n.owner for n in pytensor.graph.traversal.ancestors([parts.model[
+        "marginal_loglik"]]) if n.owner is not None and isinstance(n.owner.op, StackedLogLik))
+    _, key = numba_funcify_and_cache_key(node.op, node)
+    digest = hashlib.sha256(Path(stacked_kernel.__file__).read_bytes()).hexdigest()
+    assert key.endswith(digest)
