@@ -14,6 +14,7 @@ runs, and leaves those of live writers alone.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import re
@@ -200,6 +201,23 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
     return Path(path)
 
 
+#: A fit whose arrays hold at least this many bytes is freed by a full cycle collection as soon
+#: as it is dropped (:func:`release`).
+RELEASE_BYTES = 64 * 2**20
+
+
+def release(nbytes: int) -> None:
+    """Free a just-dropped fit of ``nbytes`` bytes now if it is large.
+
+    A DataTree's nodes refer to their parents, so only the cycle collector frees a fit, and it
+    runs by object counts, not bytes: six national fits (hundreds of megabytes each) were kept
+    alive at once. A full collection scans every object of the process (PyMC's and
+    PyTensor's included: 0.1-0.3 s), so a small fit is left to the collector's own schedule.
+    """
+    if nbytes >= RELEASE_BYTES:
+        gc.collect()
+
+
 def _netcdf_safe(tree: xr.DataTree) -> xr.DataTree:
     """Object-dtype variables (nutpie's divergence messages) become fixed-width text."""
     groups = {}
@@ -228,13 +246,13 @@ def save_fit(tree: xr.DataTree, path: str | Path) -> Path:
         Target ``.nc`` file.
     """
     safe = _netcdf_safe(tree)
-    return write_with(path, lambda tmp: safe.to_netcdf(tmp, engine="h5netcdf"))
+    return write_with(path, lambda tmp: safe.to_netcdf(tmp, engine="netcdf4"))
 
 
 @contextmanager
 def _reading_fit(path: str | Path) -> Iterator[None]:
     """Turn a fit file that cannot be read into an :class:`OutputError` naming it and the
-    fix (a truncated copy or a foreign file fails deep inside h5py or xarray)."""
+    fix (a truncated copy or a foreign file fails deep inside netCDF4 or xarray)."""
     try:
         yield
     except (OSError, ValueError, KeyError) as exc:
@@ -269,13 +287,13 @@ def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.Dat
     """
     with _reading_fit(path):
         if posterior is None:
-            with xr.open_datatree(path, engine="h5netcdf") as tree:
+            with xr.open_datatree(path, engine="netcdf4") as tree:
                 _check_fit(tree.attrs)
                 if "posterior" not in tree.children:
                     raise KeyError("no posterior group")
                 return tree.load().copy()
         attrs = fit_attrs(path)
-        with xr.open_dataset(path, group="posterior", engine="h5netcdf") as post:
+        with xr.open_dataset(path, group="posterior", engine="netcdf4") as post:
             out = xr.DataTree.from_dict(
                 {"posterior": post[[v for v in posterior if v in post]].load()})
     out.attrs = attrs
@@ -291,7 +309,7 @@ def fit_attrs(path: str | Path) -> dict:
     OutputError
         The file is damaged or not a bayesfed fit.
     """
-    with _reading_fit(path), xr.open_dataset(path, engine="h5netcdf") as root:
+    with _reading_fit(path), xr.open_dataset(path, engine="netcdf4") as root:
         attrs = dict(root.attrs)
         _check_fit(attrs)
         return attrs

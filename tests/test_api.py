@@ -171,7 +171,7 @@ def test_a_damaged_fit_file_is_named_with_the_fix(in_memory, tmp_path, damage):
         target.write_bytes(target.read_bytes()[:5000])
     else:
         target.unlink()
-        xr.Dataset({"x": ("i", np.arange(3.0))}).to_netcdf(target, engine="h5netcdf")
+        xr.Dataset({"x": ("i", np.arange(3.0))}).to_netcdf(target, engine="netcdf4")
     expected = (rf"{re.escape(str(target))} is not a bayesfed fit that can be read \(.+\): the "
                 r"file is damaged \(a copy cut short\?\) or was not written by bayesfed\. Fit it "
                 r"again \(`bayesfed fit \.\.\. --force`")

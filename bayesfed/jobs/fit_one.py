@@ -57,7 +57,7 @@ from bayesfed.modelling.two_level import (
 from bayesfed.posterior.checks import school_data
 from bayesfed.posterior.event_draws import posterior_draws
 from bayesfed.posterior.partition import predictor_cov
-from bayesfed.posterior.reml import fit_reml, fit_reml_stats
+from bayesfed.posterior.reml import fit_reml_stats
 from bayesfed.sampling.nuts import Sampler, sample, sample_reusing
 
 #: What a fit is given of the pupils: validated rows in memory, or their statistics reduced as
@@ -153,10 +153,11 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
                    options: FitOptions, data_hash: str, threads: int | None) -> xr.DataTree:
     """:func:`fit_one` of a ``two_level`` spec.
 
-    Everything but the pupil-row model and statsmodels' REML uses the year's per-school
-    summary (:class:`bayesfed.design.suffstats.SchoolSummary`); from a reduced table (no rows) the
-    REML cross-check is the exact REML of the statistics
-    (:func:`bayesfed.posterior.reml.fit_reml_stats`).
+    Everything but the pupil-row model uses the year's per-school summary
+    (:class:`bayesfed.design.suffstats.SchoolSummary`), the REML cross-check included: the exact
+    REML of the statistics (:func:`bayesfed.posterior.reml.fit_reml_stats`), milliseconds a fit
+    whatever the number of pupils; statsmodels' REML on pupil rows
+    (:func:`bayesfed.posterior.reml.fit_reml`) is its independent check in the tests.
     """
     if isinstance(table, ReducedYears):
         design, summary = None, table.summaries[year]
@@ -180,8 +181,7 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
     else:
         tree = sample(build_two_level(design, priors), **settings)
     try:
-        reml = asdict(fit_reml(design) if design is not None
-                      else fit_reml_stats(summary.pooled(), summary.coef_names))
+        reml = asdict(fit_reml_stats(summary.pooled(), summary.coef_names))
     except BayesfedError as exc:  # the cross-check failed; the Bayesian fit still stands
         reml = {"error": str(exc)}
     cov = predictor_cov(summary)

@@ -13,7 +13,6 @@ cache, :mod:`bayesfed.sampling.nuts`).
 
 from __future__ import annotations
 
-import gc
 import json
 import multiprocessing
 import os
@@ -36,7 +35,7 @@ from bayesfed.design.reduce import ReducedYears
 from bayesfed.errors import BayesfedError, OutputError
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.jobs.fit_one import FitOptions, Table, fit_name, fit_one, fit_seed, versions
-from bayesfed.store import load_fit, remove_stale_temporaries, save_fit
+from bayesfed.store import load_fit, release, remove_stale_temporaries, save_fit
 
 
 def planned_fits(specs: Sequence[ModelSpec], years: Sequence[int] | None
@@ -127,10 +126,10 @@ def _fit_and_save(table: Table, spec: ModelSpec, year: int | None,
                   options: FitOptions, data_hash: str, path: Path, threads: int | None
                   ) -> Path:
     """One fit, saved atomically: what a job does per fit, in this process or a worker."""
-    saved = save_fit(fit_one(table, spec, year, options, data_hash, threads=threads), path)
-    # a DataTree's nodes refer to their parents: only the cycle collector frees a fit (a
-    # national one is hundreds of megabytes), and it runs by object counts, not bytes
-    gc.collect()
+    tree = fit_one(table, spec, year, options, data_hash, threads=threads)
+    saved, nbytes = save_fit(tree, path), tree.nbytes
+    del tree
+    release(nbytes)
     return saved
 
 

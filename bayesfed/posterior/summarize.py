@@ -36,7 +36,6 @@ this module only collects them.
 
 from __future__ import annotations
 
-import gc
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -59,6 +58,7 @@ from bayesfed.posterior.checks import (
     psis_loo,
     school_loglik,
 )
+from bayesfed.posterior.convergence import dataset_diagnostics
 from bayesfed.posterior.effects import sensitivity
 from bayesfed.posterior.intervals import PROB
 from bayesfed.posterior.partition import (
@@ -71,7 +71,7 @@ from bayesfed.posterior.partition import (
     variance_explained,
     vpc,
 )
-from bayesfed.store import fit_attrs, load_fit, write_json
+from bayesfed.store import fit_attrs, load_fit, release, write_json
 
 #: Diagnostic gates: a fit breaking any of them is marked failed (``diagnostics.ok`` false).
 #: ``min_bfmi``: the energy Bayesian fraction of missing information of every chain (E-BFMI,
@@ -80,8 +80,9 @@ from bayesfed.store import fit_attrs, load_fit, write_json
 GATES = {"max_r_hat": 1.01, "min_ess_bulk": 400, "min_ess_tail": 400, "divergences": 0,
          "min_bfmi": 0.3}
 
-#: Parameters whose convergence is checked: the free ones and ``u``, every school's intercept.
-CHECKED = ("intercept", "beta", "sd_school", "sigma", "school_mean", "u")
+#: Parameters whose convergence is checked: the free ones and ``u``, every school's intercept
+#: (``school_mean`` and ``school_effect`` are sums of these).
+CHECKED = ("intercept", "beta", "sd_school", "sigma", "u")
 
 #: Reported parameters, in order; ``beta`` is expanded to one entry per coefficient.
 REPORTED = ("intercept", "beta", "sd_school", "sigma")
@@ -93,15 +94,18 @@ def _num(x: float) -> float | None:
     return x if np.isfinite(x) else None
 
 
-#: Fields of a parameter's summary, and the ArviZ summary rows they come from.
-_FIELDS = {"mean": "mean", "sd": "sd", "hdi_low": f"hdi{round(PROB * 100)}_lb",
-           "hdi_high": f"hdi{round(PROB * 100)}_ub", "ess_bulk": "ess_bulk",
-           "ess_tail": "ess_tail", "r_hat": "r_hat", "mcse_mean": "mcse_mean"}
+#: Fields of a parameter's summary from ArviZ's summary, and its rows they come from.
+_STATS = {"mean": "mean", "sd": "sd", "hdi_low": f"hdi{round(PROB * 100)}_lb",
+          "hdi_high": f"hdi{round(PROB * 100)}_ub"}
 
 
 def param_summaries(tree: xr.DataTree, names: tuple[str, ...] = REPORTED
                     ) -> dict[str, dict[str, float | None]]:
-    """ArviZ summary of parameters, one entry per element.
+    """Posterior summary of parameters, one entry per element.
+
+    Mean, sd and the :data:`~bayesfed.posterior.intervals.PROB` HDI are ArviZ's
+    (``arviz.summary``); R-hat, ESS and the MCSE of the mean come from
+    :mod:`bayesfed.posterior.convergence`, the definitions the gates use.
 
     Parameters
     ----------
@@ -118,16 +122,19 @@ def param_summaries(tree: xr.DataTree, names: tuple[str, ...] = REPORTED
     """
     names = [v for v in names if v in tree.posterior]
     with np.errstate(invalid="ignore", divide="ignore"):  # a stuck chain: NaN, kept as null
-        table = az.summary(tree, var_names=names, kind="all", ci_prob=PROB, ci_kind="hdi",
+        table = az.summary(tree, var_names=names, kind="stats", ci_prob=PROB, ci_kind="hdi",
                            round_to="none", fmt="xarray")
+    checks = dataset_diagnostics(tree.posterior.to_dataset(), names)
     out: dict[str, dict[str, float | None]] = {}
     for var in names:
         da = table[var]
         dims = [d for d in da.dims if d != "summary"]
-        entries = [(var, da)] if not dims else [
-            (str(label), da.sel({dims[0]: label})) for label in da[dims[0]].to_numpy()]
-        for name, stats in entries:
-            out[name] = {k: _num(stats.sel(summary=v)) for k, v in _FIELDS.items()}
+        labels = [None] if not dims else list(da[dims[0]].to_numpy())
+        for i, label in enumerate(labels):
+            stats = da if label is None else da.sel({dims[0]: label})
+            entry = {k: _num(stats.sel(summary=v)) for k, v in _STATS.items()}
+            entry |= {k: _num(np.ravel(v)[i]) for k, v in checks[var].items()}
+            out[var if label is None else str(label)] = entry
     return out
 
 
@@ -138,33 +145,31 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     -------
     dict
         ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (None when
-        undefined, e.g. a chain that never moved; over all
-        elements of ``intercept``, ``beta``, ``sd_school``, ``sigma``, ``school_mean`` and
-        ``u``; of every posterior variable for an event-time fit), ``min_bfmi`` (the smallest
+        undefined, e.g. a chain that never moved; over all elements of :data:`CHECKED`, or of
+        every posterior variable for an event-time fit; by
+        :mod:`bayesfed.posterior.convergence`), ``min_bfmi`` (the smallest
         E-BFMI of any chain, from ``sample_stats.energy`` by ``arviz.bfmi``; None when
         undefined or the fit has no energy), ``problems`` (list of str) and ``ok`` (bool).
     """
     checked = CHECKED if tree_kind(tree.attrs).per_year \
         else tuple(tree.posterior.data_vars)
     names = [v for v in checked if v in tree.posterior]
-    # a chain that never moved has zero variance: its R-hat and ESS are undefined (NaN), which
-    # is reported as a failed gate, not a NumPy warning
+    checks = dataset_diagnostics(tree.posterior.to_dataset(), names)
     with np.errstate(invalid="ignore", divide="ignore"):
-        rhat = az.rhat(tree, var_names=names)
-        ess_bulk = az.ess(tree, var_names=names, method="bulk")
-        ess_tail = az.ess(tree, var_names=names, method="tail")
         bfmi = (az.bfmi(tree.sample_stats["energy"]) if "energy" in tree.sample_stats
                 else None)
 
-    def extreme(ds: xr.Dataset, fn) -> float | None:
-        values = np.concatenate([np.ravel(ds[v].to_numpy()) for v in ds.data_vars])
+    def extreme(key: str, fn) -> float | None:
+        # a chain that never moved has zero variance: its R-hat and ESS are undefined (NaN),
+        # which is reported as a failed gate
+        values = np.concatenate([np.ravel(c[key]) for c in checks.values()])
         return None if not np.isfinite(values).all() else float(fn(values))
 
     out: dict[str, object] = {
         "divergences": int(tree.sample_stats["diverging"].sum()),
-        "max_r_hat": extreme(rhat, np.max),
-        "min_ess_bulk": extreme(ess_bulk, np.min),
-        "min_ess_tail": extreme(ess_tail, np.min),
+        "max_r_hat": extreme("r_hat", np.max),
+        "min_ess_bulk": extreme("ess_bulk", np.min),
+        "min_ess_tail": extreme("ess_tail", np.min),
         "min_bfmi": None if bfmi is None or not np.isfinite(bfmi).all() else float(bfmi.min()),
     }
     problems = []
@@ -390,19 +395,22 @@ STACKED_SCALARS = ("sd_school", "sd_cell", "sigma", "shock_ar", "sd_federation_e
 
 def _by_outer(tree: xr.DataTree, var: str, outer: str) -> dict[str, dict[str, dict]]:
     """Summaries of a (chain, draw, outer, inner) variable: ``outer label -> inner label ->``
-    the :data:`_FIELDS` plus ``p_positive``."""
-    draws = tree.posterior[var]
+    the fields of :func:`param_summaries` plus ``p_positive``."""
+    draws = tree.posterior[var].transpose("chain", "draw", outer, ...)
     with np.errstate(invalid="ignore", divide="ignore"):
-        table = az.summary(tree, var_names=[var], kind="all", ci_prob=PROB, ci_kind="hdi",
+        table = az.summary(tree, var_names=[var], kind="stats", ci_prob=PROB, ci_kind="hdi",
                            round_to="none", fmt="xarray")[var]
+    checks = dataset_diagnostics(draws.to_dataset(name=var), [var])[var]
     inner = next(d for d in table.dims if d not in ("summary", outer))
     out: dict[str, dict[str, dict]] = {}
-    for a in table[outer].to_numpy():
+    for i, a in enumerate(draws[outer].to_numpy()):
         out[str(a)] = {}
-        for b in table[inner].to_numpy():
+        for j, b in enumerate(draws[inner].to_numpy()):
             cell = table.sel({outer: a, inner: b})
-            out[str(a)][str(b)] = {k: _num(cell.sel(summary=v)) for k, v in _FIELDS.items()} | {
-                "p_positive": float((draws.sel({outer: a, inner: b}) > 0).mean())}
+            out[str(a)][str(b)] = ({k: _num(cell.sel(summary=v)) for k, v in _STATS.items()}
+                                   | {k: _num(v[i, j]) for k, v in checks.items()}
+                                   | {"p_positive": float((draws.sel({outer: a, inner: b})
+                                                           > 0).mean())})
     return out
 
 
@@ -565,10 +573,9 @@ def summarize_dir(folder: str | Path) -> dict[str, object]:
         if elpd is not None:
             elpds[path.name] = elpd
         fits.append(fit)
-        # a DataTree's nodes refer to their parents: only the cycle collector frees a fit,
-        # and it runs by object counts, not bytes
+        nbytes = tree.nbytes
         del tree, post, reference
-        gc.collect()
+        release(nbytes)
     fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
     compare_with_per_year(fits)
     out = {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
