@@ -22,6 +22,7 @@ from bayesfed.inputs.spec import ModelSpec, load_spec
 from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs.fit_one import FitOptions, fit_name
 from bayesfed.jobs.schedule import planned_fits, run_job
+from bayesfed.jobs.summaries import MIN_FITS, SummaryWorker
 from bayesfed.posterior.summarize import write_summary
 from bayesfed.report.markdown import Flavour, render_markdown
 from bayesfed.report.plots import (
@@ -125,19 +126,26 @@ def fit_command(
                              sampler=sampler, progress=console.is_terminal)
         data_hash = (frame_sha256(data) if isinstance(data, pd.DataFrame)
                      else file_sha256(data))
+        # the per-year fits' summaries made beside the fits, in a worker process
+        beside = (client is None and jobs == 1 and sum(
+            s.kind.per_year for s, _ in planned_fits(specs, years)) >= MIN_FITS)
         try:
-            run_job(tables, specs, years, out, options, data_hash, force=force, resume=resume,
-                    jobs=jobs if client is None else max(1, sum(client.nthreads().values())),
-                    executor=None if client is None else client.get_executor(),
-                    on_note=console.print,
-                    on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"))
+            with SummaryWorker() if beside else nullcontext() as worker:
+                run_job(tables, specs, years, out, options, data_hash, force=force,
+                        resume=resume,
+                        jobs=jobs if client is None else max(1, sum(client.nthreads().values())),
+                        executor=None if client is None else client.get_executor(),
+                        on_note=console.print,
+                        on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"),
+                        on_saved=None if worker is None else worker.submit)
+                done = {} if worker is None else worker.results()
         except KeyboardInterrupt:
             plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]
             done = sum(p.exists() for p in plan)
             console.print(f"interrupted: {done} of {len(plan)} fits are complete in {out}; the "
                           "same command with --resume fits the rest")
             raise
-        path = write_summary(out)
+        path = write_summary(out, done)
     summary = json.loads(path.read_text())
     failed = [f for f in summary["fits"] if not f["diagnostics"]["ok"]]
     console.print(f"wrote {len(summary['fits'])} fits and {path}")

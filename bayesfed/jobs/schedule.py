@@ -133,7 +133,7 @@ def _fit_and_save(table: Table, spec: ModelSpec, year: int | None,
     return saved
 
 
-def _worker_init(parent: int) -> None:
+def worker_init(parent: int) -> None:
     """Set up a worker process of a parallel job.
 
     Ctrl-C reaches the whole process group; only the parent acts on it (it stops the workers).
@@ -150,7 +150,7 @@ def _worker_init(parent: int) -> None:
     threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
+def stop_workers(pool: ProcessPoolExecutor) -> None:
     """Kill a pool's worker processes now (their temporaries are removed afterwards)."""
     kill = getattr(pool, "kill_workers", None)  # Python >= 3.14
     if kill is not None:
@@ -174,6 +174,7 @@ def run_job(
     jobs: int = 1,
     on_note: Callable[[str], None] | None = None,
     executor: Executor | None = None,
+    on_saved: Callable[[Path, ModelSpec, int | None], None] | None = None,
 ) -> list[Path]:
     """Fit every (spec, year) pair and save each fit as it finishes.
 
@@ -211,6 +212,9 @@ def run_job(
         (``client.get_executor()``, :mod:`bayesfed.design.distributed`), whose workers must see
         ``out``. On Ctrl-C or a failure the fits not started are cancelled; those running
         finish on their workers.
+    on_saved : callable, optional
+        Called as ``on_saved(path, spec, year)`` when a fit of a job of one process
+        (``jobs`` 1, no ``executor``) is saved (:mod:`bayesfed.jobs.summaries`).
 
     Returns
     -------
@@ -266,6 +270,8 @@ def run_job(
             spec, year = plan[i]
             written.append(_fit_and_save(tables[spec.name], spec, year, options, data_hash,
                                          paths[i], None))
+            if on_saved is not None:
+                on_saved(paths[i], spec, year)
         return written
     return _run_parallel(tables, plan, paths, todo, options, data_hash, jobs, on_fit, out,
                          executor)
@@ -294,7 +300,7 @@ def _run_parallel(tables: Mapping[str, Table],
     started = 0
     pool = executor or ProcessPoolExecutor(
         max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_worker_init, initargs=(os.getpid(),))
+        initializer=worker_init, initargs=(os.getpid(),))
     pending: dict[Future, int] = {}
 
     def submit() -> None:
@@ -326,7 +332,7 @@ def _run_parallel(tables: Mapping[str, Table],
                 submit()
     except BaseException:
         if executor is None:
-            _stop_workers(pool)
+            stop_workers(pool)
             pool.shutdown(wait=True, cancel_futures=True)
         else:  # the caller's executor: cancel what has not started
             for future in pending:

@@ -185,7 +185,7 @@ def element_diagnostics(draws: np.ndarray) -> dict[str, np.ndarray]:
     Parameters
     ----------
     draws : numpy.ndarray
-        Shape (chain, draw, *shape).
+        Shape ``(chain, draw, *shape)``.
 
     Returns
     -------

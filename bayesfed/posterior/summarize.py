@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import arviz as az
@@ -544,38 +545,86 @@ def compare_with_per_year(fits: list[dict]) -> None:
             fit["per_year_comparison"] = {"model": model, "width_ratio": ratios}
 
 
-def summarize_dir(folder: str | Path) -> dict[str, object]:
+def file_stamp(path: Path | None) -> tuple[int, int] | None:
+    """A file's version: its modification time (ns) and size; None for no file."""
+    if path is None:
+        return None
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+@dataclass(frozen=True)
+class FileSummary:
+    """One fit file's part of ``summary.json`` and the file versions it was computed from.
+
+    Attributes
+    ----------
+    stamp, reference_stamp : tuple of int or None
+        :func:`file_stamp` of the fit file and of its reference model's file, taken before
+        either was read.
+    reference : Path or None
+        The reference model's fit file used (``variance_explained``).
+    fit : dict
+        The fit's entry of ``summary.json``'s ``fits`` (before the folder-wide comparisons).
+    elpd : arviz_stats.ELPDData or None
+        Its leave-one-school-out result (:func:`add_model_checks`).
+    """
+
+    stamp: tuple[int, int] | None
+    reference: Path | None
+    reference_stamp: tuple[int, int] | None
+    fit: dict
+    elpd: azs.ELPDData | None
+
+    def current(self, path: Path, reference: Path | None) -> bool:
+        """Whether it is the summary of ``path``'s file, with ``reference``, as they are now."""
+        return (self.stamp, self.reference, self.reference_stamp) == (
+            file_stamp(path), reference, file_stamp(reference))
+
+
+def summarize_file(path: Path, reference: Path | None) -> FileSummary:
+    """Summary of one fit file (:func:`summarize_fit` and :func:`add_model_checks`), its
+    reference model's fit being ``reference`` (of which only the variances are read). The fit
+    is freed before returning (:func:`bayesfed.store.release`)."""
+    stamp, reference_stamp = file_stamp(path), file_stamp(reference)
+    tree = load_fit(path)
+    ref = None if reference is None else load_fit(reference, posterior=REFERENCE_VARS)
+    fit = summarize_fit(tree, ref, file=path.name)
+    elpd = add_model_checks(fit, tree)
+    nbytes = tree.nbytes
+    del tree, ref
+    release(nbytes)
+    return FileSummary(stamp, reference, reference_stamp, fit, elpd)
+
+
+def summarize_dir(folder: str | Path, done: Mapping[str, FileSummary] | None = None
+                  ) -> dict[str, object]:
     """Summaries of every fit file (``*.nc``) in a folder, ordered by model then year.
 
     A fit's reference model (``[model] reference`` in its spec) is looked up among the fits of
     the same year in the folder; without it the fit has no ``variance_explained``. One fit is
     held at a time (a national fit's school draws are hundreds of megabytes), and of its
     reference only the variances (:data:`REFERENCE_VARS`).
+
+    ``done`` holds summaries computed already, by file name (a job computes them in a worker
+    process while the next fits sample: :mod:`bayesfed.jobs.summaries`); one is used only if
+    it is :meth:`FileSummary.current`, so the result is the same as without it.
     """
     folder = Path(folder)
+    done = done or {}
     paths = sorted(folder.glob("*.nc"))
-    by_key = {(str(attrs["bayesfed_model"]), fit_year(attrs)): path
-              for path, attrs in ((p, fit_attrs(p)) for p in paths)}
+    attrs = {path: fit_attrs(path) for path in paths}
+    by_key = {(str(a["bayesfed_model"]), fit_year(a)): path for path, a in attrs.items()}
     fits, elpds = [], {}
-    variances: dict[Path, xr.DataTree] = {}  # of the fits read so far, as references
     for path in paths:
-        tree = load_fit(path)
-        post = tree.posterior.to_dataset()
-        variances[path] = xr.DataTree.from_dict(
-            {"posterior": post[[v for v in REFERENCE_VARS if v in post]]})
-        variances[path].attrs = dict(tree.attrs)
-        ref_name = str(tree.attrs.get("bayesfed_reference", ""))
-        ref_path = by_key.get((ref_name, fit_year(tree.attrs))) if ref_name else None
-        reference = (None if ref_path is None else variances[ref_path] if ref_path in variances
-                     else load_fit(ref_path, posterior=REFERENCE_VARS))
-        fit = summarize_fit(tree, reference, file=path.name)
-        elpd = add_model_checks(fit, tree)
-        if elpd is not None:
-            elpds[path.name] = elpd
-        fits.append(fit)
-        nbytes = tree.nbytes
-        del tree, post, reference
-        release(nbytes)
+        ref_name = str(attrs[path].get("bayesfed_reference", ""))
+        ref_path = by_key.get((ref_name, fit_year(attrs[path]))) if ref_name else None
+        part = done.get(path.name)
+        if part is None or not part.current(path, ref_path):
+            part = summarize_file(path, ref_path)
+        if part.elpd is not None:
+            elpds[path.name] = part.elpd
+        fits.append(part.fit)
     fits.sort(key=lambda f: (f["model"], -10**6 if f["year"] is None else f["year"]))
     compare_with_per_year(fits)
     out = {"bayesfed_version": __version__, "prob": PROB, "gates": GATES, "fits": fits,
@@ -681,6 +730,7 @@ def loo_refusals(fits: list[dict], elpds: Mapping[str, azs.ELPDData]) -> list[di
             for year, groups in _loo_groups(fits, elpds).items() if len(groups) > 1]
 
 
-def write_summary(folder: str | Path) -> Path:
-    """Write ``summary.json`` for the fits in ``folder``; returns its path."""
-    return write_json(Path(folder) / "summary.json", summarize_dir(folder))
+def write_summary(folder: str | Path, done: Mapping[str, FileSummary] | None = None) -> Path:
+    """Write ``summary.json`` for the fits in ``folder`` (``done``: as :func:`summarize_dir`);
+    returns its path."""
+    return write_json(Path(folder) / "summary.json", summarize_dir(folder, done))

@@ -426,3 +426,34 @@ def test_strict_exits_5_naming_the_failed_fits(tmp_path):
                                  "1", "--chains", "2", "--seed", "1", "--force"])
     assert code == 0, err
     assert "WARNING: 1 fits failed their diagnostics" in stdout
+
+
+def test_summaries_made_beside_the_fits_are_the_ones_made_afterwards(tmp_path, monkeypatch):
+    """A job of six per-year fits summarises each in a worker process as it is saved
+    (bayesfed.jobs.summaries); summary.json is the same as summarising the folder afresh, and
+    a fit replaced afterwards is not summarised from the worker's stale summary."""
+    from bayesfed.jobs import summaries
+
+    study = tmp_path / "study.csv"
+    three_years().to_csv(study, index=False)
+    used = {}
+    results = summaries.SummaryWorker.results
+
+    def spy(self):
+        used.update(results(self))
+        return used
+
+    monkeypatch.setattr(summaries.SummaryWorker, "results", spy)
+    out = tmp_path / "fits"
+    path = fit_command([MODELS / "m0_empty.toml", MODELS / "m1_pupil.toml"], study, out,
+                       [0, 1, 2], draws=200, tune=200, chains=2, seed=4)
+    assert sorted(used) == FITS  # every fit was summarised by the worker
+    assert json.loads(path.read_text()) == json.loads(json.dumps(summarize_dir(out)))
+    # M0_k1 refitted with another seed: its summary, and M1_k1's (M0 is its reference), are
+    # no longer current
+    stale = {name: used[name] for name in ("M0_k1.nc", "M1_k1.nc")}
+    fit_command([MODELS / "m0_empty.toml"], study, tmp_path / "other", [1], draws=200,
+                tune=200, chains=2, seed=5)
+    shutil.copy(tmp_path / "other" / "M0_k1.nc", out / "M0_k1.nc")
+    assert not any(part.current(out / name, part.reference) for name, part in stale.items())
+    assert summarize_dir(out, used) == summarize_dir(out)

@@ -64,13 +64,15 @@ def add_school_data(folder: Path, data: Path) -> None:
 def fits(tmp_path_factory) -> Path:
     """M0, M1 and M2 fitted to a small table's founding year (about 15 s). 24 pupils a
     school: with 12, M1's nine coefficients left a divergence or two on some seeds, the fit
-    failed its gates and the report rightly left it out of the LOO comparison."""
+    failed its gates and the report rightly left it out of the LOO comparison. The seed is one
+    whose three fits pass every gate (with seed 7, M0's tail ESS at the 5% and 95% quantiles
+    was 260 of 2,000 draws; at ArviZ's default 11% and 89% it had passed)."""
     from conftest import small_table
 
     folder = tmp_path_factory.mktemp("report")
     small_table(schools=8, pupils=24).to_csv(folder / "t.csv", index=False)
     fit_command(SPECS, folder / "t.csv", folder / "fits", [0], draws=1000, tune=1000,
-                chains=2, seed=7)
+                chains=2, seed=1)
     add_school_data(folder / "fits", folder / "t.csv")
     return folder / "fits"
 
