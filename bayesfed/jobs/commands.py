@@ -116,21 +116,21 @@ def fit_command(
                           "would overwrite each other")
     # one job a folder; the cluster, if any, reduces an event-time spec's table and runs the fits
     with folder_lock(out), _connect(dask) if dask is not None else nullcontext() as client:
-        tables = _tables(specs, data, years, drop_incomplete, client)
-        for table in tables.values():
-            if table.n_dropped:
-                console.print(f"dropped {table.n_dropped:,} incomplete rows of "
-                              f"{table.n_input_rows:,}")
-                break
-        options = FitOptions(draws=draws, tune=tune, chains=chains, seed=seed,
-                             sampler=sampler, progress=console.is_terminal)
-        data_hash = (frame_sha256(data) if isinstance(data, pd.DataFrame)
-                     else file_sha256(data))
-        # the per-year fits' summaries made beside the fits, in a worker process
+        # the per-year fits' summaries made beside the fits, in a worker process started now
         beside = (client is None and jobs == 1 and sum(
             s.kind.per_year for s, _ in planned_fits(specs, years)) >= MIN_FITS)
-        try:
-            with SummaryWorker() if beside else nullcontext() as worker:
+        with SummaryWorker() if beside else nullcontext() as worker:
+            tables = _tables(specs, data, years, drop_incomplete, client)
+            for table in tables.values():
+                if table.n_dropped:
+                    console.print(f"dropped {table.n_dropped:,} incomplete rows of "
+                                  f"{table.n_input_rows:,}")
+                    break
+            options = FitOptions(draws=draws, tune=tune, chains=chains, seed=seed,
+                                 sampler=sampler, progress=console.is_terminal)
+            data_hash = (frame_sha256(data) if isinstance(data, pd.DataFrame)
+                         else file_sha256(data))
+            try:
                 run_job(tables, specs, years, out, options, data_hash, force=force,
                         resume=resume,
                         jobs=jobs if client is None else max(1, sum(client.nthreads().values())),
@@ -138,13 +138,13 @@ def fit_command(
                         on_note=console.print,
                         on_fit=lambda name, i, n: console.print(f"fitting {name} ({i + 1}/{n})"),
                         on_saved=None if worker is None else worker.submit)
-                done = {} if worker is None else worker.results()
-        except KeyboardInterrupt:
-            plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]
-            done = sum(p.exists() for p in plan)
-            console.print(f"interrupted: {done} of {len(plan)} fits are complete in {out}; the "
-                          "same command with --resume fits the rest")
-            raise
+            except KeyboardInterrupt:
+                plan = [out / f"{fit_name(s.name, y)}.nc" for s, y in planned_fits(specs, years)]
+                complete = sum(p.exists() for p in plan)
+                console.print(f"interrupted: {complete} of {len(plan)} fits are complete in "
+                              f"{out}; the same command with --resume fits the rest")
+                raise
+            done = {} if worker is None else worker.results()
         path = write_summary(out, done)
     summary = json.loads(path.read_text())
     failed = [f for f in summary["fits"] if not f["diagnostics"]["ok"]]

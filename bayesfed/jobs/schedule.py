@@ -16,9 +16,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import signal
-import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import (
     FIRST_COMPLETED,
@@ -35,6 +32,7 @@ from bayesfed.design.reduce import ReducedYears
 from bayesfed.errors import BayesfedError, OutputError
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.jobs.fit_one import FitOptions, Table, fit_name, fit_one, fit_seed, versions
+from bayesfed.jobs.workers import stop_workers, worker_init
 from bayesfed.store import load_fit, release, remove_stale_temporaries, save_fit
 
 
@@ -131,33 +129,6 @@ def _fit_and_save(table: Table, spec: ModelSpec, year: int | None,
     del tree
     release(nbytes)
     return saved
-
-
-def worker_init(parent: int) -> None:
-    """Set up a worker process of a parallel job.
-
-    Ctrl-C reaches the whole process group; only the parent acts on it (it stops the workers).
-    A worker whose parent died without stopping it (SIGKILL) exits within a second instead of
-    waiting for work forever; what it was writing stays a temporary, never a fit file.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def exit_with_parent() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=exit_with_parent, daemon=True).start()
-
-
-def stop_workers(pool: ProcessPoolExecutor) -> None:
-    """Kill a pool's worker processes now (their temporaries are removed afterwards)."""
-    kill = getattr(pool, "kill_workers", None)  # Python >= 3.14
-    if kill is not None:
-        kill()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.kill()
 
 
 def run_job(

@@ -12,6 +12,7 @@ worker could not make is made again in the job's process, where its error surfac
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.jobs.fit_one import fit_name
-from bayesfed.jobs.schedule import stop_workers, worker_init
+from bayesfed.jobs.workers import stop_workers, worker_init
 from bayesfed.posterior.summarize import FileSummary, summarize_file
 
 #: Per-year fits a job must have to do for their summaries to be made beside them: the worker
@@ -39,6 +40,9 @@ class SummaryWorker:
             max_workers=1, mp_context=multiprocessing.get_context("spawn"),
             initializer=worker_init, initargs=(os.getpid(),))
         self._futures: dict[str, Future] = {}
+        # start it now and import what summaries need (about 2 s) while the job reads its
+        # table and compiles its first model
+        self._pool.submit(importlib.import_module, "bayesfed.posterior.summarize")
 
     def __enter__(self) -> SummaryWorker:
         return self

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 import xarray as xr
-from arviz import hdi
+from arviz_stats import hdi
 
 from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import SchoolSummary, summary_of

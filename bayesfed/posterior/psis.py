@@ -73,10 +73,14 @@ def _smoothed_log_weights(log_lik: np.ndarray, r_eff: float) -> tuple[np.ndarray
         raise ValueError("n_draws_tail must be at least 5")
     raw = -log_lik
     raw = raw - raw.max(axis=1, keepdims=True)
-    order = np.argsort(raw, axis=1)
-    top = order[:, n_samples - tail:]
+    # the tail and the largest value below it: a partition, then a sort of the tail alone
+    # (ArviZ sorts every draw; tied values are interchangeable, so the result is the same)
+    part = np.argpartition(raw, n_samples - tail - 1, axis=1)
+    cutoff = np.take_along_axis(raw, part[:, n_samples - tail - 1:n_samples - tail], axis=1)
+    top = part[:, n_samples - tail:]
+    top = np.take_along_axis(top, np.argsort(np.take_along_axis(raw, top, axis=1), axis=1),
+                             axis=1)
     draws_tail = np.take_along_axis(raw, top, axis=1)
-    cutoff = np.take_along_axis(raw, order[:, n_samples - tail - 1:n_samples - tail], axis=1)
     max_tail = draws_tail.max(axis=1)
     if np.any(np.abs(max_tail - draws_tail.min(axis=1)) < np.finfo(float).tiny):
         raise ValueError("All tail values are the same")

@@ -41,7 +41,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import arviz as az
 import arviz_stats as azs
 import numpy as np
 import xarray as xr
@@ -123,7 +122,7 @@ def param_summaries(tree: xr.DataTree, names: tuple[str, ...] = REPORTED
     """
     names = [v for v in names if v in tree.posterior]
     with np.errstate(invalid="ignore", divide="ignore"):  # a stuck chain: NaN, kept as null
-        table = az.summary(tree, var_names=names, kind="stats", ci_prob=PROB, ci_kind="hdi",
+        table = azs.summary(tree, var_names=names, kind="stats", ci_prob=PROB, ci_kind="hdi",
                            round_to="none", fmt="xarray")
     checks = dataset_diagnostics(tree.posterior.to_dataset(), names)
     out: dict[str, dict[str, float | None]] = {}
@@ -157,7 +156,7 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     names = [v for v in checked if v in tree.posterior]
     checks = dataset_diagnostics(tree.posterior.to_dataset(), names)
     with np.errstate(invalid="ignore", divide="ignore"):
-        bfmi = (az.bfmi(tree.sample_stats["energy"]) if "energy" in tree.sample_stats
+        bfmi = (azs.bfmi(tree.sample_stats["energy"]) if "energy" in tree.sample_stats
                 else None)
 
     def extreme(key: str, fn) -> float | None:
@@ -399,7 +398,7 @@ def _by_outer(tree: xr.DataTree, var: str, outer: str) -> dict[str, dict[str, di
     the fields of :func:`param_summaries` plus ``p_positive``."""
     draws = tree.posterior[var].transpose("chain", "draw", outer, ...)
     with np.errstate(invalid="ignore", divide="ignore"):
-        table = az.summary(tree, var_names=[var], kind="stats", ci_prob=PROB, ci_kind="hdi",
+        table = azs.summary(tree, var_names=[var], kind="stats", ci_prob=PROB, ci_kind="hdi",
                            round_to="none", fmt="xarray")[var]
     checks = dataset_diagnostics(draws.to_dataset(name=var), [var])[var]
     inner = next(d for d in table.dims if d not in ("summary", outer))
