@@ -269,7 +269,8 @@ def _check_fit(attrs: dict) -> None:
         raise KeyError("no bayesfed provenance attributes")
 
 
-def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.DataTree:
+def load_fit(path: str | Path, posterior: Sequence[str] | None = None,
+             skip: Sequence[str] = ()) -> xr.DataTree:
     """Read a fit saved by :func:`save_fit` into memory (the file is closed again).
 
     Parameters
@@ -279,6 +280,8 @@ def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.Dat
         Read only these posterior variables (those the fit has) and the fit's attributes: a
         tree with the one group ``posterior``. A national fit's school draws are hundreds of
         megabytes; a reference model's variances are a few kilobytes. Default: everything.
+    skip : sequence of str
+        Posterior variables not to read (those the fit has), when ``posterior`` is None.
 
     Raises
     ------
@@ -291,7 +294,14 @@ def load_fit(path: str | Path, posterior: Sequence[str] | None = None) -> xr.Dat
                 _check_fit(tree.attrs)
                 if "posterior" not in tree.children:
                     raise KeyError("no posterior group")
-                return tree.load().copy()
+                if not skip:
+                    return tree.load().copy()
+                groups = {node.path: node.to_dataset(inherit=False) for node in tree.subtree}
+                groups["/posterior"] = groups["/posterior"].drop_vars(
+                    [v for v in skip if v in groups["/posterior"]])
+                out = xr.DataTree.from_dict(groups).load()
+                out.attrs = dict(tree.attrs)
+                return out
         attrs = fit_attrs(path)
         with xr.open_dataset(path, group="posterior", engine="netcdf4") as post:
             out = xr.DataTree.from_dict(

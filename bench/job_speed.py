@@ -12,7 +12,9 @@ national per-year fit.
    an estimate of the 18 fits (about 45 minutes were measured for all 18).
 4. ``--national PARQUET``: ``bayesfed fit`` of M1 in year 0 of a national-size study, then
    its ``summary.json`` written again in a fresh process with the imports done first: the
-   per-year summary's own seconds (``bayesfed.posterior.summarize.write_summary``).
+   per-year summary's own seconds (``bayesfed.posterior.summarize.write_summary``); and the
+   REML check of that year alone (``bayesfed.posterior.reml.fit_reml_stats`` of the year's
+   statistics, reduced here).
 
 Usage: ``.venv/bin/python bench/job_speed.py [--national out/bench/event_time/national.parquet]
 [--brms]``. Prints a Markdown table; ratios are against bayesfed's warm job.
@@ -125,6 +127,18 @@ def national_summary(data: Path, folder: Path) -> tuple[float, float, float, int
     return wall, peak, summary_s, schools
 
 
+def national_reml(data: Path) -> tuple[float, bool, float]:
+    """The REML check of M1, year 0, from the year's statistics: seconds, whether it
+    converged, and the school variance."""
+    from bayesfed.design.reduce import reduce_file
+    from bayesfed.posterior.reml import fit_reml_stats
+
+    summary = reduce_file(data, load_spec(spec_path("m1")), [0]).summaries[0]
+    start = time.perf_counter()
+    fit = fit_reml_stats(summary.pooled(), summary.coef_names)
+    return time.perf_counter() - start, fit.converged, fit.var_school
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--national", type=Path, help="a national-size study (Parquet)")
@@ -159,6 +173,9 @@ def main() -> int:
             wall, peak, summary_s, schools = national_summary(args.national, folder)
             print(f"\nnational M1, year 0 ({schools:,} schools): `bayesfed fit` {wall:.1f} s "
                   f"wall, {peak:.2f} GB peak; its summary alone {summary_s:.1f} s")
+            seconds, converged, var_school = national_reml(args.national)
+            print(f"its REML check: {seconds:.3f} s, converged {converged}, school variance "
+                  f"{var_school:.4f}")
     return 0 if same else 1
 
 

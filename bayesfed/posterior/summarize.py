@@ -250,6 +250,10 @@ def different_pupils(attrs: Mapping[str, object], ref_attrs: Mapping[str, object
             "all of them)")
 
 
+#: Posterior variables a summary does not read: sums of the school intercepts, draws x schools
+#: each (about 100 MB apiece for a national fit).
+UNREAD = ("school_effect", "school_mean")
+
 #: What a fit's summary reads of its reference model's fit, besides its attributes.
 REFERENCE_VARS = ("sd_school", "sigma")
 
@@ -586,7 +590,7 @@ def summarize_file(path: Path, reference: Path | None) -> FileSummary:
     reference model's fit being ``reference`` (of which only the variances are read). The fit
     is freed before returning (:func:`bayesfed.store.release`)."""
     stamp, reference_stamp = file_stamp(path), file_stamp(reference)
-    tree = load_fit(path)
+    tree = load_fit(path, skip=UNREAD)
     ref = None if reference is None else load_fit(reference, posterior=REFERENCE_VARS)
     fit = summarize_fit(tree, ref, file=path.name)
     elpd = add_model_checks(fit, tree)
