@@ -93,6 +93,12 @@ def simulate(
     sd_federation_effect: Annotated[float, typer.Option(
         help="Sd of federation-level deviations of the effect from founding on "
              "(outcome units).")] = 0.0,
+    sd_ks2_slope: Annotated[float, typer.Option(
+        help="Sd of schools' random KS2 slopes, added to the fixed KS2 coefficient (outcome "
+             "units per KS2 unit).")] = 0.0,
+    cor_ks2_slope: Annotated[float, typer.Option(
+        help="Correlation of a school's KS2 slope with its random intercept, in (-1, 1) "
+             "(no unit).")] = 0.0,
 ) -> None:
     """Write a synthetic federation study calibrated to the paper, with its true parameters."""
     from dataclasses import replace
@@ -108,7 +114,8 @@ def simulate(
                                  ("pupils_per_school", pupils)) if v is not None}
     config = replace(config, pre_trend=pre_trend, cohort_slope=cohort_slope,
                      calendar_trend=calendar_trend, shock_ar=shock_ar,
-                     sd_federation_effect=sd_federation_effect, **changes)
+                     sd_federation_effect=sd_federation_effect, sd_ks2_slope=sd_ks2_slope,
+                     cor_ks2_slope=cor_ks2_slope, **changes)
     frame, truth = run(config, seed=seed)
     json_path = write_study(frame, truth, out)
     console.print(f"wrote {len(frame):,} pupils in {frame['school_id'].nunique():,} schools to "

@@ -227,6 +227,13 @@ class SimConfig:
         outcome of a federation's schools at every k >= 0 years since founding (score
         points). Drawn after everything else, so the rest of the study is that of the same
         seed without them. Zero (no deviations, no draw) by default.
+    sd_ks2_slope : float
+        Sd of the schools' random KS2 slopes ``c_j`` (score points per KS2 unit), added to the
+        fixed ``ks2`` coefficient: a pupil's score gains ``c_j * ks2``. Drawn after everything
+        else (after the federation deviations), so the rest of the study is that of the same
+        seed without them. Zero (no slopes, no draw) by default.
+    cor_ks2_slope : float
+        Correlation of a school's KS2 slope with its random intercept, in (-1, 1).
     typology : tuple of (str, float, int, int)
         Federation types: name, percentage of federations, min and max secondary schools
         (each federation's count is uniform on that range).
@@ -262,6 +269,8 @@ class SimConfig:
     calendar_trend: float = 0.0
     shock_ar: float = 0.0
     sd_federation_effect: float = 0.0
+    sd_ks2_slope: float = 0.0
+    cor_ks2_slope: float = 0.0
     typology: tuple[tuple[str, float, int, int], ...] = TABLE2_TYPOLOGY
     intercept: float = 5.3
     coefficients: tuple[tuple[str, float], ...] = TABLE4_COEFFICIENTS
@@ -287,6 +296,11 @@ class SimConfig:
         if not self.sd_federation_effect >= 0.0:
             raise BayesfedError(f"SimConfig: sd_federation_effect must be >= 0, "
                                 f"got {self.sd_federation_effect}")
+        if not self.sd_ks2_slope >= 0.0:
+            raise BayesfedError(f"SimConfig: sd_ks2_slope must be >= 0, got {self.sd_ks2_slope}")
+        if not -1.0 < self.cor_ks2_slope < 1.0:
+            raise BayesfedError(f"SimConfig: cor_ks2_slope must be a correlation in (-1, 1), "
+                                f"got {self.cor_ks2_slope}")
 
     @classmethod
     def national(cls) -> SimConfig:
@@ -318,6 +332,13 @@ def type_counts(n_federations: int, typology: tuple[tuple[str, float, int, int],
     Parameters
     ----------
     n_federations : int
+    sd_ks2_slope : float
+        Sd of the schools' random KS2 slopes ``c_j`` (score points per KS2 unit), added to the
+        fixed ``ks2`` coefficient: a pupil's score gains ``c_j * ks2``. Drawn after everything
+        else (after the federation deviations), so the rest of the study is that of the same
+        seed without them. Zero (no slopes, no draw) by default.
+    cor_ks2_slope : float
+        Correlation of a school's KS2 slope with its random intercept, in (-1, 1).
     typology : tuple of (str, float, int, int)
         Federation types: name, percentage of federations, min and max schools.
 
@@ -478,8 +499,9 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
     truth : dict
         JSON-ready true parameters (see :func:`truth_dict`) plus ``implied``, the variance
         components per years since founding (see :func:`implied_by_year`), ``att``, the
-        realised average effect on the treated (see :func:`realised_att`), and
-        ``federation_deviations`` (see :func:`deviations_by_id`).
+        realised average effect on the treated (see :func:`realised_att`),
+        ``federation_deviations`` (see :func:`deviations_by_id`) and ``ks2_slopes`` (school id
+        -> its random KS2 slope, :func:`ks2_slopes`; all 0 by default).
     """
     rng = np.random.default_rng(seed)
     schools = schools_table(config, rng)
@@ -504,13 +526,14 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
     xb = linear_predictor(config, pupils)
     noise = config.sigma * rng.standard_normal(school.size)
     deviation = federation_deviations(config, rng)  # last: the default stream is unchanged
+    slope = ks2_slopes(config, school_effects[0], rng)  # after them, likewise
     cell_extra = cell_heterogeneity(config, schools, deviation, cell_school, cell_since)
     delta = config.delta()
     cell_effect = (cohort_effect[cell_cohort - years[0]]
                    + schools["federated"].to_numpy()[cell_school]
                    * np.array([delta[k] for k in cell_since])
                    + cell_extra)
-    score = (config.intercept + cell_effect[cell] + xb
+    score = (config.intercept + cell_effect[cell] + xb + slope[school] * pupils["ks2"]
              + config.sd_school * school_effects[0][school] + cell_shock[cell] + noise)
     frame = pupil_frame(schools, school, cell_cohort[cell], cell_since[cell], np.round(score, 2),
                         pupils)
@@ -520,6 +543,7 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
         "att": realised_att(config, treated_cells(schools, cell, cell_school, cell_since,
                                                   cell_extra)),
         "federation_deviations": deviations_by_id(config, schools, deviation),
+        "ks2_slopes": dict(zip(schools["school_id"].tolist(), slope.tolist())),
     }
 
 
@@ -574,6 +598,32 @@ def federation_deviations(config: SimConfig, rng: np.random.Generator) -> np.nda
     if config.sd_federation_effect > 0:
         return config.sd_federation_effect * rng.standard_normal(config.n_federations)
     return np.zeros(config.n_federations)
+
+
+def ks2_slopes(config: SimConfig, intercept_z: np.ndarray, rng: np.random.Generator
+               ) -> np.ndarray:
+    """Draw the schools' random KS2 slopes ``c_j``.
+
+    Parameters
+    ----------
+    config : SimConfig
+    intercept_z : ndarray, shape (n_schools,)
+        The schools' standardised random intercepts (the intercept is ``sd_school`` times it).
+    rng : numpy Generator
+        Used only when ``sd_ks2_slope > 0``.
+
+    Returns
+    -------
+    ndarray, shape (n_schools,)
+        ``c_j = sd (r z_j + sqrt(1 - r^2) w_j)``, ``w_j`` standard normal, ``r`` =
+        ``cor_ks2_slope``: correlation ``r`` with the intercept (score points per KS2 unit);
+        zeros without a draw when the sd is zero.
+    """
+    if config.sd_ks2_slope > 0:
+        r = config.cor_ks2_slope
+        w = rng.standard_normal(intercept_z.size)
+        return config.sd_ks2_slope * (r * intercept_z + np.sqrt(1 - r**2) * w)
+    return np.zeros(intercept_z.size)
 
 
 def cell_heterogeneity(

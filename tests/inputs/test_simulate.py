@@ -27,7 +27,7 @@ SHIPPED = ROOT / "data" / "synthetic_study.parquet"
 COLUMNS = ["pupil_id", "school_id", "federation_id", "federation_type", "federated", "cohort",
            "founding_year", "years_since", "gcse_score", "fsm", "idaci", "male", "sen",
            "non_white_british", "ks2"]
-KNOBS = ("cohort_slope", "calendar_trend", "shock_ar", "sd_federation_effect")
+KNOBS = ("cohort_slope", "calendar_trend", "shock_ar", "sd_federation_effect", "sd_ks2_slope")
 EFFECT = SimConfig().effect
 E_MID = (SimConfig().first_founding + SimConfig().last_founding) / 2
 T_FIRST = SimConfig().first_founding - SimConfig().years_before
@@ -195,7 +195,8 @@ def test_each_knob_at_zero_gives_the_default_study(study, knob):
 
 
 @pytest.mark.parametrize(("knob", "value"), [("cohort_slope", 0.12), ("calendar_trend", 0.05),
-                                             ("shock_ar", 0.6), ("sd_federation_effect", 0.3)])
+                                             ("shock_ar", 0.6), ("sd_federation_effect", 0.3),
+                                             ("sd_ks2_slope", 0.8)])
 def test_a_knob_changes_only_the_outcome(study, knob, value):
     """Same pupils and predictors: each knob's draws (if any) come after the default ones."""
     frame, truth = simulate(SimConfig(**{knob: value}), seed=DEFAULT_SEED)
@@ -209,6 +210,7 @@ def test_a_knob_changes_only_the_outcome(study, knob, value):
         "calendar_trend": value * (frame["cohort"] - T_FIRST),
         "sd_federation_effect": treated * frame["federation_id"].map(
             truth["federation_deviations"]).fillna(0.0),
+        "sd_ks2_slope": frame["ks2"] * frame["school_id"].map(truth["ks2_slopes"]),
     }.get(knob)
     if expected is None:  # shock_ar: every school's shocks change, pupil residuals do not
         assert change.abs().max() > 0.1
@@ -327,3 +329,25 @@ def test_invalid_shock_ar_is_a_bayesfed_error(value):
 def test_negative_sd_federation_effect_is_a_bayesfed_error():
     with pytest.raises(BayesfedError, match="sd_federation_effect"):
         SimConfig(sd_federation_effect=-0.1)
+
+
+def test_ks2_slopes_have_their_sd_and_correlation_and_show_in_the_data():
+    """Schools' KS2 slopes: sd and correlation with the intercept as configured (62 schools:
+    loose bounds), and each school's own least-squares KS2 slope follows its true one."""
+    config = SimConfig(sd_ks2_slope=1.5, cor_ks2_slope=0.6)
+    frame, truth = simulate(config, seed=DEFAULT_SEED)
+    slopes = pd.Series(truth["ks2_slopes"])
+    assert slopes.std() == pytest.approx(1.5, rel=0.25)
+    assert truth["config"]["sd_ks2_slope"] == 1.5 and truth["config"]["cor_ks2_slope"] == 0.6
+    # the school means of the outcome rise with the intercept, and so with the slope
+    means = frame.groupby("school_id")["gcse_score"].mean()
+    assert np.corrcoef(means[slopes.index], slopes)[0, 1] > 0.2
+    within = frame.groupby("school_id")[["gcse_score", "ks2"]].apply(
+        lambda d: np.polyfit(d["ks2"], d["gcse_score"], 1)[0])
+    assert np.corrcoef(within[slopes.index], slopes)[0, 1] > 0.6  # 0.79 with this seed
+
+
+@pytest.mark.parametrize(("key", "value"), [("sd_ks2_slope", -0.1), ("cor_ks2_slope", 1.0)])
+def test_invalid_ks2_slope_knobs_are_bayesfed_errors(key, value):
+    with pytest.raises(BayesfedError, match=key):
+        SimConfig(**{key: value})
