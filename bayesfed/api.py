@@ -140,6 +140,14 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
         to it.
     DiagnosticsError
         ``strict`` and some fit failed its diagnostic gates (after every file is written).
+
+    Notes
+    -----
+    With ``jobs=1``, a job of six or more per-year fits run from a notebook, an interactive
+    session or ``python -m`` makes each fit's summary in a second process while the next fit
+    samples (:mod:`bayesfed.jobs.summaries`); run from a script file it does not, since the
+    spawned process would import the script. ``jobs`` above 1 spawns worker processes from a
+    script too: its job must then sit under ``if __name__ == "__main__":``.
     """
     from bayesfed.jobs.commands import fit_command
 

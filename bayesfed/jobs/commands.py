@@ -23,6 +23,7 @@ from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs.fit_one import FitOptions, fit_name
 from bayesfed.jobs.schedule import planned_fits, run_job
 from bayesfed.jobs.summaries import MIN_FITS, SummaryWorker
+from bayesfed.jobs.workers import spawn_safe
 from bayesfed.posterior.summarize import write_summary
 from bayesfed.report.markdown import Flavour, render_markdown
 from bayesfed.report.plots import (
@@ -117,7 +118,7 @@ def fit_command(
     # one job a folder; the cluster, if any, reduces an event-time spec's table and runs the fits
     with folder_lock(out), _connect(dask) if dask is not None else nullcontext() as client:
         # the per-year fits' summaries made beside the fits, in a worker process started now
-        beside = (client is None and jobs == 1 and sum(
+        beside = (client is None and jobs == 1 and spawn_safe() and sum(
             s.kind.per_year for s, _ in planned_fits(specs, years)) >= MIN_FITS)
         with SummaryWorker() if beside else nullcontext() as worker:
             tables = _tables(specs, data, years, drop_incomplete, client)

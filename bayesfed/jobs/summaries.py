@@ -3,8 +3,10 @@
 A per-year fit's summary (diagnostics, predictive checks, leave-one-school-out, prior
 sensitivity: :func:`bayesfed.posterior.summarize.summarize_file`) takes about as long as its
 sampling, and a job of one process leaves the second core idle while it compiles a model or
-saves a fit. So a job of :data:`MIN_FITS` or more per-year fits in one process summarises each
-fit in one spawned worker as soon as it is saved; ``summary.json`` is then assembled from those
+saves a fit. So a job of :data:`MIN_FITS` or more per-year fits in one process, started where a
+spawned process cannot run the user's script again (:func:`bayesfed.jobs.workers.spawn_safe`:
+the ``bayesfed`` command, ``python -m``, a notebook), summarises each fit in one spawned worker
+as soon as it is saved; ``summary.json`` is then assembled from those
 summaries (:func:`bayesfed.posterior.summarize.summarize_dir`), each used only if its fit and
 reference files are unchanged, so the file is the same as without the worker. A summary the
 worker could not make is made again in the job's process, where its error surfaces.

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 
 def worker_init(parent: int) -> None:
@@ -36,3 +38,20 @@ def stop_workers(pool: ProcessPoolExecutor) -> None:
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         process.kill()
 
+
+
+def spawn_safe() -> bool:
+    """Whether a spawned worker process can start without running the user's script again.
+
+    A spawned process imports the parent's main module unless it has no file (an interactive
+    session, a notebook, ``python -c``) or was run as a package's ``__main__`` (``python -m
+    bayesfed``); the ``bayesfed`` command's script guards its call. A script of the user's is
+    imported, and without an ``if __name__ == "__main__":`` guard it would run its job again in
+    the worker, so no worker is started unasked (``jobs=1``) from one.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return True
+    path = getattr(main, "__file__", None)
+    return path is None or Path(path).name in ("bayesfed", "bayesfed.exe")

@@ -444,6 +444,9 @@ def test_summaries_made_beside_the_fits_are_the_ones_made_afterwards(tmp_path, m
         return used
 
     monkeypatch.setattr(summaries.SummaryWorker, "results", spy)
+    # pytest's own script as the main module would be unsafe to spawn from: say it is safe
+    # (the worker imports the test module's imports, never runs a test)
+    monkeypatch.setattr("bayesfed.jobs.commands.spawn_safe", lambda: True)
     out = tmp_path / "fits"
     path = fit_command([MODELS / "m0_empty.toml", MODELS / "m1_pupil.toml"], study, out,
                        [0, 1, 2], draws=200, tune=200, chains=2, seed=4)
@@ -457,3 +460,23 @@ def test_summaries_made_beside_the_fits_are_the_ones_made_afterwards(tmp_path, m
     shutil.copy(tmp_path / "other" / "M0_k1.nc", out / "M0_k1.nc")
     assert not any(part.current(out / name, part.reference) for name, part in stale.items())
     assert summarize_dir(out, used) == summarize_dir(out)
+
+
+@pytest.mark.parametrize(("spec", "file", "safe"), [
+    ("bayesfed.__main__", "/x/bayesfed/__main__.py", True),  # python -m bayesfed
+    (None, None, True),  # an interactive session, a notebook, python -c
+    (None, "/venv/bin/bayesfed", True),  # the bayesfed command (its script is guarded)
+    (None, "/home/me/analysis.py", False),  # a user's script: maybe unguarded
+])
+def test_a_worker_is_spawned_only_where_it_cannot_rerun_a_script(monkeypatch, spec, file,
+                                                                 safe):
+    import types
+
+    from bayesfed.jobs.workers import spawn_safe
+
+    main = types.ModuleType("__main__")
+    main.__spec__ = None if spec is None else types.SimpleNamespace(name=spec)
+    if file is not None:
+        main.__file__ = file
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert spawn_safe() is safe
