@@ -332,13 +332,6 @@ def type_counts(n_federations: int, typology: tuple[tuple[str, float, int, int],
     Parameters
     ----------
     n_federations : int
-    sd_ks2_slope : float
-        Sd of the schools' random KS2 slopes ``c_j`` (score points per KS2 unit), added to the
-        fixed ``ks2`` coefficient: a pupil's score gains ``c_j * ks2``. Drawn after everything
-        else (after the federation deviations), so the rest of the study is that of the same
-        seed without them. Zero (no slopes, no draw) by default.
-    cor_ks2_slope : float
-        Correlation of a school's KS2 slope with its random intercept, in (-1, 1).
     typology : tuple of (str, float, int, int)
         Federation types: name, percentage of federations, min and max schools.
 
