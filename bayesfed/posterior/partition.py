@@ -16,7 +16,11 @@ With :math:`\tau` = ``sd_school`` and :math:`\sigma` = ``sigma``:
 * Rights & Sterba (2019) decomposition (:func:`decomposition`) of the model-implied total
   variance :math:`\beta^\top \Sigma_X \beta + \tau^2 + \sigma^2` into the fixed part, the school
   part and the pupil part, and with the fixed part split within and between schools
-  (:func:`decomposition_levels`): R-squared within and between, inside one posterior.
+  (:func:`decomposition_levels`): R-squared within and between, inside one posterior;
+* with random slopes (:mod:`bayesfed.modelling.random_slopes`), the school effects' covariance
+  :math:`\Sigma` (:func:`school_covariance`), the VPC at given predictor values
+  (:func:`vpc_at`) and, in the decomposition, the school part averaged over the pupils,
+  :math:`\mathrm{tr}(\Sigma M)` (Johnson 2014).
 """
 
 from __future__ import annotations
@@ -61,6 +65,52 @@ def vpc(posterior: xr.Dataset) -> xr.Dataset:
 def _flat_draws(da: xr.DataArray, n: int) -> np.ndarray:
     """The first ``n`` draws of a scalar-per-draw variable, chain by chain, shape (n,)."""
     return da.transpose(*SAMPLE_DIMS).to_numpy().reshape(-1)[:n]
+
+
+def school_covariance(posterior: xr.Dataset) -> xr.DataArray:
+    r"""The covariance :math:`\Sigma = \mathrm{diag}(s)\,\Omega\,\mathrm{diag}(s)` of a
+    random-slope model's school effects, per draw (outcome units squared, per predictor unit
+    for a slope).
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        With ``sd_school`` (chain, draw), ``sd_slope`` (chain, draw, slope) and ``cor_school``
+        (chain, draw, re_term, re_term_b), as :mod:`bayesfed.modelling.random_slopes` names them.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims (chain, draw, re_term, re_term_b); intercept first, then the slopes.
+    """
+    sds = np.concatenate([posterior["sd_school"].transpose(*SAMPLE_DIMS).to_numpy()[..., None],
+                          posterior["sd_slope"].transpose(*SAMPLE_DIMS, "slope").to_numpy()],
+                         axis=-1)
+    cor = posterior["cor_school"].transpose(*SAMPLE_DIMS, "re_term", "re_term_b")
+    return cor.copy(data=sds[..., :, None] * cor.to_numpy() * sds[..., None, :])
+
+
+def vpc_at(posterior: xr.Dataset, z: np.ndarray) -> xr.DataArray:
+    r"""The school share of the residual variance of pupils with random-effect design ``z``
+    in a random-slope model: :math:`z^\top\Sigma z / (z^\top\Sigma z + \sigma^2)`, per draw.
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+        As :func:`school_covariance`, and ``sigma``.
+    z : ndarray, shape (n_points, r)
+        :math:`(1, x_S)` at each point: 1 then the slope predictors' values.
+
+    Returns
+    -------
+    xarray.DataArray
+        Dims (chain, draw, point), shares in [0, 1].
+    """
+    cov = school_covariance(posterior).to_numpy()
+    z = np.asarray(z, dtype=float)
+    school = np.einsum("pi,...ij,pj->...p", z, cov, z)
+    pupil = posterior["sigma"].transpose(*SAMPLE_DIMS).to_numpy()[..., None] ** 2
+    return xr.DataArray(school / (school + pupil), dims=(*SAMPLE_DIMS, "point"))
 
 
 def variance_explained(reference_posterior: xr.Dataset, posterior: xr.Dataset) -> xr.Dataset:
@@ -158,20 +208,28 @@ def predictor_cov(data: Design | SchoolSummary) -> np.ndarray:
     return summary_of(data).total_cov()[1:, 1:]
 
 
-def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray) -> xr.Dataset:
+def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray,
+                           z_moment: np.ndarray | None = None) -> xr.Dataset:
     r"""Rights & Sterba (2019) shares of the model-implied total variance, per draw.
 
     The total variance of a pupil's outcome implied by a random-intercept model is
     :math:`\beta^\top \Sigma_X \beta + \tau^2 + \sigma^2`, with :math:`\Sigma_X` the sample
     covariance matrix of the predictors over pupils (:func:`predictor_cov`, stored with each
-    fit). Each part is divided by the total.
+    fit). Each part is divided by the total. With random slopes the school part is the school
+    effects' variance averaged over the pupils, :math:`\mathrm{tr}(\Sigma M)` with
+    :math:`\Sigma` their covariance (:func:`school_covariance`) and :math:`M` the pupils' mean
+    of :math:`z z^\top`, :math:`z = (1, x_S)` (Johnson 2014; what ``performance::r2_nakagawa``
+    computes for lme4's random slopes).
 
     Parameters
     ----------
     posterior : xarray.Dataset
         With ``sd_school``, ``sigma`` (chain, draw) and, when there are predictors, ``beta``
-        (chain, draw, predictor) in the order of ``x_cov``'s rows.
+        (chain, draw, predictor) in the order of ``x_cov``'s rows; with ``z_moment`` also
+        ``sd_slope`` and ``cor_school``.
     x_cov : ndarray, shape (n_coef, n_coef)
+    z_moment : ndarray, shape (r, r), optional
+        :math:`M`, for a random-slope model (``r`` = 1 + its slopes, intercept first).
 
     Returns
     -------
@@ -181,6 +239,10 @@ def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray) -> xr.Datas
         ``r2_conditional`` (= ``fixed`` + ``school``).
     """
     school = posterior["sd_school"] ** 2
+    if z_moment is not None:
+        school = (school_covariance(posterior) * xr.DataArray(
+            np.asarray(z_moment, dtype=float), dims=("re_term", "re_term_b"))).sum(
+            ("re_term", "re_term_b"))
     pupil = posterior["sigma"] ** 2
     fixed = xr.zeros_like(school)
     if x_cov.size:

@@ -8,7 +8,15 @@ import pytest
 import xarray as xr
 
 from bayesfed.design.columns import Design
-from bayesfed.posterior.partition import decomposition, hdi_summary, variance_explained, vpc
+from bayesfed.posterior.partition import (
+    decomposition,
+    decomposition_from_cov,
+    hdi_summary,
+    school_covariance,
+    variance_explained,
+    vpc,
+    vpc_at,
+)
 
 
 def posterior(sd_school, sigma, beta=None, names=()):
@@ -160,3 +168,61 @@ def test_snijders_bosker_known_values():
     out = snijders_bosker(posterior([[2.0]], [[4.0]]), posterior([[1.0]], [[3.0]]), 5.0)
     np.testing.assert_allclose(out["pupil"], [0.5], rtol=1e-15)
     np.testing.assert_allclose(out["school"], [1 - 2.8 / 7.2], rtol=1e-15)
+
+
+def random_slope_posterior(rng: np.random.Generator, draws: int = 5
+                           ) -> tuple[xr.Dataset, np.ndarray]:
+    """Draws of a two-slope model's school covariance parts and sigma, the correlations valid
+    (from random Cholesky factors)."""
+    factors = np.tril(rng.normal(size=(2, draws, 3, 3)))
+    cov = factors @ np.swapaxes(factors, -1, -2) + 0.1 * np.eye(3)
+    sds = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
+    cor = cov / (sds[..., :, None] * sds[..., None, :])
+    terms = ["intercept", "ks2", "fsm"]
+    return xr.Dataset({
+        "sd_school": (("chain", "draw"), sds[..., 0]),
+        "sd_slope": (("chain", "draw", "slope"), sds[..., 1:]),
+        "cor_school": (("chain", "draw", "re_term", "re_term_b"), cor),
+        "sigma": (("chain", "draw"), rng.uniform(1, 3, size=(2, draws))),
+        "beta": (("chain", "draw", "predictor"), rng.normal(size=(2, draws, 2))),
+    }, coords={"slope": terms[1:], "re_term": terms, "re_term_b": terms,
+               "predictor": ["ks2", "fsm"]}), cov
+
+
+def test_random_slope_variance_is_the_pupils_mean_of_z_sigma_z():
+    """The school part with random slopes: tr(Sigma M) equals the mean over pupils of
+    z_i' Sigma z_i (Johnson 2014), dense; the VPC at given z likewise."""
+    rng = np.random.default_rng(12)
+    post, cov = random_slope_posterior(rng)
+    np.testing.assert_allclose(school_covariance(post).to_numpy(), cov, rtol=1e-12)
+    x = rng.normal(loc=[0.3, 0.1], scale=[0.5, 0.3], size=(400, 2))
+    z = np.column_stack([np.ones(len(x)), x])
+    x_cov = np.cov(x.T, ddof=1)
+    shares = decomposition_from_cov(post, x_cov, z_moment=z.T @ z / len(z))
+    dense = np.einsum("ni,cdij,nj->cdn", z, cov, z).mean(axis=-1)
+    b = post["beta"].to_numpy()
+    fixed = np.einsum("cdi,ij,cdj->cd", b, x_cov, b)
+    total = fixed + dense + post["sigma"].to_numpy() ** 2
+    np.testing.assert_allclose(shares["school"].to_numpy(), dense / total, rtol=1e-12)
+    np.testing.assert_allclose(shares["r2_marginal"].to_numpy(), fixed / total, rtol=1e-12)
+    points = z[:3]
+    at = vpc_at(post, points).to_numpy()
+    v = np.einsum("ni,cdij,nj->cdn", points, cov, points)
+    np.testing.assert_allclose(at, v / (v + post["sigma"].to_numpy()[..., None] ** 2),
+                               rtol=1e-12)
+
+
+def test_without_slope_variance_the_random_slope_parts_are_the_intercept_models():
+    """Slope sds of 0: the school part is sd_school^2 whatever the pupils' z (M's intercept
+    entry is 1), and the VPC at any z is the random-intercept VPC."""
+    rng = np.random.default_rng(13)
+    post, _ = random_slope_posterior(rng)
+    post["sd_slope"] = post["sd_slope"] * 0
+    z = np.column_stack([np.ones(50), rng.normal(size=(50, 2))])
+    with_slopes = decomposition_from_cov(post, np.eye(2), z_moment=z.T @ z / 50)
+    plain = decomposition_from_cov(post, np.eye(2))
+    for key in ("school", "pupil", "fixed"):
+        np.testing.assert_allclose(with_slopes[key], plain[key], rtol=1e-12)
+    np.testing.assert_allclose(vpc_at(post, z[:4]).to_numpy(),
+                               np.repeat(vpc(post)["school"].to_numpy()[..., None], 4, -1),
+                               rtol=1e-12)
