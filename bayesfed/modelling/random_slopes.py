@@ -254,3 +254,59 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
         pm.Potential("marginal_loglik", marginal_loglik(gram, cross, total, data.pupil_count, g,
                                                         sigma, chol, r))
     return model
+
+
+def effect_conditional(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    r"""Each school's effects :math:`b_j` given the other parameters, per draw: their Gaussian
+    conditional's mean and a square root of its covariance, exact also where :math:`\Sigma`
+    is singular.
+
+    With :math:`b_j = L a_j`, :math:`a_j \sim N(0, I)` a priori, the school's pupils give
+    :math:`a_j \mid \cdot \sim N(B_j^{-1} L^\top c_j,\ \sigma^2 B_j^{-1})`, :math:`B_j =
+    \sigma^2 I + L^\top A_j L = R_j R_j^\top` (module docstring), so :math:`b_j` has mean
+    :math:`L B_j^{-1} L^\top c_j` and covariance :math:`S S^\top`, :math:`S = \sigma L
+    R_j^{-\top}`.
+
+    Parameters
+    ----------
+    data : SlopeData
+    g : ndarray, shape (draws, 2 + n_coef)
+        :math:`(\bar y - \mathrm{level}, -\beta, 1)` of each draw.
+    sigma : ndarray, shape (draws,)
+        Pupil sd (outcome units).
+    chol : ndarray, shape (draws, r, r)
+        Lower Cholesky factor of :math:`\Sigma`.
+
+    Returns
+    -------
+    mean : ndarray, shape (draws, n_schools, r)
+        Outcome units (per predictor unit for a slope).
+    root : ndarray, shape (draws, n_schools, r, r)
+        :math:`S`, with :math:`S S^\top` the conditional covariance.
+    """
+    r = chol.shape[-1]
+    c = np.einsum("jrq,sq->sjr", data.cross, g)
+    lc = np.einsum("sab,sja->sjb", chol, c)  # L' c_j
+    B = (np.einsum("sab,jac,scd->sjbd", chol, data.gram, chol)
+         + (sigma**2)[:, None, None, None] * np.eye(r))
+    R = np.linalg.cholesky(B)
+    mean = np.einsum("sab,sjb->sja", chol, np.linalg.solve(B, lc[..., None])[..., 0])
+    # S = sigma L R^-T: solve R^T X = I
+    inv_rt = np.linalg.solve(np.swapaxes(R, -1, -2), np.broadcast_to(np.eye(r), R.shape))
+    root = sigma[:, None, None, None] * np.einsum("sab,sjbc->sjac", chol, inv_rt)
+    return mean, root
+
+
+def effect_draws(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray,
+                 rng: np.random.Generator, block: int = 256) -> np.ndarray:
+    """One exact draw of every school's effects per posterior draw
+    (:func:`effect_conditional`), shape (draws, n_schools, r), computed ``block`` draws at a
+    time (the conditional's arrays are draws x schools x r x r)."""
+    out = np.empty((g.shape[0], data.gram.shape[0], chol.shape[-1]))
+    for start in range(0, g.shape[0], block):
+        part = slice(start, start + block)
+        mean, root = effect_conditional(data, g[part], sigma[part], chol[part])
+        xi = rng.standard_normal(mean.shape)
+        out[part] = mean + np.einsum("sjab,sjb->sja", root, xi)
+    return out
