@@ -72,9 +72,10 @@ class SlopeData:
     cross : ndarray, shape (n_schools, r, 2 + n_coef)
         :math:`T W_j`: the cross products of :math:`z` with :math:`w = (1, x - \\bar x, y -
         \\bar y)`.
-    total : ndarray, shape (2 + n_coef, 2 + n_coef)
-        :math:`\\sum_j W_j`.
-    pupil_count : int
+    school_total : ndarray, shape (n_schools, 2 + n_coef, 2 + n_coef)
+        :math:`W_j`, each school's cross products of :math:`w`.
+    school_n : ndarray, shape (n_schools,)
+        Pupils a school.
     y_centre : float
         :math:`\\bar y` (outcome units).
     x_centre : ndarray, shape (n_coef,)
@@ -83,10 +84,20 @@ class SlopeData:
 
     gram: np.ndarray
     cross: np.ndarray
-    total: np.ndarray
-    pupil_count: int
+    school_total: np.ndarray
+    school_n: np.ndarray
     y_centre: float
     x_centre: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        """:math:`\\sum_j W_j`, shape (2 + n_coef, 2 + n_coef)."""
+        return self.school_total.sum(axis=0)
+
+    @property
+    def pupil_count(self) -> int:
+        """Pupils in all."""
+        return int(self.school_n.sum())
 
 
 def slope_columns(summary: SchoolSummary, slopes: tuple[str, ...]) -> np.ndarray:
@@ -142,8 +153,8 @@ def slope_data(summary: SchoolSummary, slopes: tuple[str, ...]) -> SlopeData:
         T[1 + i, 0] = x_centre[k]
     cross = np.einsum("ra,jab->jrb", T, W)
     gram = np.einsum("jrb,sb->jrs", cross, T)
-    return SlopeData(gram=gram, cross=cross, total=W.sum(axis=0), pupil_count=int(n.sum()),
-                     y_centre=y_centre, x_centre=x_centre)
+    return SlopeData(gram=gram, cross=cross, school_total=W, school_n=n, y_centre=y_centre,
+                     x_centre=x_centre)
 
 
 def _cholesky(B: list[list]) -> list[list]:
@@ -310,3 +321,28 @@ def effect_draws(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.nda
         xi = rng.standard_normal(mean.shape)
         out[part] = mean + np.einsum("sjab,sjb->sja", root, xi)
     return out
+
+
+def school_loglik(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray
+                  ) -> np.ndarray:
+    """Each school's log-likelihood per draw, its effects integrated out (nats), shape (draws,
+    n_schools): the terms of :func:`marginal_loglik`, school by school (for leave-one-school-out).
+
+    Parameters
+    ----------
+    data : SlopeData
+    g, sigma, chol
+        As :func:`effect_conditional`.
+    """
+    r = chol.shape[-1]
+    s2 = sigma**2
+    c = np.einsum("jrq,sq->sjr", data.cross, g)
+    lc = np.einsum("sab,sja->sjb", chol, c)
+    B = np.einsum("sab,jac,scd->sjbd", chol, data.gram, chol) + s2[:, None, None, None] * np.eye(r)
+    R = np.linalg.cholesky(B)
+    v = np.linalg.solve(R, lc[..., None])[..., 0]
+    log_det = 2 * np.log(np.diagonal(R, axis1=-2, axis2=-1)).sum(axis=-1)
+    rss = np.einsum("sa,jab,sb->sj", g, data.school_total, g)
+    n = data.school_n[None, :]
+    return -0.5 * (n * np.log(2 * np.pi * s2[:, None]) + log_det - r * np.log(s2[:, None])
+                   + (rss - (v**2).sum(axis=-1)) / s2[:, None])

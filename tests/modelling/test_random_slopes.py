@@ -17,6 +17,7 @@ from bayesfed.modelling.random_slopes import (
     effect_conditional,
     effect_draws,
     marginal_loglik,
+    school_loglik,
     slope_columns,
     slope_data,
 )
@@ -122,6 +123,33 @@ def test_school_effects_conditional_equals_the_pupils_dense_conditional(slopes):
             m, cov = dense_conditional(design, alpha, beta, sigma, Sigma, slopes, j)
             np.testing.assert_allclose(mean[s, j], m, rtol=1e-9, atol=1e-10)
             np.testing.assert_allclose(root[s, j] @ root[s, j].T, cov, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("slopes", [("x0",), ("x0", "x1")])
+def test_school_logliks_are_each_schools_dense_density(slopes):
+    """Per school and draw (leave-one-school-out's input): each equals the school's pupils'
+    dense multivariate normal density, a singular covariance included."""
+    design, _ = simulate(seed=5 + len(slopes), n_schools=6)
+    data = slope_data(summary_of(design), slopes)
+    r = 1 + len(slopes)
+    rng = np.random.default_rng(4)
+    A = rng.normal(size=(2, r, r))
+    L = np.linalg.cholesky(A @ np.swapaxes(A, -1, -2) + 0.1 * np.eye(r))
+    L[1, -1, :] = 0.0  # the second draw's last sd is 0
+    alpha, beta, sigma = rng.normal(size=2), rng.normal(size=(2, 3)), rng.uniform(0.5, 2, 2)
+    g = np.column_stack([data.y_centre - (alpha + beta @ data.x_centre), -beta, np.ones(2)])
+    ll = school_loglik(data, g, sigma, L)
+    assert ll.shape == (2, design.n_schools)
+    cols = [design.coef_names.index(s) for s in slopes]
+    for s in range(2):
+        Sigma = L[s] @ L[s].T
+        for j in range(design.n_schools):
+            rows = design.school_idx == j
+            Z = np.column_stack([np.ones(rows.sum()), design.X[rows][:, cols]])
+            V = Z @ Sigma @ Z.T + sigma[s] ** 2 * np.eye(rows.sum())
+            expected = stats.multivariate_normal(alpha[s] + design.X[rows] @ beta[s], V).logpdf(
+                design.y[rows])
+            assert ll[s, j] == pytest.approx(expected, rel=1e-10, abs=1e-8)
 
 
 def test_school_effect_draws_have_the_conditional_mean_and_covariance():
