@@ -200,9 +200,11 @@ def test_a_formula_gives_the_draws_of_the_toml_spec(frame, in_memory):
 
 
 @pytest.mark.parametrize(("formula", "message"), [
+    ("gcse_score ~ fsm + (1 | school_id) + (1 | federation_id)",
+     "the two-level family has one grouping, the school, with a random intercept and "
+     "optionally random slopes: (1 | school) or (1 + ks2 | school)"),
     ("gcse_score ~ fsm + (1 + ks2 | school_id)",
-     "the two-level family has exactly one random intercept, (1 | school); random slopes and "
-     "other groupings are not supported"),
+     "random.slopes: 'ks2' is not a pupil-level predictor (pupil: ['fsm'])"),
     ("gcse_score ~ fsm:ks2 + (1 | school_id)",
      "term fsm:ks2 is an interaction; the two-level family takes main effects only"),
     ("gcse_score ~ 0 + fsm + (1 | school_id)",

@@ -2,14 +2,15 @@
 
 ``"gcse_score ~ fsm + idaci + male + C(sen) + non_white_british + ks2 + federated +
 (1 | school_id)"`` is M2 of the paper: the outcome column on the left, predictor columns on
-the right, a categorical one in ``C()``, and one school random intercept ``(1 | school)``.
+the right, a categorical one in ``C()``, and one school random intercept ``(1 | school)``, or
+with random slopes of pupil-level predictors, ``(1 + ks2 | school)`` (``[random] slopes``).
 The formula is parsed by `formulae <https://bambinos.github.io/formulae/>`_ (bambi's parser),
 and the terms become a :class:`~bayesfed.inputs.spec.ModelSpec` of family ``two_level``: the same
 model, validation and numbers as the TOML specification with the same terms and name
 (``tests/test_api.py``). A predictor is school-level when its column's role is (``federated``);
 a categorical role in ``C()`` gets the schema's levels, the first the reference, as a TOML
 ``[categorical]`` table would declare them. What the two-level family cannot fit yet
-(interactions, transformations, random slopes, a model without intercept) is refused with a
+(interactions, transformations, other groupings, a model without intercept) is refused with a
 :class:`~bayesfed.errors.SpecError` saying so.
 """
 
@@ -62,10 +63,15 @@ def spec_from_formula(formula: str, name: str = "formula",
     if not any(isinstance(t, Intercept) for t in model.common_terms):
         raise SpecError(f"{where} has no intercept: the two-level family always has one")
     groups = [t for t in model.group_terms if isinstance(t, GroupSpecificTerm)]
-    if len(groups) != 1 or not isinstance(groups[0].expr, Intercept):
-        raise SpecError(f"{where}: the two-level family has exactly one random intercept, "
-                        "(1 | school); random slopes and other groupings are not supported")
-    school = _variable(groups[0].factor, where, "the grouping factor")
+    factors = {_variable(g.factor, where, "the grouping factor") for g in groups}
+    if (len(factors) != 1 or len(groups) != len(model.group_terms)
+            or sum(isinstance(g.expr, Intercept) for g in groups) != 1):
+        raise SpecError(f"{where}: the two-level family has one grouping, the school, with a "
+                        "random intercept and optionally random slopes: (1 | school) or "
+                        "(1 + ks2 | school)")
+    school = factors.pop()
+    slopes = [_variable(g.expr, where, "a random slope") for g in groups
+              if not isinstance(g.expr, Intercept)]
     pupil, school_level, categorical = [], [], {}
     for term in model.common_terms:
         if isinstance(term, Intercept):
@@ -96,7 +102,8 @@ def spec_from_formula(formula: str, name: str = "formula",
                       "description": f"From the formula {formula}"},
             "columns": {**dict(columns or {}), "outcome": outcome, "school": school},
             "predictors": {"pupil": pupil, "school": school_level},
-            "categorical": categorical}
+            "categorical": categorical,
+            "random": {"slopes": slopes}}
     return spec_from_dict(data, source=where)
 
 

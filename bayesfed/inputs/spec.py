@@ -94,6 +94,20 @@ class Categorical(_Strict):
         return self
 
 
+class RandomSection(_Strict):
+    """``[random]``: what varies by school besides the intercept.
+
+    Attributes
+    ----------
+    slopes : list of str
+        Pupil-level numeric predictors whose coefficient varies by school, correlated with the
+        school intercept (lme4's ``(1 + ks2 | school)``;
+        :mod:`bayesfed.modelling.random_slopes`). Empty (random intercepts only) by default.
+    """
+
+    slopes: list[str] = Field(default_factory=list)
+
+
 class NormalPrior(_Strict):
     """Normal(mu, sigma) prior; either value may be left to the data-scaled default."""
 
@@ -219,6 +233,7 @@ class ModelSpec(_Strict):
     categorical: dict[str, Categorical] = Field(default_factory=dict)
     priors: Priors = Priors()
     event: EventSection | None = None
+    random: RandomSection = RandomSection()
     source: str = "<dict>"
 
     @model_validator(mode="after")
@@ -251,6 +266,24 @@ class ModelSpec(_Strict):
         elif self.event is not None or self.priors.sd_cell is not None:
             what = "[event]" if self.event is not None else "priors.sd_cell"
             raise ValueError(f"{what} applies to family = \"event_time\" only")
+        slopes = self.random.slopes
+        if slopes:
+            if self.model.family != "two_level":
+                raise ValueError("random.slopes applies to family = \"two_level\" only")
+            if self.model.likelihood != "collapsed":
+                raise ValueError("random.slopes needs likelihood = \"collapsed\" (the school "
+                                 "effects are integrated out from the per-school statistics)")
+            if len(set(slopes)) != len(slopes):
+                raise ValueError(f"random.slopes lists a predictor twice: {slopes}")
+            for name in slopes:
+                if name not in self.predictors.pupil:
+                    raise ValueError(f"random.slopes: {name!r} is not a pupil-level predictor "
+                                     f"(pupil: {self.predictors.pupil}); a school-level one "
+                                     "cannot vary within a school")
+                role = ROLES.get(name)
+                if name in self.categorical or (role is not None and role.kind == "category"):
+                    raise ValueError(f"random.slopes: {name!r} is categorical; random slopes "
+                                     "of numeric predictors only")
         return self
 
     @property

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
+import xarray as xr
 
 from bayesfed.design.suffstats import SchoolSummary
 from bayesfed.modelling.priors import PriorSet, default_slope_sd
@@ -346,3 +347,89 @@ def school_loglik(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.nd
     n = data.school_n[None, :]
     return -0.5 * (n * np.log(2 * np.pi * s2[:, None]) + log_det - r * np.log(s2[:, None])
                    + (rss - (v**2).sum(axis=-1)) / s2[:, None])
+
+
+def packed_cholesky(packed: np.ndarray, r: int) -> np.ndarray:
+    """Lower Cholesky factors (..., r, r) from ``school_cov``'s packed draws (..., r(r+1)/2),
+    lower triangle in row order (PyMC's ``expand_packed_triangular``)."""
+    out = np.zeros((*packed.shape[:-1], r, r))
+    rows, cols = np.tril_indices(r)
+    out[..., rows, cols] = packed
+    return out
+
+
+def draw_parameters(posterior: xr.Dataset, data: SlopeData
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A fit's draws, chains one after the other, as :func:`effect_conditional` and
+    :func:`school_loglik` take them: ``g`` (draws, 2 + n_coef), ``sigma`` (draws,) and the
+    Cholesky factor of the school effects' covariance (draws, r, r), from ``level``, ``beta``,
+    ``sigma`` and ``school_cov``."""
+    def flat(name: str) -> np.ndarray:
+        da = posterior[name].transpose("chain", "draw", ...).to_numpy()
+        return da.reshape(-1, *da.shape[2:])
+
+    beta, level = flat("beta"), flat("level")
+    g = np.column_stack([data.y_centre - level, -beta, np.ones(len(level))])
+    return g, flat("sigma"), packed_cholesky(flat("school_cov"), data.gram.shape[-1])
+
+
+def add_slope_draws(tree: xr.DataTree, summary: SchoolSummary, slopes: tuple[str, ...],
+                    seed: int) -> xr.DataTree:
+    """Add exact posterior draws of every school's effects to a fit of
+    :func:`build_random_slopes` (:func:`effect_draws`, one per posterior draw).
+
+    Returns
+    -------
+    xarray.DataTree
+        A copy whose ``posterior`` also holds ``u`` (chain, draw, school): each school's
+        intercept at zero of the slope predictors (``intercept``, the school-level predictors'
+        part and the school's intercept effect, as the random-intercept model's ``u``), and
+        ``school_slope`` (chain, draw, school, slope): each school's slopes (the coefficient
+        plus the school's slope effect); outcome units (per predictor unit for a slope).
+    """
+    post = tree["posterior"].to_dataset()
+    data = slope_data(summary, slopes)
+    chains, draws = post.sizes["chain"], post.sizes["draw"]
+    g, sigma, chol = draw_parameters(post, data)
+    b = effect_draws(data, g, sigma, chol, np.random.default_rng(seed))
+    beta = -g[:, 1:-1]
+    intercept = post["intercept"].transpose("chain", "draw").to_numpy().ravel()
+    school = np.array(summary.school_level, dtype=bool)
+    u = intercept[:, None] + beta[:, school] @ summary.X_mean[:, school].T + b[..., 0]
+    cols = slope_columns(summary, slopes)
+    school_slope = beta[:, None, cols] + b[..., 1:]
+    out = tree.copy()
+    out["posterior"] = post.assign(
+        u=(("chain", "draw", "school"), u.reshape(chains, draws, -1)),
+        school_slope=(("chain", "draw", "school", "slope"),
+                      school_slope.reshape(chains, draws, -1, len(slopes))),
+    ).assign_coords(school=list(summary.schools))
+    return out
+
+
+def slope_dataset(data: SlopeData, schools: tuple[str, ...], slopes: tuple[str, ...]
+                  ) -> xr.Dataset:
+    """A :class:`SlopeData` as a fit's ``constant_data`` variables (``slope_*``), with the
+    pupils' mean of :math:`z z^\\top` (``slope_moment``, for the variance decomposition)."""
+    terms = ["intercept", *slopes]
+    w = ["one", *[f"x{k}" for k in range(data.cross.shape[-1] - 2)], "y"]
+    return xr.Dataset(
+        {"slope_gram": (("school", "re_term", "re_term_b"), data.gram),
+         "slope_cross": (("school", "re_term", "w_term"), data.cross),
+         "slope_school_total": (("school", "w_term", "w_term_b"), data.school_total),
+         "slope_school_n": ("school", data.school_n),
+         "slope_y_centre": data.y_centre,
+         "slope_x_centre": ("x_term", data.x_centre),
+         "slope_moment": (("re_term", "re_term_b"), data.gram.sum(axis=0) / data.pupil_count)},
+        coords={"school": list(schools), "re_term": terms, "re_term_b": terms,
+                "w_term": w, "w_term_b": w})
+
+
+def slope_data_of(constant: xr.Dataset) -> SlopeData:
+    """The :class:`SlopeData` a fit stored (:func:`slope_dataset`)."""
+    return SlopeData(gram=constant["slope_gram"].to_numpy(),
+                     cross=constant["slope_cross"].to_numpy(),
+                     school_total=constant["slope_school_total"].to_numpy(),
+                     school_n=constant["slope_school_n"].to_numpy(),
+                     y_centre=float(constant["slope_y_centre"]),
+                     x_centre=constant["slope_x_centre"].to_numpy())

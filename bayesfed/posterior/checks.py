@@ -370,6 +370,24 @@ def loo_school(tree: xr.DataTree, ll: xr.DataArray | None = None) -> azs.ELPDDat
     return psis.psis_loo(ll, reff)
 
 
+def loo_school_slopes(tree: xr.DataTree) -> azs.ELPDData:
+    """PSIS leave-one-school-out of a random-slope fit: each school's log-likelihood per draw,
+    its effects integrated out (:func:`bayesfed.modelling.random_slopes.school_loglik`, from the
+    statistics the fit stores); the draws' relative efficiency that of ``intercept``,
+    ``sd_school``, ``sd_slope`` and ``sigma``."""
+    # here, not at the top: the module imports PyMC, which a summary worker otherwise never needs
+    from bayesfed.modelling.random_slopes import draw_parameters, school_loglik, slope_data_of
+
+    post = tree.posterior.to_dataset()
+    data = slope_data_of(tree["constant_data"].to_dataset())
+    ll = school_loglik(data, *draw_parameters(post, data))
+    ll = xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], -1),
+                      dims=("chain", "draw", "school"),
+                      coords={"school": tree["constant_data"]["school"].to_numpy()})
+    reff = relative_ess(post[["intercept", "sd_school", "sd_slope", "sigma"]])
+    return psis.psis_loo(ll, reff)
+
+
 def psis_loo(tree: xr.DataTree, var_name: str) -> azs.ELPDData:
     """PSIS-LOO of the ``log_likelihood`` variable ``var_name``, pointwise
     (:func:`bayesfed.posterior.psis.psis_loo`), the draws' relative efficiency that of every

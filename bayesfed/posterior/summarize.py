@@ -53,6 +53,7 @@ from bayesfed.posterior.checks import (
     has_school_data,
     log_prior,
     loo_school,
+    loo_school_slopes,
     loo_summary,
     predictive_checks,
     psis_loo,
@@ -70,6 +71,7 @@ from bayesfed.posterior.partition import (
     term_share_between,
     variance_explained,
     vpc,
+    vpc_at,
 )
 from bayesfed.store import fit_attrs, load_fit, release, write_json
 
@@ -83,6 +85,10 @@ GATES = {"max_r_hat": 1.01, "min_ess_bulk": 400, "min_ess_tail": 400, "divergenc
 #: Parameters whose convergence is checked: the free ones and ``u``, every school's intercept
 #: (``school_mean`` and ``school_effect`` are sums of these).
 CHECKED = ("intercept", "beta", "sd_school", "sigma", "u")
+
+#: Also checked in a random-slope fit: the school effects' packed Cholesky factor (free), the
+#: slope sds and every school's slopes.
+CHECKED_SLOPES = ("school_cov", "sd_slope", "school_slope")
 
 #: Reported parameters, in order; ``beta`` is expanded to one entry per coefficient.
 REPORTED = ("intercept", "beta", "sd_school", "sigma")
@@ -145,14 +151,15 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     -------
     dict
         ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (None when
-        undefined, e.g. a chain that never moved; over all elements of :data:`CHECKED`, or of
-        every posterior variable for an event-time fit; by
+        undefined, e.g. a chain that never moved; over all elements of :data:`CHECKED` (and
+        :data:`CHECKED_SLOPES` in a random-slope fit), or of every posterior variable for an
+        event-time fit; by
         :mod:`bayesfed.posterior.convergence`), ``min_bfmi`` (the smallest
         E-BFMI of any chain, from ``sample_stats.energy`` by ``arviz.bfmi``; None when
         undefined or the fit has no energy), ``problems`` (list of str) and ``ok`` (bool).
     """
-    checked = CHECKED if tree_kind(tree.attrs).per_year \
-        else tuple(tree.posterior.data_vars)
+    checked = (CHECKED + CHECKED_SLOPES if tree_kind(tree.attrs).per_year
+               else tuple(tree.posterior.data_vars))
     names = [v for v in checked if v in tree.posterior]
     checks = dataset_diagnostics(tree.posterior.to_dataset(), names)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -209,7 +216,7 @@ def reml_summary(tree: xr.DataTree, reference: xr.DataTree | None) -> dict[str, 
     """The fit's REML results plus its variance partition (and reduction vs the reference;
     None at a level where the reference's REML variance is 0)."""
     reml = _attr_json(tree, "bayesfed_reml")
-    if "error" in reml:
+    if "error" in reml or "unavailable" in reml:
         return reml
     point = reml_point(reml)
     reml["variance_partition"] = {k: float(v.squeeze()) for k, v in vpc(point).items()}
@@ -277,7 +284,9 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     post = tree.posterior.to_dataset()
     params = param_summaries(tree)
     cov = tree.constant_data["x_cov"].to_numpy()
-    shares = decomposition_from_cov(post, cov)
+    slopes = "sd_slope" in post
+    moment = tree.constant_data["slope_moment"].to_numpy() if slopes else None
+    shares = decomposition_from_cov(post, cov, z_moment=moment)
     out: dict[str, object] = {
         **_common(tree, file),
         "terms": [n for n in params if n not in ("sd_school", "sigma")],
@@ -286,7 +295,14 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         "decomposition": {k: hdi_summary(v, PROB) for k, v in shares.items()},
         "diagnostics": diagnostics(tree),
     }
+    if slopes:
+        out |= slope_summary(post, moment)
+        out["params"] |= out.pop("slope_params")
     refused = None if reference is None else different_pupils(tree.attrs, reference.attrs)
+    if refused is None and reference is not None and slopes:
+        refused = (f"not compared with {reference.attrs['bayesfed_model']}: the school variance "
+                   "of a model with random slopes depends on the predictor, so the share of "
+                   "the reference's it explains is not one number")
     out["reml"] = reml_summary(tree, None if refused else reference)
     if has_school_data(tree):  # the fixed part within and between schools (Rights & Sterba)
         within, between = predictor_cov_levels(tree["constant_data"])
@@ -314,6 +330,51 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         out["federation_effect"] = {**hdi_summary(draws, PROB),
                                     "p_positive": float((draws > 0).mean())}
     return out
+
+
+def slope_summary(posterior: xr.Dataset, moment: np.ndarray) -> dict[str, object]:
+    """What a random-slope fit's summary adds (:mod:`bayesfed.modelling.random_slopes`).
+
+    Parameters
+    ----------
+    posterior : xarray.Dataset
+    moment : ndarray, shape (r, r)
+        The pupils' mean of :math:`z z^\top`, :math:`z = (1, x_S)`.
+
+    Returns
+    -------
+    dict
+        ``slope_params``: ``sd_slope[NAME]`` and ``cor_school[A,B]`` (each pair once) with the
+        fields of :func:`param_summaries`; ``variance_partition``: the VPC of a pupil at the
+        pupils' mean of the slope predictors (:func:`bayesfed.posterior.partition.vpc_at`);
+        ``vpc_by_slope``: per slope, ``x`` (its mean and the mean -+ one sd over pupils) and the
+        VPC ``school`` there (the other slopes at their means).
+    """
+    names = [str(k) for k in posterior["slope"].to_numpy()]
+    terms = ["intercept", *names]
+    derived = {f"sd_slope[{k}]": posterior["sd_slope"].sel(slope=k, drop=True) for k in names}
+    for i, a in enumerate(terms):
+        for b in terms[i + 1:]:
+            derived[f"cor_school[{a},{b}]"] = posterior["cor_school"].sel(
+                re_term=a, re_term_b=b, drop=True)
+    params = param_summaries(xr.DataTree.from_dict({"posterior": xr.Dataset(derived)}),
+                             tuple(derived))
+    mean = moment[0]  # (1, E[x_S])
+    at_mean = vpc_at(posterior, mean[None])
+    by_slope = {}
+    for k, name in enumerate(names, start=1):
+        sd = float(np.sqrt(max(moment[k, k] - mean[k] ** 2, 0.0)))
+        points = np.repeat(mean[None], 3, axis=0)
+        points[:, k] = mean[k] + np.array([-sd, 0.0, sd])
+        shares = vpc_at(posterior, points)
+        by_slope[name] = {"x": points[:, k].tolist(),
+                          "school": [hdi_summary(shares.isel(point=i, drop=True), PROB)
+                                     for i in range(3)]}
+    school = at_mean.isel(point=0, drop=True)
+    return {"slope_params": params,
+            "variance_partition": {"school": hdi_summary(school, PROB),
+                                   "pupil": hdi_summary(1 - school, PROB)},
+            "vpc_by_slope": by_slope}
 
 
 def _common(tree: xr.DataTree, file: str) -> dict[str, object]:
@@ -646,14 +707,17 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
     importance-weight): None, as without the statistics.
     """
     stacked = "log_likelihood" in tree.children and "pupils" in tree.log_likelihood
-    if not (stacked or has_school_data(tree)):
+    slopes = "constant_data" in tree.children and "slope_gram" in tree["constant_data"]
+    if not (stacked or slopes or has_school_data(tree)):
         return None
-    if not stacked:
+    if not (stacked or slopes):
         fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
     if not fit["diagnostics"]["ok"]:
         return None
     if stacked:
         elpd = psis_loo(tree, "pupils")
+    elif slopes:
+        elpd = loo_school_slopes(tree)
     else:
         ll = school_loglik(tree)  # once: for LOO and for the prior sensitivity
         elpd = loo_school(tree, ll)

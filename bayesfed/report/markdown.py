@@ -103,6 +103,15 @@ def _row(label: str, cells: Sequence[str]) -> str:
     return "| " + " | ".join([label, *cells]) + " |"
 
 
+def _reml_cell(fit: dict, name: str) -> str:
+    """A coefficient's REML estimate (SE); ``n/a`` where the cross-check does not apply (random
+    slopes), ``failed`` where it failed its checks."""
+    reml = fit["reml"]
+    if "coef" in reml:
+        return _cell(*reml["coef"][name])
+    return "n/a" if "unavailable" in reml else "failed"
+
+
 def _reml_pct(fit: dict, key: str, level: str) -> str:
     value = fit["reml"].get(key, {}).get(level)
     return "" if value is None else f"{100 * value:.1f}"
@@ -122,14 +131,19 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         lines.append(_row(f"**{label}**", [_cell(f["params"][name]["mean"],
                                                   f["params"][name]["sd"]) for f in fits]))
         lines.append(_row(f"  {PERCENT} HDI", [_interval(f["params"][name]) for f in fits]))
-        lines.append(_row("  REML", [_cell(*f["reml"]["coef"][name]) if "coef" in f["reml"]
-                                     else "failed" for f in fits]))
+        lines.append(_row("  REML", [_reml_cell(f, name) for f in fits]))
         if has_paper:
             lines.append(_row("  paper", [_published(published, model, f["year"], name)
                                           for f in fits]))
+    # a random-slope model's sds and correlations (each fit of a spec has the same ones)
+    for name in [k for k in fits[0]["params"] if k.startswith(("sd_slope[", "cor_school["))]:
+        lines.append(_row(f"**{name}**", [_cell(f["params"][name]["mean"],
+                                               f["params"][name]["sd"]) for f in fits]))
+        lines.append(_row(f"  {PERCENT} HDI", [_interval(f["params"][name]) for f in fits]))
     for level in ("school", "pupil"):
-        lines.append(_row(f"**% variance {level}**",
-                          [_pct(f["variance_partition"][level]) for f in fits]))
+        label = (f"**% variance {level}** (at the slope predictors' means)"
+                 if "vpc_by_slope" in fits[0] else f"**% variance {level}**")
+        lines.append(_row(label, [_pct(f["variance_partition"][level]) for f in fits]))
         lines.append(_row("  REML", [_reml_pct(f, "variance_partition", level) for f in fits]))
         if has_paper and model == "M0":
             lines.append(_row("  paper", [_published(published, model, f["year"],
@@ -192,7 +206,7 @@ def federation_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         lines.append(
             f"| {f['model']} | {_year_label(f['year'])} | {e['mean']:.2f} | {e['sd']:.2f} | "
             f"[{e['hdi_low']:.2f}, {e['hdi_high']:.2f}] | {e['p_positive']:.3f} | "
-            f"{_cell(*f['reml']['coef']['federated']) if 'coef' in f['reml'] else 'failed'} | "
+            f"{_reml_cell(f, 'federated')} | "
             f"{_published(published, f['model'], f['year'], 'federated')} |")
     return [*lines, ""]
 

@@ -113,3 +113,26 @@ def test_event_section_only_for_event_time_models():
     with pytest.raises(SpecError) as err:
         spec_from_dict({**base, "event": {"type_effect": True}})
     assert "did you mean 'type_effects'" in str(err.value)
+
+
+def test_random_slopes_of_pupil_level_numeric_predictors():
+    spec = spec_from_dict({**BASE, "predictors": {"pupil": ["fsm", "ks2"]},
+                           "random": {"slopes": ["ks2"]}})
+    assert spec.random.slopes == ["ks2"]
+    assert spec_from_dict(BASE).random.slopes == []
+    pupil = {"pupil": ["fsm", "ks2", "sen"], "school": ["federated"]}
+    assert error({**BASE, "predictors": pupil, "random": {"slopes": ["federated"]}}) == [
+        "(top level): random.slopes: 'federated' is not a pupil-level predictor (pupil: "
+        "['fsm', 'ks2', 'sen']); a school-level one cannot vary within a school"]
+    assert error({**BASE, "predictors": pupil, "random": {"slopes": ["sen"]}}) == [
+        "(top level): random.slopes: 'sen' is categorical; random slopes of numeric "
+        "predictors only"]
+    assert error({**BASE, "predictors": pupil, "random": {"slopes": ["ks2", "ks2"]}}) == [
+        "(top level): random.slopes lists a predictor twice: ['ks2', 'ks2']"]
+    assert error({"model": {"name": "X", "likelihood": "pupil_rows"}, "predictors": pupil,
+                  "random": {"slopes": ["ks2"]}}) == [
+        "(top level): random.slopes needs likelihood = \"collapsed\" (the school effects are "
+        "integrated out from the per-school statistics)"]
+    assert error({"model": {"name": "X", "family": "event_time"},
+                  "predictors": {"pupil": ["ks2"]}, "random": {"slopes": ["ks2"]}}) == [
+        "(top level): random.slopes applies to family = \"two_level\" only"]
