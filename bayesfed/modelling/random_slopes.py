@@ -268,6 +268,18 @@ def build_random_slopes(summary: SchoolSummary, priors: PriorSet, slopes: tuple[
     return model
 
 
+def _woodbury(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Per draw and school (module docstring): :math:`L^\top c_j` (draws, n_schools, r),
+    :math:`B_j = \sigma^2 I + L^\top A_j L` and its lower Cholesky factor :math:`R_j`
+    (draws, n_schools, r, r)."""
+    c = np.einsum("jrq,sq->sjr", data.cross, g)
+    lc = np.einsum("sab,sja->sjb", chol, c)
+    B = (np.einsum("sab,jac,scd->sjbd", chol, data.gram, chol)
+         + (sigma**2)[:, None, None, None] * np.eye(chol.shape[-1]))
+    return lc, B, np.linalg.cholesky(B)
+
+
 def effect_conditional(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:
     r"""Each school's effects :math:`b_j` given the other parameters, per draw: their Gaussian
@@ -298,11 +310,7 @@ def effect_conditional(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: 
         :math:`S`, with :math:`S S^\top` the conditional covariance.
     """
     r = chol.shape[-1]
-    c = np.einsum("jrq,sq->sjr", data.cross, g)
-    lc = np.einsum("sab,sja->sjb", chol, c)  # L' c_j
-    B = (np.einsum("sab,jac,scd->sjbd", chol, data.gram, chol)
-         + (sigma**2)[:, None, None, None] * np.eye(r))
-    R = np.linalg.cholesky(B)
+    lc, B, R = _woodbury(data, g, sigma, chol)
     mean = np.einsum("sab,sjb->sja", chol, np.linalg.solve(B, lc[..., None])[..., 0])
     # S = sigma L R^-T: solve R^T X = I
     inv_rt = np.linalg.solve(np.swapaxes(R, -1, -2), np.broadcast_to(np.eye(r), R.shape))
@@ -324,10 +332,11 @@ def effect_draws(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.nda
     return out
 
 
-def school_loglik(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray
-                  ) -> np.ndarray:
+def school_loglik(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray,
+                  block: int = 256) -> np.ndarray:
     """Each school's log-likelihood per draw, its effects integrated out (nats), shape (draws,
-    n_schools): the terms of :func:`marginal_loglik`, school by school (for leave-one-school-out).
+    n_schools): the terms of :func:`marginal_loglik`, school by school (for leave-one-school-out),
+    ``block`` draws at a time.
 
     Parameters
     ----------
@@ -336,17 +345,18 @@ def school_loglik(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.nd
         As :func:`effect_conditional`.
     """
     r = chol.shape[-1]
-    s2 = sigma**2
-    c = np.einsum("jrq,sq->sjr", data.cross, g)
-    lc = np.einsum("sab,sja->sjb", chol, c)
-    B = np.einsum("sab,jac,scd->sjbd", chol, data.gram, chol) + s2[:, None, None, None] * np.eye(r)
-    R = np.linalg.cholesky(B)
-    v = np.linalg.solve(R, lc[..., None])[..., 0]
-    log_det = 2 * np.log(np.diagonal(R, axis1=-2, axis2=-1)).sum(axis=-1)
-    rss = np.einsum("sa,jab,sb->sj", g, data.school_total, g)
+    out = np.empty((g.shape[0], data.gram.shape[0]))
     n = data.school_n[None, :]
-    return -0.5 * (n * np.log(2 * np.pi * s2[:, None]) + log_det - r * np.log(s2[:, None])
-                   + (rss - (v**2).sum(axis=-1)) / s2[:, None])
+    for start in range(0, g.shape[0], block):
+        part = slice(start, start + block)
+        s2 = sigma[part, None] ** 2
+        lc, _, R = _woodbury(data, g[part], sigma[part], chol[part])
+        v = np.linalg.solve(R, lc[..., None])[..., 0]
+        log_det = 2 * np.log(np.diagonal(R, axis1=-2, axis2=-1)).sum(axis=-1)
+        rss = np.einsum("sa,jab,sb->sj", g[part], data.school_total, g[part])
+        out[part] = -0.5 * (n * np.log(2 * np.pi * s2) + log_det - r * np.log(s2)
+                            + (rss - (v**2).sum(axis=-1)) / s2)
+    return out
 
 
 def packed_cholesky(packed: np.ndarray, r: int) -> np.ndarray:
