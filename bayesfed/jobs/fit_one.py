@@ -184,9 +184,10 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
         # random slopes (collapsed, the school effects drawn exactly afterwards); the pupil
         # counts are constants of its graph, so each year compiles its own
         scales = default_slope_sd(summary, slopes)
+        data = slope_data(summary, slopes)
         tree = sample(build_random_slopes(summary, priors, slopes, slope_sd=scales),
                       **settings)
-        tree = add_slope_draws(tree, summary, slopes, seed=seed)
+        tree = add_slope_draws(tree, summary, data, slopes, seed=seed)
         recorded |= {f"prior.sd_slope[{k}].sigma": float(v) for k, v in zip(slopes, scales)}
         recorded["prior.cor_school.eta"] = LKJ_ETA
     elif spec.model.likelihood == "collapsed":
@@ -212,8 +213,7 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
     # per-school aggregates (not pupil rows) for the predictive checks and leave-one-school-out
     # of the random-intercept model; a random-slope model's own, for its leave-one-school-out
     # and variance decomposition
-    extra = (slope_dataset(slope_data(summary, slopes), summary.schools, slopes) if slopes
-             else school_data(summary))
+    extra = slope_dataset(data, summary.schools, slopes) if slopes else school_data(summary)
     tree["constant_data"] = xr.DataTree(constant.merge(extra))
     tree.attrs.update(_provenance(table, spec, year, options, seed, data_hash) | {
         "bayesfed_priors": json.dumps(recorded, sort_keys=True),

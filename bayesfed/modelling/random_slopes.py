@@ -383,10 +383,11 @@ def draw_parameters(posterior: xr.Dataset, data: SlopeData
     return g, flat("sigma"), packed_cholesky(flat("school_cov"), data.gram.shape[-1])
 
 
-def add_slope_draws(tree: xr.DataTree, summary: SchoolSummary, slopes: tuple[str, ...],
-                    seed: int) -> xr.DataTree:
+def add_slope_draws(tree: xr.DataTree, summary: SchoolSummary, data: SlopeData,
+                    slopes: tuple[str, ...], seed: int) -> xr.DataTree:
     """Add exact posterior draws of every school's effects to a fit of
-    :func:`build_random_slopes` (:func:`effect_draws`, one per posterior draw).
+    :func:`build_random_slopes` (:func:`effect_draws`, one per posterior draw); ``data`` is
+    the summary's :func:`slope_data` for ``slopes``.
 
     Returns
     -------
@@ -398,7 +399,6 @@ def add_slope_draws(tree: xr.DataTree, summary: SchoolSummary, slopes: tuple[str
         plus the school's slope effect); outcome units (per predictor unit for a slope).
     """
     post = tree["posterior"].to_dataset()
-    data = slope_data(summary, slopes)
     chains, draws = post.sizes["chain"], post.sizes["draw"]
     g, sigma, chol = draw_parameters(post, data)
     b = effect_draws(data, g, sigma, chol, np.random.default_rng(seed))

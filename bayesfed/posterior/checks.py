@@ -120,6 +120,12 @@ def school_data(data: Design | SchoolSummary) -> xr.Dataset:
         coords={"school": list(summary.schools), "predictor": names, "predictor_": names})
 
 
+def has_slope_data(tree: xr.DataTree) -> bool:
+    """Whether a fit is of the random-slope model and stores its per-school statistics
+    (:func:`bayesfed.modelling.random_slopes.slope_dataset`)."""
+    return "constant_data" in tree.children and "slope_gram" in tree["constant_data"]
+
+
 def has_school_data(tree: xr.DataTree) -> bool:
     """Whether a fit stores the per-school statistics the checks need."""
     if tree_kind(tree.attrs).joint:

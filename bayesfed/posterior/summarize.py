@@ -51,6 +51,7 @@ from bayesfed.inputs.spec import ModelSpec
 from bayesfed.posterior.checks import (
     compare_loo,
     has_school_data,
+    has_slope_data,
     log_prior,
     loo_school,
     loo_school_slopes,
@@ -284,7 +285,7 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     post = tree.posterior.to_dataset()
     params = param_summaries(tree)
     cov = tree.constant_data["x_cov"].to_numpy()
-    slopes = "sd_slope" in post
+    slopes = has_slope_data(tree)
     moment = tree.constant_data["slope_moment"].to_numpy() if slopes else None
     shares = decomposition_from_cov(post, cov, z_moment=moment)
     out: dict[str, object] = {
@@ -707,7 +708,7 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
     importance-weight): None, as without the statistics.
     """
     stacked = "log_likelihood" in tree.children and "pupils" in tree.log_likelihood
-    slopes = "constant_data" in tree.children and "slope_gram" in tree["constant_data"]
+    slopes = has_slope_data(tree)
     if not (stacked or slopes or has_school_data(tree)):
         return None
     if not (stacked or slopes):
