@@ -99,6 +99,12 @@ def simulate(
     cor_ks2_slope: Annotated[float, typer.Option(
         help="Correlation of a school's KS2 slope with its random intercept, in (-1, 1) "
              "(no unit).")] = 0.0,
+    sd_log_sigma: Annotated[float, typer.Option(
+        help="Sd of schools' log pupil-level residual sds around the median school's (log "
+             "units): a residual sd by school.")] = 0.0,
+    cor_log_sigma: Annotated[float, typer.Option(
+        help="Correlation of a school's log residual sd with its random intercept, in (-1, 1) "
+             "(no unit).")] = 0.0,
 ) -> None:
     """Write a synthetic federation study calibrated to the paper, with its true parameters."""
     from dataclasses import replace
@@ -115,7 +121,8 @@ def simulate(
     config = replace(config, pre_trend=pre_trend, cohort_slope=cohort_slope,
                      calendar_trend=calendar_trend, shock_ar=shock_ar,
                      sd_federation_effect=sd_federation_effect, sd_ks2_slope=sd_ks2_slope,
-                     cor_ks2_slope=cor_ks2_slope, **changes)
+                     cor_ks2_slope=cor_ks2_slope, sd_log_sigma=sd_log_sigma,
+                     cor_log_sigma=cor_log_sigma, **changes)
     frame, truth = run(config, seed=seed)
     json_path = write_study(frame, truth, out)
     console.print(f"wrote {len(frame):,} pupils in {frame['school_id'].nunique():,} schools to "

@@ -234,6 +234,13 @@ class SimConfig:
         seed without them. Zero (no slopes, no draw) by default.
     cor_ks2_slope : float
         Correlation of a school's KS2 slope with its random intercept, in (-1, 1).
+    sd_log_sigma : float
+        Sd of the schools' log pupil sds around log ``sigma`` (log units): school j's pupil
+        residuals have sd ``sigma * exp(omega_j)`` (a location-scale model). Drawn after
+        everything else (after the KS2 slopes), so the rest of the study is that of the same
+        seed without them. Zero (one pupil sd, no draw) by default.
+    cor_log_sigma : float
+        Correlation of a school's log pupil sd with its random intercept, in (-1, 1).
     typology : tuple of (str, float, int, int)
         Federation types: name, percentage of federations, min and max secondary schools
         (each federation's count is uniform on that range).
@@ -271,6 +278,8 @@ class SimConfig:
     sd_federation_effect: float = 0.0
     sd_ks2_slope: float = 0.0
     cor_ks2_slope: float = 0.0
+    sd_log_sigma: float = 0.0
+    cor_log_sigma: float = 0.0
     typology: tuple[tuple[str, float, int, int], ...] = TABLE2_TYPOLOGY
     intercept: float = 5.3
     coefficients: tuple[tuple[str, float], ...] = TABLE4_COEFFICIENTS
@@ -301,6 +310,11 @@ class SimConfig:
         if not -1.0 < self.cor_ks2_slope < 1.0:
             raise BayesfedError(f"SimConfig: cor_ks2_slope must be a correlation in (-1, 1), "
                                 f"got {self.cor_ks2_slope}")
+        if not self.sd_log_sigma >= 0.0:
+            raise BayesfedError(f"SimConfig: sd_log_sigma must be >= 0, got {self.sd_log_sigma}")
+        if not -1.0 < self.cor_log_sigma < 1.0:
+            raise BayesfedError(f"SimConfig: cor_log_sigma must be a correlation in (-1, 1), "
+                                f"got {self.cor_log_sigma}")
 
     @classmethod
     def national(cls) -> SimConfig:
@@ -493,8 +507,10 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
         JSON-ready true parameters (see :func:`truth_dict`) plus ``implied``, the variance
         components per years since founding (see :func:`implied_by_year`), ``att``, the
         realised average effect on the treated (see :func:`realised_att`),
-        ``federation_deviations`` (see :func:`deviations_by_id`) and ``ks2_slopes`` (school id
-        -> its random KS2 slope, :func:`ks2_slopes`; all 0 by default).
+        ``federation_deviations`` (see :func:`deviations_by_id`), ``ks2_slopes`` (school id
+        -> its random KS2 slope, :func:`ks2_slopes`; all 0 by default) and
+        ``log_sigma_deviations`` (school id -> ``omega_j``, its pupil sd being
+        ``sigma * exp(omega_j)``, :func:`log_sigma_deviations`; all 0 by default).
     """
     rng = np.random.default_rng(seed)
     schools = schools_table(config, rng)
@@ -520,6 +536,8 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
     noise = config.sigma * rng.standard_normal(school.size)
     deviation = federation_deviations(config, rng)  # last: the default stream is unchanged
     slope = ks2_slopes(config, school_effects[0], rng)  # after them, likewise
+    log_sd = log_sigma_deviations(config, school_effects[0], rng)  # after them, likewise
+    noise = noise * np.exp(log_sd[school])
     cell_extra = cell_heterogeneity(config, schools, deviation, cell_school, cell_since)
     delta = config.delta()
     cell_effect = (cohort_effect[cell_cohort - years[0]]
@@ -537,6 +555,7 @@ def simulate(config: SimConfig, seed: int = DEFAULT_SEED) -> tuple[pd.DataFrame,
                                                   cell_extra)),
         "federation_deviations": deviations_by_id(config, schools, deviation),
         "ks2_slopes": dict(zip(schools["school_id"].tolist(), slope.tolist())),
+        "log_sigma_deviations": dict(zip(schools["school_id"].tolist(), log_sd.tolist())),
     }
 
 
@@ -616,6 +635,32 @@ def ks2_slopes(config: SimConfig, intercept_z: np.ndarray, rng: np.random.Genera
         r = config.cor_ks2_slope
         w = rng.standard_normal(intercept_z.size)
         return config.sd_ks2_slope * (r * intercept_z + np.sqrt(1 - r**2) * w)
+    return np.zeros(intercept_z.size)
+
+
+def log_sigma_deviations(config: SimConfig, intercept_z: np.ndarray,
+                         rng: np.random.Generator) -> np.ndarray:
+    """Draw the schools' log pupil-sd deviations ``omega_j`` (a school's pupils' residual
+    sd is ``sigma * exp(omega_j)``: ``sigma`` is the median school's).
+
+    Parameters
+    ----------
+    config : SimConfig
+    intercept_z : ndarray, shape (n_schools,)
+        The schools' standardised random intercepts.
+    rng : numpy Generator
+        Used only when ``sd_log_sigma > 0``.
+
+    Returns
+    -------
+    ndarray, shape (n_schools,)
+        ``sd (r z_j + sqrt(1 - r^2) w_j)``, ``w_j`` standard normal, ``r`` =
+        ``cor_log_sigma`` (log units); zeros without a draw when the sd is zero.
+    """
+    if config.sd_log_sigma > 0:
+        r = config.cor_log_sigma
+        w = rng.standard_normal(intercept_z.size)
+        return config.sd_log_sigma * (r * intercept_z + np.sqrt(1 - r**2) * w)
     return np.zeros(intercept_z.size)
 
 

@@ -108,6 +108,21 @@ class RandomSection(_Strict):
     slopes: list[str] = Field(default_factory=list)
 
 
+class ResidualSection(_Strict):
+    """``[residual]``: the pupil-level residual.
+
+    Attributes
+    ----------
+    by_school : bool
+        Each school its own residual sd, log-normal around the median school's and correlated
+        with the school intercept (a mixed-effects location-scale model; brms's
+        ``sigma ~ 1 + (1 | p | school)``; :mod:`bayesfed.modelling.location_scale`). False (one
+        residual sd) by default.
+    """
+
+    by_school: bool = False
+
+
 class NormalPrior(_Strict):
     """Normal(mu, sigma) prior; either value may be left to the data-scaled default."""
 
@@ -234,6 +249,7 @@ class ModelSpec(_Strict):
     priors: Priors = Priors()
     event: EventSection | None = None
     random: RandomSection = RandomSection()
+    residual: ResidualSection = ResidualSection()
     source: str = "<dict>"
 
     @model_validator(mode="after")
@@ -284,6 +300,16 @@ class ModelSpec(_Strict):
                 if name in self.categorical or (role is not None and role.kind == "category"):
                     raise ValueError(f"random.slopes: {name!r} is categorical; random slopes "
                                      "of numeric predictors only")
+        if self.residual.by_school:
+            if self.model.family != "two_level":
+                raise ValueError("residual.by_school applies to family = \"two_level\" only")
+            if self.model.likelihood != "collapsed":
+                raise ValueError("residual.by_school needs likelihood = \"collapsed\" (the school "
+                                 "intercepts are integrated out from the per-school statistics)")
+            if slopes:
+                raise ValueError("residual.by_school cannot be combined with random.slopes: fit "
+                                 "them as two models and compare them (leave-one-school-out, "
+                                 "the within-school sd checks)")
         return self
 
     @property

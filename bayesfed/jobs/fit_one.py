@@ -41,7 +41,10 @@ from bayesfed.inputs.spec import ModelSpec
 from bayesfed.inputs.validate import PupilTable
 from bayesfed.modelling.event_pooled import EventModel, add_effect_draws, build_event_time_parts
 from bayesfed.modelling.event_stacked import StackedModel, build_stacked
+from bayesfed.modelling.location_scale import add_scale_draws, build_location_scale
 from bayesfed.modelling.priors import (
+    LKJ_ETA,
+    SD_LOG_SIGMA_PRIOR,
     EventPriors,
     StackedPriors,
     default_slope_sd,
@@ -50,7 +53,6 @@ from bayesfed.modelling.priors import (
     resolve_stacked_priors,
 )
 from bayesfed.modelling.random_slopes import (
-    LKJ_ETA,
     add_slope_draws,
     build_random_slopes,
     slope_data,
@@ -190,6 +192,12 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
         tree = add_slope_draws(tree, summary, data, slopes, seed=seed)
         recorded |= {f"prior.sd_slope[{k}].sigma": float(v) for k, v in zip(slopes, scales)}
         recorded["prior.cor_school.eta"] = LKJ_ETA
+    elif spec.residual.by_school:
+        # a residual sd by school (collapsed; the intercepts drawn exactly afterwards)
+        tree = sample(build_location_scale(summary, priors), **settings)
+        tree = add_scale_draws(tree, summary, seed=seed)
+        recorded |= {"prior.sd_log_sigma.sigma": SD_LOG_SIGMA_PRIOR,
+                     "prior.cor_log_sigma.eta": LKJ_ETA}
     elif spec.model.likelihood == "collapsed":
         # one compiled model per specification serves every year: the years differ in the
         # values of the model's data containers, not in its graph
@@ -201,9 +209,15 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
     else:
         tree = sample(build_two_level(design, priors), **settings)
     try:
-        reml = ({"unavailable": "the REML cross-check fits random intercepts only (random "
-                 "slopes are compared with lme4 in bench/random_slopes_agreement.py)"}
-                if slopes else asdict(fit_reml_stats(summary.pooled(), summary.coef_names)))
+        if slopes:
+            reml = {"unavailable": "the REML cross-check fits random intercepts only (random "
+                    "slopes are compared with lme4 in bench/random_slopes_agreement.py)"}
+        elif spec.residual.by_school:
+            reml = {"unavailable": "the REML cross-check fits one residual variance (the "
+                    "location-scale model is compared with brms in "
+                    "bench/location_scale_agreement.py)"}
+        else:
+            reml = asdict(fit_reml_stats(summary.pooled(), summary.coef_names))
     except BayesfedError as exc:  # the cross-check failed; the Bayesian fit still stands
         reml = {"error": str(exc)}
     cov = predictor_cov(summary)

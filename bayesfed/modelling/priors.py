@@ -95,6 +95,17 @@ EFFECT_SD = 1.0
 #: The coefficient whose prior is the federation effect's.
 FEDERATION_TERM = "federated"
 
+#: The LKJ prior's shape on the correlation of a school's random effects (intercept and
+#: slopes, :mod:`bayesfed.modelling.random_slopes`; intercept and log pupil sd,
+#: :mod:`bayesfed.modelling.location_scale`): 2 puts little mass on correlations near +-1
+#: (brms's default is 1, flat; lme4 has none).
+LKJ_ETA = 2.0
+
+#: Scale of the HalfNormal prior of the sd of the schools' log pupil sds (log units;
+#: :mod:`bayesfed.modelling.location_scale`): 0.5 puts 95 % of the schools' pupil sds within a
+#: factor :math:`e^{\pm 1}` of the median school's.
+SD_LOG_SIGMA_PRIOR = 0.5
+
 
 @dataclass(frozen=True)
 class Normal:

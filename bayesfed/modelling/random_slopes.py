@@ -54,12 +54,8 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from bayesfed.design.suffstats import SchoolSummary
-from bayesfed.modelling.priors import PriorSet, default_slope_sd
+from bayesfed.modelling.priors import LKJ_ETA, PriorSet, default_slope_sd
 from bayesfed.modelling.two_level import centred_fixed_part
-
-#: The LKJ prior's shape on the correlation of a school's intercept and slopes: 2 puts
-#: little mass on correlations near +-1 (brms's default is 1, flat; lme4 has none).
-LKJ_ETA = 2.0
 
 
 @dataclass(frozen=True)

@@ -150,12 +150,23 @@ def _flat(da: xr.DataArray, *dims: str) -> np.ndarray:
 REPLICATIONS = 1000
 
 
+def has_scale(tree: xr.DataTree) -> bool:
+    """Whether a fit is of the location-scale model (a residual sd by school,
+    :mod:`bayesfed.modelling.location_scale`)."""
+    return "posterior" in tree.children and "sd_log_sigma" in tree.posterior
+
+
 def _posterior_draws(tree: xr.DataTree) -> dict[str, np.ndarray]:
+    """Draws of ``alpha``, ``beta``, ``tau``, ``sigma`` and, in a location-scale fit, ``s``
+    (``sd_log_sigma``) and ``rho`` (``cor_log_sigma``)."""
     post = tree.posterior
     alpha = _flat(post["intercept"])
     beta = _flat(post["beta"], "predictor") if "beta" in post else np.zeros((alpha.size, 0))
-    return {"alpha": alpha, "beta": beta, "tau": _flat(post["sd_school"]),
-            "sigma": _flat(post["sigma"])}
+    out = {"alpha": alpha, "beta": beta, "tau": _flat(post["sd_school"]),
+           "sigma": _flat(post["sigma"])}
+    if has_scale(tree):
+        out |= {"s": _flat(post["sd_log_sigma"]), "rho": _flat(post["cor_log_sigma"])}
+    return out
 
 
 def _recorded_priors(tree: xr.DataTree) -> dict[str, np.ndarray | float]:
@@ -166,10 +177,14 @@ def _recorded_priors(tree: xr.DataTree) -> dict[str, np.ndarray | float]:
     priors = json.loads(tree.attrs["bayesfed_priors"])
     post = tree.posterior
     names = [str(v) for v in post["beta"]["predictor"].to_numpy()] if "beta" in post else []
-    return {"alpha_mu": priors["prior.intercept.mu"], "alpha_sd": priors["prior.intercept.sigma"],
-            "beta_mu": np.array([priors[f"prior.beta[{k}].mu"] for k in names]),
-            "beta_sd": np.array([priors[f"prior.beta[{k}].sigma"] for k in names]),
-            "tau_sd": priors["prior.sd_school.sigma"], "sigma_sd": priors["prior.sigma.sigma"]}
+    out = {"alpha_mu": priors["prior.intercept.mu"], "alpha_sd": priors["prior.intercept.sigma"],
+           "beta_mu": np.array([priors[f"prior.beta[{k}].mu"] for k in names]),
+           "beta_sd": np.array([priors[f"prior.beta[{k}].sigma"] for k in names]),
+           "tau_sd": priors["prior.sd_school.sigma"], "sigma_sd": priors["prior.sigma.sigma"]}
+    if "prior.sd_log_sigma.sigma" in priors:  # a location-scale fit
+        out |= {"s_sd": priors["prior.sd_log_sigma.sigma"],
+                "rho_eta": priors["prior.cor_log_sigma.eta"]}
+    return out
 
 
 def _prior_draws(tree: xr.DataTree, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -178,8 +193,12 @@ def _prior_draws(tree: xr.DataTree, n: int, rng: np.random.Generator) -> dict[st
     alpha = rng.normal(p["alpha_mu"], p["alpha_sd"], n)
     beta = np.column_stack([rng.normal(mu, sd, n) for mu, sd in zip(
         p["beta_mu"], p["beta_sd"], strict=True)]) if p["beta_mu"].size else np.zeros((n, 0))
-    return {"alpha": alpha, "beta": beta, "tau": np.abs(rng.normal(0.0, p["tau_sd"], n)),
-            "sigma": np.abs(rng.normal(0.0, p["sigma_sd"], n))}
+    out = {"alpha": alpha, "beta": beta, "tau": np.abs(rng.normal(0.0, p["tau_sd"], n)),
+           "sigma": np.abs(rng.normal(0.0, p["sigma_sd"], n))}
+    if "s_sd" in p:
+        out |= {"s": np.abs(rng.normal(0.0, p["s_sd"], n)),
+                "rho": 2 * rng.beta(p["rho_eta"], p["rho_eta"], n) - 1}
+    return out
 
 
 def _quadratic(beta: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -194,17 +213,25 @@ def _quadratic(beta: np.ndarray, xx: np.ndarray) -> np.ndarray:
 
 def _replicate(draws: dict[str, np.ndarray], data: dict[str, np.ndarray],
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Replicated school means (draw, school) and within-school sds (draw, school with >= 2
-    pupils), one replication per draw (module docstring)."""
+    r"""Replicated school means (draw, school) and within-school sds (draw, school with >= 2
+    pupils), one replication per draw, for new schools (module docstring); with ``s`` and
+    ``rho`` in ``draws`` (a location-scale fit), each new school's pupil sd is
+    :math:`\sigma e^{s z}` and its intercept :math:`\tau(\rho z + \sqrt{1-\rho^2} z')`."""
     n = data["school_n"]
     alpha, beta, tau, sigma = draws["alpha"], draws["beta"], draws["tau"], draws["sigma"]
     mu = alpha[:, None] + beta @ data["school_x_mean"].T
     shape = mu.shape
-    means = (mu + tau[:, None] * rng.standard_normal(shape)
-             + (sigma[:, None] / np.sqrt(n)) * rng.standard_normal(shape))
+    effect = tau[:, None] * rng.standard_normal(shape)
+    sigma = np.broadcast_to(sigma[:, None], shape)
+    if "s" in draws:  # a new school's log pupil sd, and its intercept correlated with it
+        z = rng.standard_normal(shape)
+        rho = draws["rho"][:, None]
+        effect = rho * tau[:, None] * z + np.sqrt(1 - rho**2) * effect
+        sigma = sigma * np.exp(draws["s"][:, None] * z)
+    means = mu + effect + (sigma / np.sqrt(n)) * rng.standard_normal(shape)
     several = n >= 2
     quad = _quadratic(beta, data["school_xx"][several])
-    s2 = sigma[:, None] ** 2
+    s2 = sigma[:, several] ** 2
     ss = s2 * rng.noncentral_chisquare(n[several] - 1, np.maximum(quad / s2, 0.0))
     return means, np.sqrt(ss / (n[several] - 1))
 
@@ -349,7 +376,10 @@ def log_prior(tree: xr.DataTree) -> xr.DataArray:
     """The two-level model's log prior density at each draw (nats): the Normal priors of
     ``intercept`` and each ``beta`` and the HalfNormal priors of ``sd_school`` and ``sigma``,
     with the numbers the fit records (``bayesfed_priors``; in the collapsed model the prior of
-    ``level`` is the intercept's, moved with unit Jacobian).
+    ``level`` is the intercept's, moved with unit Jacobian); in a location-scale fit also the
+    top-level priors of ``sd_log_sigma`` and ``cor_log_sigma`` (the schools' log sds are the
+    model's, not the prior's: power-scaling leaves their distribution given ``sd_log_sigma``
+    alone).
 
     Returns
     -------
@@ -362,6 +392,9 @@ def log_prior(tree: xr.DataTree) -> xr.DataArray:
                + stats.norm.logpdf(d["beta"], p["beta_mu"], p["beta_sd"]).sum(axis=1)
                + stats.halfnorm.logpdf(d["tau"], scale=p["tau_sd"])
                + stats.halfnorm.logpdf(d["sigma"], scale=p["sigma_sd"]))
+    if "s" in d:
+        density = (density + stats.halfnorm.logpdf(d["s"], scale=p["s_sd"])
+                   + stats.beta.logpdf((d["rho"] + 1) / 2, p["rho_eta"], p["rho_eta"]))
     post = tree.posterior
     return xr.DataArray(density.reshape(post.sizes["chain"], post.sizes["draw"]),
                         dims=("chain", "draw"))
@@ -391,6 +424,51 @@ def loo_school_slopes(tree: xr.DataTree) -> azs.ELPDData:
                       dims=("chain", "draw", "school"),
                       coords={"school": tree["constant_data"]["school"].to_numpy()})
     reff = relative_ess(post[["intercept", "sd_school", "sd_slope", "sigma"]])
+    return psis.psis_loo(ll, reff)
+
+
+def school_summary(tree: xr.DataTree) -> SchoolSummary:
+    """The :class:`~bayesfed.design.suffstats.SchoolSummary` of the per-school statistics a
+    two-level fit stores (:func:`school_data`); a column is taken as school-level when it has
+    no within-school variation in any school."""
+    data = _data(tree)
+    p = data["school_xy"].shape[1]
+    within = np.empty((data["school_n"].size, 1 + p, 1 + p))
+    within[:, 0, 0] = data["school_yy"]
+    within[:, 1:, 0] = within[:, 0, 1:] = data["school_xy"]
+    within[:, 1:, 1:] = data["school_xx"]
+    constant = tree["constant_data"]
+    names = tuple(str(v) for v in constant["predictor"].to_numpy())
+    flat = ~np.diagonal(data["school_xx"], axis1=1, axis2=2).any(axis=0)
+    return SchoolSummary(n=data["school_n"], y_mean=data["school_y_mean"],
+                         X_mean=data["school_x_mean"], within=within,
+                         schools=tuple(str(v) for v in constant["school"].to_numpy()),
+                         coef_names=names, school_level=tuple(bool(v) for v in flat))
+
+
+def school_loglik_scale(tree: xr.DataTree) -> xr.DataArray:
+    """Each school's log-likelihood per draw in a location-scale fit, its intercept and its
+    log pupil sd integrated out (nats;
+    :func:`bayesfed.modelling.location_scale.school_loglik`): the density of a new
+    school's pupils, as the random-intercept model's :func:`school_loglik` is; dims (chain,
+    draw, school)."""
+    # here, not at the top: the module imports PyMC, which a summary worker otherwise never needs
+    from bayesfed.modelling.location_scale import school_loglik as scale_school_loglik
+
+    post = tree.posterior.to_dataset()
+    ll = scale_school_loglik(post, school_summary(tree))
+    return xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], -1),
+                        dims=("chain", "draw", "school"),
+                        coords={"school": tree["constant_data"]["school"].to_numpy()})
+
+
+def loo_school_scale(tree: xr.DataTree, ll: xr.DataArray) -> azs.ELPDData:
+    """PSIS leave-one-school-out of a location-scale fit (``ll``: :func:`school_loglik_scale`,
+    each school's own intercept and pupil sd integrated out, so that it is comparable with the
+    random-intercept model's); the draws' relative efficiency that of ``intercept``,
+    ``sd_school``, ``sd_log_sigma`` and ``sigma``."""
+    reff = relative_ess(tree.posterior.to_dataset()[["intercept", "sd_school", "sd_log_sigma",
+                                                     "sigma"]])
     return psis.psis_loo(ll, reff)
 
 

@@ -20,7 +20,10 @@ With :math:`\tau` = ``sd_school`` and :math:`\sigma` = ``sigma``:
 * with random slopes (:mod:`bayesfed.modelling.random_slopes`), the school effects' covariance
   :math:`\Sigma` (:func:`school_covariance`), the VPC at given predictor values
   (:func:`vpc_at`) and, in the decomposition, the school part averaged over the pupils,
-  :math:`\mathrm{tr}(\Sigma M)` (Johnson 2014).
+  :math:`\mathrm{tr}(\Sigma M)` (Johnson 2014);
+* with a residual sd by school (:mod:`bayesfed.modelling.location_scale`), the pupil variance
+  is the schools' mean :math:`E[\sigma_j^2] = \sigma^2 e^{2 s^2}` in every partition
+  (:func:`pupil_variance`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,17 @@ from bayesfed.posterior.intervals import PROB
 
 #: Dims of one posterior draw.
 SAMPLE_DIMS = ("chain", "draw")
+
+
+def pupil_variance(posterior: xr.Dataset) -> xr.DataArray:
+    r"""The pupil-level variance of each draw (outcome units squared): :math:`\sigma^2`, or,
+    with a residual sd by school (``sd_log_sigma`` :math:`= s` present), the mean over schools
+    :math:`E[\sigma_j^2] = \sigma^2 e^{2 s^2}` of the log-normal :math:`\sigma_j` (median
+    :math:`\sigma`). Every partition of this module takes the pupil variance from here."""
+    pupil = posterior["sigma"] ** 2
+    if "sd_log_sigma" in posterior:
+        pupil = pupil * np.exp(2 * posterior["sd_log_sigma"] ** 2)
+    return pupil
 
 
 def vpc(posterior: xr.Dataset) -> xr.Dataset:
@@ -57,7 +71,7 @@ def vpc(posterior: xr.Dataset) -> xr.Dataset:
     parts = {"school": posterior["sd_school"] ** 2}
     if "sd_cell" in posterior:
         parts["cell"] = posterior["sd_cell"] ** 2
-    parts["pupil"] = posterior["sigma"] ** 2
+    parts["pupil"] = pupil_variance(posterior)
     total = sum(parts.values())
     return xr.Dataset({level: var / total for level, var in parts.items()})
 
@@ -109,7 +123,7 @@ def vpc_at(posterior: xr.Dataset, z: np.ndarray) -> xr.DataArray:
     cov = school_covariance(posterior).to_numpy()
     z = np.asarray(z, dtype=float)
     school = np.einsum("pi,...ij,pj->...p", z, cov, z)
-    pupil = posterior["sigma"].transpose(*SAMPLE_DIMS).to_numpy()[..., None] ** 2
+    pupil = pupil_variance(posterior).transpose(*SAMPLE_DIMS).to_numpy()[..., None]
     return xr.DataArray(school / (school + pupil), dims=(*SAMPLE_DIMS, "point"))
 
 
@@ -147,9 +161,10 @@ def variance_explained(reference_posterior: xr.Dataset, posterior: xr.Dataset) -
     """
     n = min(reference_posterior["sigma"].size, posterior["sigma"].size)
     out = {}
-    for level, name in (("school", "sd_school"), ("pupil", "sigma")):
-        ref = _flat_draws(reference_posterior[name], n) ** 2
-        mod = _flat_draws(posterior[name], n) ** 2
+    for level, variance in (("school", lambda post: post["sd_school"] ** 2),
+                            ("pupil", pupil_variance)):
+        ref = _flat_draws(variance(reference_posterior), n)
+        mod = _flat_draws(variance(posterior), n)
         out[level] = ("sample", 1 - mod / ref)
     return xr.Dataset(out, coords={"sample": np.arange(n)})
 
@@ -179,8 +194,10 @@ def snijders_bosker(reference_posterior: xr.Dataset, posterior: xr.Dataset,
         ``pupil`` and ``school``, dims (sample,); values in (-inf, 1].
     """
     n = min(reference_posterior["sigma"].size, posterior["sigma"].size)
-    tau0, sigma0 = (_flat_draws(reference_posterior[v], n) ** 2 for v in ("sd_school", "sigma"))
-    tau, sigma = (_flat_draws(posterior[v], n) ** 2 for v in ("sd_school", "sigma"))
+    tau0, sigma0 = (_flat_draws(reference_posterior["sd_school"], n) ** 2,
+                    _flat_draws(pupil_variance(reference_posterior), n))
+    tau, sigma = (_flat_draws(posterior["sd_school"], n) ** 2,
+                  _flat_draws(pupil_variance(posterior), n))
     return xr.Dataset(
         {"pupil": ("sample", 1 - (sigma + tau) / (sigma0 + tau0)),
          "school": ("sample", 1 - (sigma / group_size + tau) / (sigma0 / group_size + tau0))},
@@ -243,7 +260,7 @@ def decomposition_from_cov(posterior: xr.Dataset, x_cov: np.ndarray,
         school = (school_covariance(posterior) * xr.DataArray(
             np.asarray(z_moment, dtype=float), dims=("re_term", "re_term_b"))).sum(
             ("re_term", "re_term_b"))
-    pupil = posterior["sigma"] ** 2
+    pupil = pupil_variance(posterior)
     fixed = xr.zeros_like(school)
     if x_cov.size:
         b = posterior["beta"].transpose(..., "predictor").to_numpy()
@@ -303,7 +320,7 @@ def decomposition_levels(posterior: xr.Dataset, within: np.ndarray, between: np.
         1), ``r2_within`` and ``r2_between`` (in [0, 1]; 0 without predictors).
     """
     school = posterior["sd_school"] ** 2
-    pupil = posterior["sigma"] ** 2
+    pupil = pupil_variance(posterior)
     f1 = xr.zeros_like(school)
     f2 = xr.zeros_like(school)
     if within.size:

@@ -25,7 +25,10 @@ with, for every fit,
 - ``sampling_seconds``, ``sampler``, ``seed``, ``data_sha256``, ``file``;
 - ``predictive`` and ``loo``: prior and posterior predictive checks and leave-one-school-out
   cross-validation (:mod:`bayesfed.posterior.checks`), for a two-level fit whose file stores the
-  per-school statistics they need.
+  per-school statistics they need;
+- a random-slope fit adds ``sd_slope[NAME]`` and ``cor_school[A,B]`` to ``params`` and
+  ``vpc_by_slope``; a location-scale fit (a pupil sd by school) adds ``sd_log_sigma`` and
+  ``cor_log_sigma`` to ``params`` and ``school_sigmas`` (:func:`school_sigmas`).
 
 The top level also holds ``loo_comparison``: per year, the models fitted to the same pupils
 ranked by their leave-one-school-out expected log predictive density.
@@ -50,15 +53,18 @@ from bayesfed.inputs.families import fit_kind, tree_kind
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.posterior.checks import (
     compare_loo,
+    has_scale,
     has_school_data,
     has_slope_data,
     log_prior,
     loo_school,
+    loo_school_scale,
     loo_school_slopes,
     loo_summary,
     predictive_checks,
     psis_loo,
     school_loglik,
+    school_loglik_scale,
 )
 from bayesfed.posterior.convergence import dataset_diagnostics
 from bayesfed.posterior.effects import sensitivity
@@ -90,6 +96,13 @@ CHECKED = ("intercept", "beta", "sd_school", "sigma", "u")
 #: Also checked in a random-slope fit: the school effects' packed Cholesky factor (free), the
 #: slope sds and every school's slopes.
 CHECKED_SLOPES = ("school_cov", "sd_slope", "school_slope")
+
+#: Also checked in a location-scale fit: the sd of the schools' log pupil sds, its correlation
+#: with the intercept and every school's log pupil sd (free).
+CHECKED_SCALE = ("sd_log_sigma", "cor_log_sigma", "log_sigma_school")
+
+#: Reported in a location-scale fit's ``params`` besides :data:`REPORTED`.
+REPORTED_SCALE = ("sd_log_sigma", "cor_log_sigma")
 
 #: Reported parameters, in order; ``beta`` is expanded to one entry per coefficient.
 REPORTED = ("intercept", "beta", "sd_school", "sigma")
@@ -153,13 +166,14 @@ def diagnostics(tree: xr.DataTree) -> dict[str, object]:
     dict
         ``divergences`` (int), ``max_r_hat``, ``min_ess_bulk``, ``min_ess_tail`` (None when
         undefined, e.g. a chain that never moved; over all elements of :data:`CHECKED` (and
-        :data:`CHECKED_SLOPES` in a random-slope fit), or of every posterior variable for an
+        :data:`CHECKED_SLOPES` in a random-slope fit, :data:`CHECKED_SCALE` in a
+        location-scale fit), or of every posterior variable for an
         event-time fit; by
         :mod:`bayesfed.posterior.convergence`), ``min_bfmi`` (the smallest
         E-BFMI of any chain, from ``sample_stats.energy`` by ``arviz.bfmi``; None when
         undefined or the fit has no energy), ``problems`` (list of str) and ``ok`` (bool).
     """
-    checked = (CHECKED + CHECKED_SLOPES if tree_kind(tree.attrs).per_year
+    checked = (CHECKED + CHECKED_SLOPES + CHECKED_SCALE if tree_kind(tree.attrs).per_year
                else tuple(tree.posterior.data_vars))
     names = [v for v in checked if v in tree.posterior]
     checks = dataset_diagnostics(tree.posterior.to_dataset(), names)
@@ -263,7 +277,7 @@ def different_pupils(attrs: Mapping[str, object], ref_attrs: Mapping[str, object
 UNREAD = ("school_effect", "school_mean")
 
 #: What a fit's summary reads of its reference model's fit, besides its attributes.
-REFERENCE_VARS = ("sd_school", "sigma")
+REFERENCE_VARS = ("sd_school", "sigma", "sd_log_sigma")
 
 
 def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
@@ -299,6 +313,9 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     if slopes:
         out |= slope_summary(post, moment)
         out["params"] |= out.pop("slope_params")
+    if has_scale(tree):
+        out["params"] |= param_summaries(tree, REPORTED_SCALE)
+        out["school_sigmas"] = school_sigmas(tree)
     refused = None if reference is None else different_pupils(tree.attrs, reference.attrs)
     if refused is None and reference is not None and slopes:
         refused = (f"not compared with {reference.attrs['bayesfed_model']}: the school variance "
@@ -331,6 +348,37 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
         out["federation_effect"] = {**hdi_summary(draws, PROB),
                                     "p_positive": float((draws > 0).mean())}
     return out
+
+
+def school_sigmas(tree: xr.DataTree) -> dict[str, list]:
+    r"""Each school's pupil sd in a location-scale fit, with the estimate from its own pupils
+    alone, to show the shrinkage (the report's caterpillar plot).
+
+    Returns
+    -------
+    dict
+        Lists in the order of the schools: ``school`` (labels), ``n`` (pupils), ``own`` (the
+        root mean square of the school's within-school residuals at the posterior mean of
+        ``beta``, with ``n - 1`` degrees of freedom; None for a one-pupil school), ``mean``,
+        ``hdi_low`` and ``hdi_high`` (posterior of :math:`\sigma_j`, outcome units).
+    """
+    constant = tree["constant_data"]
+    n = constant["school_n"].to_numpy()
+    post = tree.posterior
+    draws = post["school_sigma"].transpose("school", "chain", "draw")
+    low, high = azs.hdi(draws, prob=PROB, dim=["chain", "draw"]).transpose("ci_bound", ...
+                                                                          ).to_numpy()
+    ss = constant["school_yy"].to_numpy()
+    if "beta" in post:
+        beta = post["beta"].mean(("chain", "draw")).transpose("predictor").to_numpy()
+        xx = constant["school_xx"].transpose("school", "predictor", "predictor_").to_numpy()
+        xy = constant["school_xy"].transpose("school", "predictor").to_numpy()
+        ss = ss - 2 * xy @ beta + np.einsum("a,jab,b->j", beta, xx, beta)
+    own = [float(np.sqrt(max(v, 0.0) / (k - 1))) if k > 1 else None for v, k in zip(ss, n)]
+    return {"school": [str(v) for v in constant["school"].to_numpy()],
+            "n": n.astype(int).tolist(), "own": own,
+            "mean": draws.mean(("chain", "draw")).to_numpy().tolist(),
+            "hdi_low": low.tolist(), "hdi_high": high.tolist()}
 
 
 def slope_summary(posterior: xr.Dataset, moment: np.ndarray) -> dict[str, object]:
@@ -719,6 +767,10 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
         elpd = psis_loo(tree, "pupils")
     elif slopes:
         elpd = loo_school_slopes(tree)
+    elif has_scale(tree):
+        ll = school_loglik_scale(tree)  # each school's intercept and pupil sd integrated out
+        elpd = loo_school_scale(tree, ll)
+        fit["prior_sensitivity"] = two_level_prior_sensitivity(tree, ll)
     else:
         ll = school_loglik(tree)  # once: for LOO and for the prior sensitivity
         elpd = loo_school(tree, ll)

@@ -27,7 +27,8 @@ SHIPPED = ROOT / "data" / "synthetic_study.parquet"
 COLUMNS = ["pupil_id", "school_id", "federation_id", "federation_type", "federated", "cohort",
            "founding_year", "years_since", "gcse_score", "fsm", "idaci", "male", "sen",
            "non_white_british", "ks2"]
-KNOBS = ("cohort_slope", "calendar_trend", "shock_ar", "sd_federation_effect", "sd_ks2_slope")
+KNOBS = ("cohort_slope", "calendar_trend", "shock_ar", "sd_federation_effect", "sd_ks2_slope",
+         "sd_log_sigma")
 EFFECT = SimConfig().effect
 E_MID = (SimConfig().first_founding + SimConfig().last_founding) / 2
 T_FIRST = SimConfig().first_founding - SimConfig().years_before
@@ -196,7 +197,7 @@ def test_each_knob_at_zero_gives_the_default_study(study, knob):
 
 @pytest.mark.parametrize(("knob", "value"), [("cohort_slope", 0.12), ("calendar_trend", 0.05),
                                              ("shock_ar", 0.6), ("sd_federation_effect", 0.3),
-                                             ("sd_ks2_slope", 0.8)])
+                                             ("sd_ks2_slope", 0.8), ("sd_log_sigma", 0.3)])
 def test_a_knob_changes_only_the_outcome(study, knob, value):
     """Same pupils and predictors: each knob's draws (if any) come after the default ones."""
     frame, truth = simulate(SimConfig(**{knob: value}), seed=DEFAULT_SEED)
@@ -212,7 +213,15 @@ def test_a_knob_changes_only_the_outcome(study, knob, value):
             truth["federation_deviations"]).fillna(0.0),
         "sd_ks2_slope": frame["ks2"] * frame["school_id"].map(truth["ks2_slopes"]),
     }.get(knob)
-    if expected is None:  # shock_ar: every school's shocks change, pupil residuals do not
+    if knob == "sd_log_sigma":  # each school's pupil residuals scaled by exp(omega_j)
+        omega = pd.Series(truth["log_sigma_deviations"])
+        assert omega.std() == pytest.approx(value, rel=0.25)
+        # the change in a school's within-school sd follows its omega_j
+        sd = {name: f.groupby("school_id")["gcse_score"].std()
+              for name, f in (("new", frame), ("old", study[0]))}
+        ratio = np.log(sd["new"] / sd["old"])
+        assert np.corrcoef(ratio[omega.index], omega)[0, 1] > 0.9
+    elif expected is None:  # shock_ar: every school's shocks change, pupil residuals do not
         assert change.abs().max() > 0.1
     else:
         assert (change - expected).abs().max() <= 0.01 + 1e-9
@@ -347,7 +356,8 @@ def test_ks2_slopes_have_their_sd_and_correlation_and_show_in_the_data():
     assert np.corrcoef(within[slopes.index], slopes)[0, 1] > 0.6  # 0.79 with this seed
 
 
-@pytest.mark.parametrize(("key", "value"), [("sd_ks2_slope", -0.1), ("cor_ks2_slope", 1.0)])
+@pytest.mark.parametrize(("key", "value"), [("sd_ks2_slope", -0.1), ("cor_ks2_slope", 1.0),
+                                            ("sd_log_sigma", -0.1), ("cor_log_sigma", -1.0)])
 def test_invalid_ks2_slope_knobs_are_bayesfed_errors(key, value):
     with pytest.raises(BayesfedError, match=key):
         SimConfig(**{key: value})
