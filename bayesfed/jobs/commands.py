@@ -34,6 +34,8 @@ from bayesfed.report.plots import (
     predictive_bands,
     rank_by_year,
     rank_event_time,
+    school_blocks,
+    school_caterpillar,
     sensitivity_intervals,
     variance_partition,
 )
@@ -302,9 +304,13 @@ def draw_figures(summary: dict, folder: Path, figures: Path) -> dict[str, tuple[
         drawn["rank_event_time"] = rank_event_time(
             load_fit(folder / joint["file"], posterior=RANK_EVENT_VARS),
             figures / "rank_event_time.png")
+    for model in models:  # caterpillar plots of random slopes and pupil sds by school
+        fit = next(f for f in two_level if f["model"] == model)
+        for quantity in school_blocks(fit):
+            name = f"school_{quantity.replace('[', '_').rstrip(']')}_{model}"
+            drawn[name] = school_caterpillar(summary, model, quantity, figures / f"{name}.png")
     written = {v[0].name for v in drawn.values() if v is not None}
-    for stale in ("federation_trajectory", "variance_partition", "predictive_check",
-                  "rank_by_year", "rank_event_time", "event_study", "sensitivity"):
-        if f"{stale}.png" not in written:
-            (figures / f"{stale}.png").unlink(missing_ok=True)
+    for stale in figures.glob("*.png") if figures.is_dir() else ():
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
     return {name: (f"figures/{v[0].name}", v[1]) for name, v in drawn.items() if v is not None}

@@ -27,7 +27,7 @@ with, for every fit,
   cross-validation (:mod:`bayesfed.posterior.checks`), for a two-level fit whose file stores the
   per-school statistics they need;
 - a random-slope fit adds ``sd_slope[NAME]`` and ``cor_school[A,B]`` to ``params`` and
-  ``vpc_by_slope``; a location-scale fit (a pupil sd by school) adds ``sd_log_sigma`` and
+  ``vpc_by_slope`` and ``school_slopes`` (:func:`school_slopes`); a location-scale fit (a pupil sd by school) adds ``sd_log_sigma`` and
   ``cor_log_sigma`` to ``params`` and ``school_sigmas`` (:func:`school_sigmas`).
 
 The top level also holds ``loo_comparison``: per year, the models fitted to the same pupils
@@ -313,6 +313,7 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     if slopes:
         out |= slope_summary(post, moment)
         out["params"] |= out.pop("slope_params")
+        out["school_slopes"] = school_slopes(tree)
     if has_scale(tree):
         out["params"] |= param_summaries(tree, REPORTED_SCALE)
         out["school_sigmas"] = school_sigmas(tree)
@@ -350,6 +351,56 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
     return out
 
 
+def _school_intervals(draws: xr.DataArray) -> dict[str, list[float]]:
+    """Posterior ``mean``, ``hdi_low`` and ``hdi_high`` of a (chain, draw, school) variable,
+    one value a school."""
+    draws = draws.transpose("school", "chain", "draw")
+    low, high = azs.hdi(draws, prob=PROB, dim=["chain", "draw"]).transpose(
+        "ci_bound", ...).to_numpy()
+    return {"mean": draws.mean(("chain", "draw")).to_numpy().tolist(),
+            "hdi_low": low.tolist(), "hdi_high": high.tolist()}
+
+
+def school_slopes(tree: xr.DataTree) -> dict[str, dict[str, list]]:
+    """Each school's slopes in a random-slope fit, with the estimates from its own pupils
+    alone, to show the shrinkage (the report's caterpillar plots).
+
+    Returns
+    -------
+    dict
+        Slope name -> lists in the order of the schools: ``school``, ``n``, ``own`` (the
+        coefficient's posterior mean plus the school's least-squares slope deviation from its
+        own pupils' residuals at the posterior mean of the fixed part; None where its pupils
+        cannot determine it: fewer pupils than effects, or a predictor with no spread in the
+        school), ``mean``, ``hdi_low`` and ``hdi_high`` (posterior of the school's slope;
+        outcome units per predictor unit).
+    """
+    constant = tree["constant_data"]
+    post = tree.posterior
+    gram = constant["slope_gram"].to_numpy()
+    cross = constant["slope_cross"].to_numpy()
+    n = constant["slope_school_n"].to_numpy()
+    level = float(post["level"].mean())
+    beta = post["beta"].mean(("chain", "draw")).transpose("predictor").to_numpy()
+    g = np.concatenate([[float(constant["slope_y_centre"]) - level], -beta, [1.0]])
+    rhs = cross @ g  # (school, r): the random-effect design's cross products with residuals
+    r = gram.shape[-1]
+    # a school's own fit is taken where its Gram matrix is well conditioned
+    ok = (n >= r + 1) & (np.linalg.cond(gram) < 1e10)
+    own = np.full(rhs.shape, np.nan)
+    own[ok] = np.linalg.solve(gram[ok], rhs[ok][..., None])[..., 0]
+    names = [str(v) for v in post["slope"].to_numpy()]
+    coef = [str(v) for v in post["beta"]["predictor"].to_numpy()]
+    out = {}
+    for k, name in enumerate(names, start=1):
+        fixed = beta[coef.index(name)]
+        out[name] = {"school": [str(v) for v in constant["school"].to_numpy()],
+                     "n": n.astype(int).tolist(),
+                     "own": [None if np.isnan(v) else float(fixed + v) for v in own[:, k]],
+                     **_school_intervals(post["school_slope"].sel(slope=name, drop=True))}
+    return out
+
+
 def school_sigmas(tree: xr.DataTree) -> dict[str, list]:
     r"""Each school's pupil sd in a location-scale fit, with the estimate from its own pupils
     alone, to show the shrinkage (the report's caterpillar plot).
@@ -365,9 +416,6 @@ def school_sigmas(tree: xr.DataTree) -> dict[str, list]:
     constant = tree["constant_data"]
     n = constant["school_n"].to_numpy()
     post = tree.posterior
-    draws = post["school_sigma"].transpose("school", "chain", "draw")
-    low, high = azs.hdi(draws, prob=PROB, dim=["chain", "draw"]).transpose("ci_bound", ...
-                                                                          ).to_numpy()
     ss = constant["school_yy"].to_numpy()
     if "beta" in post:
         beta = post["beta"].mean(("chain", "draw")).transpose("predictor").to_numpy()
@@ -377,8 +425,7 @@ def school_sigmas(tree: xr.DataTree) -> dict[str, list]:
     own = [float(np.sqrt(max(v, 0.0) / (k - 1))) if k > 1 else None for v, k in zip(ss, n)]
     return {"school": [str(v) for v in constant["school"].to_numpy()],
             "n": n.astype(int).tolist(), "own": own,
-            "mean": draws.mean(("chain", "draw")).to_numpy().tolist(),
-            "hdi_low": low.tolist(), "hdi_high": high.tolist()}
+            **_school_intervals(post["school_sigma"])}
 
 
 def slope_summary(posterior: xr.Dataset, moment: np.ndarray) -> dict[str, object]:

@@ -117,6 +117,30 @@ def _reml_pct(fit: dict, key: str, level: str) -> str:
     return "" if value is None else f"{100 * value:.1f}"
 
 
+#: Parameters of the school-level variation besides the intercept's, reported under the
+#: coefficients: random slopes' sds and correlations, the location-scale model's sd of the
+#: log pupil sds and its correlation with the intercept.
+SCHOOL_VARIATION = ("sd_slope[", "cor_school[", "sd_log_sigma", "cor_log_sigma")
+
+
+def school_variation_section(figures: dict[str, tuple[str, str]], flavour: Flavour
+                             ) -> list[str]:
+    """The caterpillar plots of the schools' slopes and pupil sds (figures named
+    ``school_*``), or nothing when no model has them."""
+    names = sorted(k for k in figures if k.startswith("school_"))
+    if not names:
+        return []
+    lines = ["## School-level variation", "",
+             "Each school's random slope or pupil sd: its posterior mean and "
+             f"{PERCENT} HDI, and the estimate from its own pupils alone (open circles). "
+             "Schools with few pupils, or extreme own estimates, are pulled furthest towards "
+             "the population distribution: that shrinkage is what the multilevel model adds.",
+             ""]
+    for name in names:
+        lines += figure_lines(figures[name], figures[name][1].split(":")[0] + ".", flavour)
+    return lines
+
+
 def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
     """Markdown lines of one model's table; ``fits`` are that model's fits, by year."""
     model = fits[0]["model"]
@@ -135,14 +159,18 @@ def model_table(fits: list[dict], published: pd.DataFrame) -> list[str]:
         if has_paper:
             lines.append(_row("  paper", [_published(published, model, f["year"], name)
                                           for f in fits]))
-    # a random-slope model's sds and correlations (each fit of a spec has the same ones)
-    for name in [k for k in fits[0]["params"] if k.startswith(("sd_slope[", "cor_school["))]:
+    # a random-slope model's sds and correlations, a location-scale model's sd of the log
+    # pupil sds and its correlation (each fit of a spec has the same ones)
+    for name in [k for k in fits[0]["params"] if k.startswith(SCHOOL_VARIATION)]:
         lines.append(_row(f"**{name}**", [_cell(f["params"][name]["mean"],
                                                f["params"][name]["sd"]) for f in fits]))
         lines.append(_row(f"  {PERCENT} HDI", [_interval(f["params"][name]) for f in fits]))
     for level in ("school", "pupil"):
-        label = (f"**% variance {level}** (at the slope predictors' means)"
-                 if "vpc_by_slope" in fits[0] else f"**% variance {level}**")
+        label = f"**% variance {level}**"
+        if "vpc_by_slope" in fits[0]:
+            label += " (at the slope predictors' means)"
+        elif "school_sigmas" in fits[0]:
+            label += " (pupil: the schools' mean E[sigma_j²])"
         lines.append(_row(label, [_pct(f["variance_partition"][level]) for f in fits]))
         lines.append(_row("  REML", [_reml_pct(f, "variance_partition", level) for f in fits]))
         if has_paper and model == "M0":
@@ -1087,6 +1115,7 @@ def render_markdown(summary: dict, title: str = "bayesfed report",
                                            figures if fit is first_stacked else None, flavour)
         elif fit_kind(fit).joint:
             lines += event_time_section(fit, fits, published)
+    lines += school_variation_section(figures, flavour)
     if two_level:
         lines += decomposition_table(two_level)
         lines += predictive_section(summary, figures.get("predictive"), flavour)

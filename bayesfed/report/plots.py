@@ -403,6 +403,68 @@ def predictive_figure(summary: dict, model: str) -> tuple[Figure, str] | None:
     return fig, alt
 
 
+def school_caterpillar(summary: dict, model: str, quantity: str, path: Path
+                       ) -> tuple[Path, str] | None:
+    """:func:`caterpillar_figure` written to ``path``."""
+    return _written(caterpillar_figure(summary, model, quantity), path)
+
+
+def school_blocks(fit: dict) -> dict[str, dict]:
+    """A per-year fit's per-school blocks by quantity: ``sigma`` (``school_sigmas``) and
+    ``slope[NAME]`` (``school_slopes``); empty for a random-intercept fit."""
+    out = {f"slope[{k}]": v for k, v in fit.get("school_slopes", {}).items()}
+    return out | ({"sigma": fit["school_sigmas"]} if "school_sigmas" in fit else {})
+
+
+def caterpillar_figure(summary: dict, model: str, quantity: str
+                       ) -> tuple[Figure, str] | None:
+    """Each school's posterior mean and 94% HDI of a school-level quantity (its pupil sd, or its
+    slope), sorted, one panel per year, over the estimate from the school's own pupils alone
+    (open circles): the distance between the two is the shrinkage towards the population.
+
+    Parameters
+    ----------
+    summary : dict
+        ``summary.json``.
+    model : str
+    quantity : str
+        A key of :func:`school_blocks`: ``sigma`` or ``slope[NAME]``.
+
+    Returns
+    -------
+    (Figure, str) or None
+        None when no fit of ``model`` has the quantity.
+    """
+    fits = [f for f in _two_level(summary) if f["model"] == model
+            and quantity in school_blocks(f)]
+    if not fits:
+        return None
+    label = ("pupil sd (outcome units)" if quantity == "sigma"
+             else f"slope of {quantity[6:-1]} (outcome units per unit)")
+    fig = Figure(figsize=(8.0, 1.8 * len(fits) + 0.9), layout="constrained")
+    axes = fig.subplots(len(fits), 1, squeeze=False)[:, 0]
+    for ax, fit in zip(axes, fits):
+        block = school_blocks(fit)[quantity]
+        order = np.argsort(block["mean"])
+        rank = np.arange(1, order.size + 1)
+        mean = np.array(block["mean"])[order]
+        ax.vlines(rank, np.array(block["hdi_low"])[order], np.array(block["hdi_high"])[order],
+                  color="tab:blue", alpha=0.5, linewidth=1, label=f"posterior {PERCENT} HDI")
+        ax.plot(rank, mean, ".", color="tab:blue", markersize=3, label="posterior mean")
+        own = np.array([np.nan if v is None else v for v in block["own"]])[order]
+        ax.plot(rank, own, "o", markerfacecolor="none", color="black", markersize=3,
+                markeredgewidth=0.6, label="own pupils only")
+        ax.set_ylabel("all pupils" if fit["year"] is None else f"year {fit['year']}")
+    axes[0].set_title(f"{model}: each school's {label}")
+    axes[-1].set_xlabel("school, by posterior mean")
+    axes[0].legend(fontsize=7, loc="upper left")
+    alt = (f"Each school's {label.split(' (')[0]}, {model}, one panel per year: posterior means "
+           f"with {PERCENT} highest-density intervals, schools sorted by their posterior mean, "
+           "and open circles at the estimate from each school's own pupils alone; the gap "
+           "between them is the shrinkage towards the population distribution.")
+    return fig, alt
+
+
 def _rank_figure(posterior: xr.Dataset, path: Path, rows: list[str], cols: list[str],
                  figsize: tuple[float, float]) -> Path:
     import arviz_plots as azp

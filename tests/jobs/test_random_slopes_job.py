@@ -73,3 +73,18 @@ def test_the_report_shows_the_slopes(fitted, tmp_path):
     assert "| **sd_slope[ks2]** |" in report and "| **cor_school[intercept,ks2]** |" in report
     assert "(at the slope predictors' means)" in report
     assert "|   REML | n/a |" in report and "REML | failed" not in report
+    assert "![Each school's slope of ks2, formula, one panel per year" in report
+    assert (tmp_path / "figures" / "school_slope_ks2_formula.png").exists()
+
+
+def test_summary_holds_each_schools_slope_and_own_estimate(fitted):
+    out, truth = fitted
+    fit = json.loads((out / "summary.json").read_text())["fits"][0]
+    block = fit["school_slopes"]["ks2"]
+    assert len(block["school"]) == len(block["own"]) == fit["n_schools"]
+    true = np.array([truth["ks2_slopes"][s] for s in block["school"]])
+    own = np.array([np.nan if v is None else v for v in block["own"]])
+    mean = np.array(block["mean"])
+    assert np.isfinite(own).all()  # every school of the study has pupils enough
+    # the own estimates follow the truth and scatter more than the shrunken posterior means
+    assert np.corrcoef(own, true)[0, 1] > 0.5 and np.std(mean) < np.std(own)
