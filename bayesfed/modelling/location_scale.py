@@ -27,8 +27,7 @@ partition is the schools' mean :math:`E[\sigma_j^2] = \sigma^2 e^{2 s^2}`
 The intercept, in closed form. Given :math:`\omega_j` the intercept is Gaussian,
 :math:`a_j \mid \omega_j \sim \mathrm{Normal}(m_j, t^2)` with :math:`m_j = \rho\tau\omega_j/s`
 and :math:`t^2 = \tau^2(1 - \rho^2)`, so it integrates out school by school as in the
-random-intercept model, with the school's own pupil variance :math:`\sigma_j^2`
-(:func:`school_terms`):
+random-intercept model, with the school's own pupil variance :math:`\sigma_j^2`:
 
 .. math::
 
@@ -44,7 +43,7 @@ The log sd, by quadrature. :math:`p(y_j \mid \cdot) = \int p(y_j \mid \omega, \c
 N(\omega; 0, s^2)\, d\omega` has no closed form, but it is one-dimensional and its integrand
 is sharply peaked and close to Gaussian (a school's pupils determine :math:`\omega_j` to about
 :math:`1/\sqrt{2(n_j-1)}`, 0.05 for 200 pupils). It is computed by adaptive Gauss-Hermite
-quadrature (Liu & Pierce 1994; :func:`integrate_log_sd`): :data:`HERMITE_NODES` nodes
+quadrature (Liu & Pierce 1994; :func:`loglik_and_grad`): :data:`HERMITE_NODES` nodes
 centred at the integrand's mode and scaled by its curvature there, both found by
 :data:`NEWTON_STEPS` Newton steps from the mode of the school's within-school sum of squares.
 The same function serves the model and the per-draw school log-likelihoods of
@@ -86,13 +85,15 @@ from bayesfed.modelling.two_level import centred_fixed_part
 #: Gauss-Hermite nodes of the quadrature (module docstring).
 HERMITE_NODES = 32
 
-#: Newton steps to the integrand's mode, from the best of ``START_POINTS`` candidates
-#: (:func:`_mode_and_scale`).
+#: Newton steps to the integrand's mode, from the best of ``START_POINTS`` candidates: the
+#: mode of the within-school part and the prior combined as Gaussians, and evenly spaced
+#: points from 1 below the lower of the prior's mode and the within-school part's to 1.5
+#: above the higher (log units).
 NEWTON_STEPS = 5
 START_POINTS = 33
 
-#: Grid points of :func:`draw_log_sd`'s inverse distribution function, over
-#: :data:`GRID_SPAN` curvature sds either side of the mode.
+#: Grid points of :func:`draw_log_sd`'s inverse distribution function, over ``GRID_SPAN``
+#: curvature sds either side of the mode.
 GRID_POINTS = 257
 GRID_SPAN = 9.0
 
@@ -190,7 +191,8 @@ def _school(n, ss, r, log_sigma, t2, rho_tau, s, grad):  # pragma: no cover - co
 
 @numba.njit(cache=True)
 def loglik_and_grad(n, ss, r, log_sigma, t2, rho_tau, s):  # pragma: no cover - compiled
-    """The model's log-likelihood (nats): the sum over schools of :func:`_school`, with its
+    """The model's log-likelihood (nats): the sum over schools of each school's, its log sd
+    integrated out by adaptive Gauss-Hermite quadrature (module docstring), with its
     gradient with respect to each school's ``ss`` and ``r`` (school,) and to ``log_sigma``,
     ``t2``, ``rho_tau`` and ``s`` (4,)."""
     schools = n.size
@@ -206,8 +208,9 @@ def loglik_and_grad(n, ss, r, log_sigma, t2, rho_tau, s):  # pragma: no cover - 
 
 @numba.njit(cache=True)
 def school_logliks(n, ss, r, log_sigma, t2, rho_tau, s):  # pragma: no cover - compiled
-    """:func:`_school` per draw and school, shape (draws, school): ``ss`` and ``r`` (draws,
-    school), the scalars (draws,)."""
+    """Each school's log-likelihood, its log sd integrated out (as :func:`loglik_and_grad`),
+    per draw and school, shape (draws, school): ``ss`` and ``r`` (draws, school), the scalars
+    (draws,)."""
     draws, schools = r.shape
     out = np.empty((draws, schools))
     none = np.empty(0)
@@ -417,7 +420,7 @@ def draw_log_sd(d: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarra
     r"""One draw of each school's log pupil-sd deviation :math:`\omega_j` from its conditional
     given the data and each posterior draw of the other parameters, shape (draws, school):
     the inverse of its distribution function, the density (:func:`log_integrand`) piecewise
-    linear between :data:`GRID_POINTS` points over :data:`GRID_SPAN` curvature sds either side
+    linear between :data:`GRID_POINTS` points over ``GRID_SPAN`` curvature sds either side
     of its mode (beyond them a near-Gaussian density has no mass a float can hold). ``d`` is
     :func:`draw_parameters`'s result."""
     return _draw_log_sd(*_kernel_args(d, slice(None)), rng.uniform(size=d["resid"].shape))

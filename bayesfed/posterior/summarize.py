@@ -26,9 +26,10 @@ with, for every fit,
 - ``predictive`` and ``loo``: prior and posterior predictive checks and leave-one-school-out
   cross-validation (:mod:`bayesfed.posterior.checks`), for a two-level fit whose file stores the
   per-school statistics they need;
-- a random-slope fit adds ``sd_slope[NAME]`` and ``cor_school[A,B]`` to ``params`` and
-  ``vpc_by_slope`` and ``school_slopes`` (:func:`school_slopes`); a location-scale fit (a pupil sd by school) adds ``sd_log_sigma`` and
-  ``cor_log_sigma`` to ``params`` and ``school_sigmas`` (:func:`school_sigmas`).
+- a random-slope fit adds ``sd_slope[NAME]`` and ``cor_school[A,B]`` to ``params``,
+  ``vpc_by_slope`` and ``school_slopes`` (:func:`school_slopes`); a location-scale fit (a
+  pupil sd by school) adds ``sd_log_sigma`` and ``cor_log_sigma`` to ``params`` and
+  ``school_sigmas`` (:func:`school_sigmas`).
 
 The top level also holds ``loo_comparison``: per year, the models fitted to the same pupils
 ranked by their leave-one-school-out expected log predictive density.

@@ -136,3 +136,21 @@ def test_random_slopes_of_pupil_level_numeric_predictors():
     assert error({"model": {"name": "X", "family": "event_time"},
                   "predictors": {"pupil": ["ks2"]}, "random": {"slopes": ["ks2"]}}) == [
         "(top level): random.slopes applies to family = \"two_level\" only"]
+
+
+def test_a_residual_sd_by_school():
+    spec = spec_from_dict({**BASE, "residual": {"by_school": True}})
+    assert spec.residual.by_school and not spec_from_dict(BASE).residual.by_school
+    assert error({**BASE, "residual": {"by_schools": True}}) == [
+        "unknown key 'residual.by_schools' (did you mean 'by_school'?)"]
+    assert error({"model": {"name": "X", "likelihood": "pupil_rows"},
+                  "residual": {"by_school": True}}) == [
+        "(top level): residual.by_school needs likelihood = \"collapsed\" (the school "
+        "intercepts are integrated out from the per-school statistics)"]
+    assert error({"model": {"name": "X", "family": "event_time"},
+                  "residual": {"by_school": True}}) == [
+        "(top level): residual.by_school applies to family = \"two_level\" only"]
+    assert error({**BASE, "predictors": {"pupil": ["ks2"]}, "random": {"slopes": ["ks2"]},
+                  "residual": {"by_school": True}}) == [
+        "(top level): residual.by_school cannot be combined with random.slopes: fit them as "
+        "two models and compare them (leave-one-school-out, the within-school sd checks)"]
