@@ -71,7 +71,8 @@ bench: $(VENV)/.installed-bench
 
 # R from Debian's packages (root or sudo, as `browser`): r-base-dev for the compiler brms's
 # Stan models need, posterior for brms's ESS, data.table to read the national-size CSV,
-# performance for Nakagawa's R-squared (bench/r2_agreement.py).
+# performance for Nakagawa's R-squared (bench/r2_agreement.py); Debian's BH is the system's
+# Boost (libboost-dev), which bench/r/brms_school_variation.R points rstan at.
 R_BENCH_CHECK := for (p in c("lme4", "brms", "posterior", "jsonlite", "data.table", \
   "performance")) \
   if (!requireNamespace(p, quietly = TRUE)) quit(status = 1)
@@ -83,11 +84,13 @@ bench-r: $(VENV)/.installed-bench
 	  $$sudo apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends \
 	    r-base-core r-base-dev r-cran-lme4 r-cran-brms r-cran-posterior r-cran-jsonlite \
-	    r-cran-data.table r-cran-performance; \
+	    r-cran-data.table r-cran-performance r-cran-bh libboost-dev; \
 	fi
 	@$(VPY) bench/peers.py --r
 	@$(VPY) bench/event_time_scale.py
 	@$(VPY) bench/r2_agreement.py
+	@$(VPY) bench/random_slopes_agreement.py --brms
+	@$(VPY) bench/location_scale_agreement.py
 
 # -W --keep-going: every warning is reported, then fails the build; -n: every reference must
 # resolve. tests/test_docs.py runs the same build.

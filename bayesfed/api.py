@@ -107,7 +107,8 @@ def fit(data, model: str | os.PathLike | ModelSpec | Sequence, *,
     data : path, pandas or polars DataFrame, or Arrow table
         The pupil table (:doc:`the schema </data>`); never modified.
     model : str, path, ModelSpec, or a list of them
-        A shipped model (``"m0"``, ``"m1"``, ``"m2"``, ``"event_time"``), a two-level formula
+        A shipped model (``"m0"``, ``"m1"``, ``"m2"``, ``"event_time"``, ``"m1_scale"``: M1 with
+        a pupil sd by school), a two-level formula
         such as ``"gcse_score ~ fsm + C(sen) + ks2 + federated + (1 | school_id)"``
         (:mod:`bayesfed.inputs.formula`), a TOML specification or a spec.
     years : iterable of int, optional

@@ -32,9 +32,9 @@ app = typer.Typer(
 )
 console = Console()
 
-#: The shipped files, used by ``demo`` (:mod:`bayesfed.inputs.shipped`).
+#: The shipped files the demo fits (:data:`bayesfed.inputs.shipped.DEMO`).
 SHIPPED_DATA = shipped.example_path()
-SHIPPED_SPECS = tuple(shipped.spec_path(name) for name in shipped.SPECS)
+SHIPPED_SPECS = tuple(shipped.spec_path(name) for name in shipped.DEMO)
 
 EXIT_INPUT = 3
 EXIT_OUTPUT = 4

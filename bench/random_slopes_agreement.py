@@ -13,10 +13,14 @@ columns by ML and by REML. Two checks:
   sds. Fixed effects should agree within Monte Carlo and prior effects (a fraction of a
   posterior sd); the sds' posterior means sit above REML's modes by the skew of their posteriors.
 
-Also printed: bayesfed's sampling wall time and lme4's fitting time, in the same run.
+Also printed: bayesfed's sampling wall time and lme4's fitting time, in the same run. With
+``--brms``, brms fits the same model with bayesfed's priors where it can state them
+(``bench/brms_peer.py``), 4 chains x 1,000 draws: both posteriors side by side, the differences
+in Monte Carlo errors (exit 1 above 4) and brms's compile and sampling times.
 
-Usage: ``.venv/bin/python bench/random_slopes_agreement.py [--year 0]`` (needs R with lme4 and
-jsonlite from Debian's packages, or ``make bench-r``).
+Usage: ``.venv/bin/python bench/random_slopes_agreement.py [--year 0] [--brms]`` (needs R with
+lme4 and jsonlite, and for ``--brms`` brms and posterior, from Debian's packages, or ``make
+bench-r``).
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ import numpy as np
 import pandas as pd
 import pytensor
 import pytensor.tensor as pt
+from brms_peer import brms_priors, compare, design_frame, run_brms
 
 from bayesfed.design.columns import design_for
 from bayesfed.design.suffstats import summary_of
 from bayesfed.inputs.shipped import example_path, spec_path
 from bayesfed.inputs.spec import load_spec
 from bayesfed.inputs.validate import validate_table
-from bayesfed.modelling.priors import default_priors
+from bayesfed.modelling.priors import default_priors, default_slope_sd
 from bayesfed.modelling.random_slopes import build_random_slopes, marginal_loglik, slope_data
 from bayesfed.sampling.nuts import sample
 
@@ -48,6 +53,8 @@ ROOT = Path(__file__).resolve().parent.parent
 R_SCRIPT = ROOT / "bench" / "r" / "random_slopes.R"
 SLOPE = "ks2"
 TOLERANCE = 1e-6
+#: Largest difference of posterior means allowed against brms, in Monte Carlo errors.
+Z_MAX = 4.0
 
 
 def loglik_at(summary, estimates: dict) -> float:
@@ -67,6 +74,7 @@ def loglik_at(summary, estimates: dict) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--year", type=int, default=0)
+    parser.add_argument("--brms", action="store_true", help="also fit brms (minutes)")
     args = parser.parse_args()
     if shutil.which("Rscript") is None:
         print("Rscript not found: install R, lme4 and jsonlite (see the docstring)")
@@ -76,9 +84,7 @@ def main() -> int:
     design = design_for(table, spec, args.year)
     summary = summary_of(design)
     k = design.coef_names.index(SLOPE)
-    frame = pd.DataFrame({"y": design.y, "school": np.asarray(design.schools)[design.school_idx]})
-    for j in range(design.X.shape[1]):
-        frame[f"x{j + 1}"] = design.X[:, j]
+    frame = design_frame(design)
     with tempfile.TemporaryDirectory(prefix="bayesfed-slopes-") as folder:
         data, out = Path(folder) / "data.csv", Path(folder) / "out.json"
         frame.to_csv(data, index=False)
@@ -96,7 +102,8 @@ def main() -> int:
           f"{r['ml']['sigma']:.4f}")
     print(f"log-likelihood at lme4's ML estimates: lme4 {r['ml']['loglik']:.8f}, bayesfed "
           f"{ours:.8f}, difference {diff:.2e} nats (tolerance {TOLERANCE:g})\n")
-    model = build_random_slopes(summary, default_priors(summary), (SLOPE,))
+    priors, slope_sd = default_priors(summary), default_slope_sd(summary, (SLOPE,))
+    model = build_random_slopes(summary, priors, (SLOPE,), slope_sd=slope_sd)
     start = time.perf_counter()
     tree = sample(model, draws=1000, tune=1000, chains=4, seed=1)
     seconds = time.perf_counter() - start
@@ -119,7 +126,30 @@ def main() -> int:
           f"divergences); lme4: {r['reml']['seconds']:.1f} s (REML), "
           f"{r['ml']['seconds']:.1f} s (ML); lme4 converged: {r['reml']['converged']}, "
           f"{r['ml']['converged']}")
-    return 0 if diff <= TOLERANCE else 1
+    worst = 0.0
+    if args.brms:
+        x = f"x{k + 1}"
+        theirs = run_brms(frame, brms_priors(design, priors, float(slope_sd[0])), "slope", x)
+        p = theirs["params"]
+        print(f"\nbrms {theirs['brms']}, the same model and priors:\n")
+
+        def draws(name: str, **sel) -> np.ndarray:
+            return post[name].sel(**sel).transpose("chain", "draw").to_numpy()
+
+        worst = compare(
+            [(f"beta[{name}]", draws("beta", predictor=name), p[f"b_x{j + 1}"])
+             for j, name in enumerate(design.coef_names)]
+            + [("intercept", draws("intercept"), p["b_Intercept"]),
+               ("sd_school", draws("sd_school"), p["sd_school__Intercept"]),
+               (f"sd_slope[{SLOPE}]", draws("sd_slope", slope=SLOPE), p[f"sd_school__{x}"]),
+               (f"cor_school[intercept, {SLOPE}]",
+                draws("cor_school", re_term="intercept", re_term_b=SLOPE),
+                p[f"cor_school__Intercept__{x}"]),
+               ("sigma", draws("sigma"), p["sigma"])])
+        print(f"\nbrms: {theirs['compile_seconds']:.1f} s to compile, {theirs['seconds']:.1f} s "
+              f"to sample 4 x 1,000 draws ({theirs['divergences']} divergences); bayesfed "
+              f"{seconds:.1f} s; largest |z| {worst:.2f} (limit {Z_MAX:g})")
+    return 0 if diff <= TOLERANCE and worst <= Z_MAX else 1
 
 
 if __name__ == "__main__":

@@ -206,7 +206,11 @@ def test_a_formula_gives_the_draws_of_the_toml_spec(frame, in_memory):
     ("gcse_score ~ fsm + (1 + ks2 | school_id)",
      "random.slopes: 'ks2' is not a pupil-level predictor (pupil: ['fsm'])"),
     ("gcse_score ~ fsm:ks2 + (1 | school_id)",
-     "term fsm:ks2 is an interaction; the two-level family takes main effects only"),
+     "predictors.interactions: 'fsm:ks2' is not the product of two predictors, \"a:b\" "
+     "(predictors: [])"),
+    ("gcse_score ~ fsm:ks2:male + fsm + ks2 + male + (1 | school_id)",
+     "term fsm:ks2:male is an interaction of more than two columns; the two-level family "
+     "takes main effects and products of two"),
     ("gcse_score ~ 0 + fsm + (1 | school_id)",
      "has no intercept: the two-level family always has one"),
     ("gcse_score ~ C(ks2) + (1 | school_id)",

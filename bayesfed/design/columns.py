@@ -96,5 +96,5 @@ def build_design(
 def design_for(table: PupilTable, spec: ModelSpec, year: int | None) -> Design:
     """The design of one model on one year's pupils (the whole table when ``year`` is None),
     centred and with contextual terms as the spec asks (:mod:`bayesfed.design.centring`)."""
-    return centre_design(build_design(table.select_year(year), spec.predictors.pupil,
-                                      spec.predictors.school, spec.categorical_coding()), spec)
+    return centre_design(build_design(table.select_year(year), spec.pupil_terms,
+                                      spec.school_terms, spec.categorical_coding()), spec)

@@ -168,7 +168,7 @@ class YearReducer:
         self.coef_names, self.school_level = empty.coef_names, empty.school_level
 
     def _design(self, frame: pd.DataFrame) -> Design:
-        return build_design(frame, self.spec.predictors.pupil, self.spec.predictors.school,
+        return build_design(frame, self.spec.pupil_terms, self.spec.school_terms,
                             self.coding)
 
     def of(self, frame: pd.DataFrame) -> GroupPart:

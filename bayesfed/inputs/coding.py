@@ -19,12 +19,15 @@ def term_columns(
 ) -> tuple[np.ndarray, list[str]]:
     """Columns of one term: the values themselves, or treatment-coded dummies.
 
+    An interaction ``a:b`` is the product of each column of ``a`` with each of ``b``, named
+    ``a:b``, ``sen[statemented]:federated``.
+
     Parameters
     ----------
     frame : DataFrame
         Canonical table (columns named by role or term).
     term : str
-        Term name (a column of ``frame``).
+        Term name (a column of ``frame``), or two joined by ``:``.
     categorical : mapping
         ``term -> (levels, reference)`` for categorical terms.
 
@@ -33,6 +36,11 @@ def term_columns(
     values : ndarray, shape (n_rows, n_cols)
     names : list of str, length n_cols
     """
+    if ":" in term:
+        first, second = (term_columns(frame, part, categorical) for part in term.split(":"))
+        values = (first[0][:, :, None] * second[0][:, None, :]).reshape(
+            len(frame), first[0].shape[1] * second[0].shape[1])
+        return values, [f"{a}:{b}" for a in first[1] for b in second[1]]
     if term in categorical:
         levels, reference = categorical[term]
         kept = [lev for lev in levels if lev != reference]
@@ -70,5 +78,6 @@ def predictor_columns(
 
 def term_of(coef: str) -> str:
     """The term a coefficient name belongs to: ``sen[statemented]`` -> ``sen``, ``fsm`` ->
-    ``fsm`` (the names :func:`term_columns` gives)."""
-    return coef.split("[", 1)[0]
+    ``fsm``, ``sen[statemented]:federated`` -> ``sen:federated`` (the names
+    :func:`term_columns` gives)."""
+    return ":".join(part.split("[", 1)[0] for part in coef.split(":"))

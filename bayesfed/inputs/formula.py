@@ -9,8 +9,10 @@ and the terms become a :class:`~bayesfed.inputs.spec.ModelSpec` of family ``two_
 model, validation and numbers as the TOML specification with the same terms and name
 (``tests/test_api.py``). A predictor is school-level when its column's role is (``federated``);
 a categorical role in ``C()`` gets the schema's levels, the first the reference, as a TOML
-``[categorical]`` table would declare them. What the two-level family cannot fit yet
-(interactions, transformations, other groupings, a model without intercept) is refused with a
+``[categorical]`` table would declare them. A product of two columns, ``fsm:federated`` (or
+``fsm * federated``, which adds both main effects), is ``[predictors] interactions``; each part
+must also be a main effect. What the two-level family cannot fit (products of three columns,
+transformations, other groupings, a model without intercept) is refused with a
 :class:`~bayesfed.errors.SpecError` saying so.
 """
 
@@ -72,39 +74,49 @@ def spec_from_formula(formula: str, name: str = "formula",
     school = factors.pop()
     slopes = [_variable(g.expr, where, "a random slope") for g in groups
               if not isinstance(g.expr, Intercept)]
-    pupil, school_level, categorical = [], [], {}
+    pupil, school_level, interactions, categorical = [], [], [], {}
     for term in model.common_terms:
         if isinstance(term, Intercept):
             continue
-        if not isinstance(term, Term) or len(term.components) != 1:
-            names = ":".join(str(c.name) for c in getattr(term, "components", []))
-            raise SpecError(f"{where}: term {names or term} is an interaction; the two-level "
-                            "family takes main effects only")
-        component = term.components[0]
-        text = str(component.name)
-        match = _CATEGORICAL.match(text)
-        if match:
-            column = match.group(1)
-            role = ROLES.get(column)
-            if role is None or role.kind != "category":
-                raise SpecError(f"{where}: C({column}): {column} is not a categorical column "
-                                "of the schema; declare its levels in a TOML specification "
-                                f"([categorical.{column}])")
-            categorical[column] = {"levels": list(role.levels), "reference": role.levels[0]}
-        elif re.fullmatch(r"\w+", text):
-            column = text
-        else:
-            raise SpecError(f"{where}: term {text} transforms a column; add the transformed "
-                            "column to the table instead")
-        role = ROLES.get(column)
-        (school_level if role is not None and role.level == "school" else pupil).append(column)
+        components = getattr(term, "components", [])
+        if not isinstance(term, Term) or len(components) not in (1, 2):
+            names = ":".join(str(c.name) for c in components)
+            raise SpecError(f"{where}: term {names or term} is an interaction of more than two "
+                            "columns; the two-level family takes main effects and products of "
+                            "two")
+        parts = [_column(str(c.name), where, categorical) for c in components]
+        if len(parts) == 2:
+            interactions.append(":".join(parts))
+            continue
+        role = ROLES.get(parts[0])
+        (school_level if role is not None and role.level == "school" else pupil).append(parts[0])
     data = {"model": {"name": name, "family": "two_level",
                       "description": f"From the formula {formula}"},
             "columns": {**dict(columns or {}), "outcome": outcome, "school": school},
-            "predictors": {"pupil": pupil, "school": school_level},
+            "predictors": {"pupil": pupil, "school": school_level,
+                           "interactions": interactions},
             "categorical": categorical,
             "random": {"slopes": slopes}}
     return spec_from_dict(data, source=where)
+
+
+def _column(text: str, where: str, categorical: dict) -> str:
+    """The column of one formula component: ``ks2``, or ``C(sen)`` (its schema levels added
+    to ``categorical``)."""
+    match = _CATEGORICAL.match(text)
+    if match:
+        column = match.group(1)
+        role = ROLES.get(column)
+        if role is None or role.kind != "category":
+            raise SpecError(f"{where}: C({column}): {column} is not a categorical column "
+                            "of the schema; declare its levels in a TOML specification "
+                            f"([categorical.{column}])")
+        categorical[column] = {"levels": list(role.levels), "reference": role.levels[0]}
+        return column
+    if re.fullmatch(r"\w+", text):
+        return text
+    raise SpecError(f"{where}: term {text} transforms a column; add the transformed "
+                    "column to the table instead")
 
 
 def _variable(term, where: str, what: str) -> str:

@@ -102,7 +102,7 @@ def sample_of(frame: pd.DataFrame, spec: ModelSpec) -> Sample:
         out.moments = group_part(pd.DataFrame(index=range(len(frame))), values)  # one group
     out.low, out.high = values.min(axis=0), values.max(axis=0)
     # the design's columns (build_design's, without its school index)
-    X, names = predictor_columns(frame, [*spec.predictors.pupil, *spec.predictors.school],
+    X, names = predictor_columns(frame, [*spec.pupil_terms, *spec.school_terms],
                                  coding)
     out.coef_names = tuple(names)
     out.scale = np.r_[1.0, np.abs(X).max(axis=0, initial=0.0)]

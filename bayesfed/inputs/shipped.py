@@ -18,7 +18,10 @@ _PACKAGE = Path(__file__).resolve().parents[1]  # the bayesfed package
 
 #: The shipped specifications by short name, reference models first.
 SPECS = {"m0": "m0_empty.toml", "m1": "m1_pupil.toml", "m2": "m2_federation.toml",
-         "event_time": "event_time.toml"}
+         "event_time": "event_time.toml", "m1_scale": "m1_scale.toml"}
+
+#: The specifications the demo fits: the paper's models and the joint event-time model.
+DEMO = ("m0", "m1", "m2", "event_time")
 
 #: The shipped synthetic study's file in ``data/``.
 EXAMPLE = "synthetic_study.parquet"

@@ -76,6 +76,11 @@ class Predictors(_Strict):
     #: Pupil-level terms whose school means enter too, as school-level terms named
     #: ``school_mean(<column>)`` (their contextual, between-school, effects).
     contextual: list[str] = Field(default_factory=list)
+    #: Products of two predictors, ``"fsm:federated"``: a cross-level interaction when one is
+    #: pupil-level and the other school-level (does federation narrow the FSM gap?). Each
+    #: part must be a predictor; a categorical part gives one column per level. Coded after
+    #: the pupil-level terms (after the school-level ones when both parts are school-level).
+    interactions: list[str] = Field(default_factory=list)
 
 
 class Categorical(_Strict):
@@ -262,7 +267,7 @@ class ModelSpec(_Strict):
             if name not in terms:
                 raise ValueError(f"categorical.{name} is declared but {name!r} is not a predictor")
         for name in self.priors.slope:
-            if name not in terms:
+            if name not in terms + self.predictors.interactions:
                 raise ValueError(f"priors.slope.{name} names no predictor (predictors: {terms})")
         for role in ("outcome", "school"):
             if role in terms:
@@ -271,6 +276,17 @@ class ModelSpec(_Strict):
             if name not in self.predictors.pupil:
                 raise ValueError(f"predictors.contextual: {name!r} is not a pupil-level "
                                  f"predictor (pupil: {self.predictors.pupil})")
+        seen = set()
+        for inter in self.predictors.interactions:
+            parts = inter.split(":")
+            if len(parts) != 2 or any(p not in terms for p in parts) or parts[0] == parts[1]:
+                raise ValueError(f"predictors.interactions: {inter!r} is not the product of two "
+                                 f"predictors, \"a:b\" (predictors: {terms})")
+            if frozenset(parts) in seen:
+                raise ValueError(f"predictors.interactions lists {inter!r} twice")
+            seen.add(frozenset(parts))
+        if self.predictors.interactions and self.model.family != "two_level":
+            raise ValueError("predictors.interactions applies to family = \"two_level\" only")
         if self.model.family == "event_time":
             if self.predictors.contextual or self.predictors.centre != "none":
                 raise ValueError("predictors.centre and predictors.contextual apply to family "
@@ -330,8 +346,24 @@ class ModelSpec(_Strict):
 
     @property
     def terms(self) -> list[str]:
-        """All predictor terms, pupil-level first."""
+        """All predictor terms (columns of the table), pupil-level first."""
         return [*self.predictors.pupil, *self.predictors.school]
+
+    @property
+    def pupil_terms(self) -> list[str]:
+        """The terms coded as pupil-level columns: the pupil predictors, then the interactions
+        with a pupil-level part (:func:`bayesfed.inputs.coding.term_columns`)."""
+        school = set(self.predictors.school)
+        return [*self.predictors.pupil, *(t for t in self.predictors.interactions
+                                          if not set(t.split(":")) <= school)]
+
+    @property
+    def school_terms(self) -> list[str]:
+        """The terms coded as school-level columns: the school predictors, then the
+        interactions of two school-level predictors."""
+        school = set(self.predictors.school)
+        return [*self.predictors.school, *(t for t in self.predictors.interactions
+                                           if set(t.split(":")) <= school)]
 
     def column(self, name: str) -> str:
         """The user's column for a role or term (itself when unmapped)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bayesfed.errors import SpecError
@@ -154,3 +155,37 @@ def test_a_residual_sd_by_school():
                   "residual": {"by_school": True}}) == [
         "(top level): residual.by_school cannot be combined with random.slopes: fit them as "
         "two models and compare them (leave-one-school-out, the within-school sd checks)"]
+
+
+def test_interactions_of_two_predictors():
+    pred = {"pupil": ["fsm", "sen"], "school": ["federated"]}
+    spec = spec_from_dict({**BASE, "predictors": {**pred, "interactions": [
+        "fsm:federated", "sen:federated"]}})
+    assert spec.pupil_terms == ["fsm", "sen", "fsm:federated", "sen:federated"]
+    assert spec.school_terms == ["federated"] and spec.terms == ["fsm", "sen", "federated"]
+    assert error({**BASE, "predictors": {**pred, "interactions": ["fsm:ks2"]}}) == [
+        "(top level): predictors.interactions: 'fsm:ks2' is not the product of two "
+        "predictors, \"a:b\" (predictors: ['fsm', 'sen', 'federated'])"]
+    assert error({**BASE, "predictors": {**pred, "interactions": [
+        "fsm:federated", "federated:fsm"]}}) == [
+        "(top level): predictors.interactions lists 'federated:fsm' twice"]
+    assert error({"model": {"name": "X", "family": "event_time"},
+                  "predictors": {"pupil": ["fsm", "ks2"], "interactions": ["fsm:ks2"]}}) == [
+        "(top level): predictors.interactions applies to family = \"two_level\" only"]
+
+
+def test_an_interaction_is_the_product_of_its_parts_columns():
+    """``sen:federated`` is each non-reference SEN dummy times the federated dummy."""
+    import pandas as pd
+
+    from bayesfed.inputs.coding import term_columns, term_of
+
+    frame = pd.DataFrame({"sen": ["none", "statemented", "school_action", "statemented"],
+                          "federated": [1, 1, 0, 0]})
+    coding = {"sen": (("none", "school_action", "statemented"), "none")}
+    values, names = term_columns(frame, "sen:federated", coding)
+    assert names == ["sen[school_action]:federated", "sen[statemented]:federated"]
+    np.testing.assert_array_equal(values, [[0, 0], [0, 1], [0, 0], [0, 0]])
+    assert term_of("sen[statemented]:federated") == "sen:federated"
+    empty, _ = term_columns(frame.iloc[:0], "sen:federated", coding)
+    assert empty.shape == (0, 2)
