@@ -224,10 +224,11 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
     constant = xr.Dataset({"x_cov": (("predictor", "predictor_"), cov)},
                           coords={"predictor": list(summary.coef_names),
                                   "predictor_": list(summary.coef_names)})
-    # per-school aggregates (not pupil rows) for the predictive checks and leave-one-school-out
-    # of the random-intercept model; a random-slope model's own, for its leave-one-school-out
-    # and variance decomposition
-    extra = slope_dataset(data, summary.schools, slopes) if slopes else school_data(summary)
+    # per-school aggregates (not pupil rows) for the predictive checks and leave-one-school-out;
+    # a random-slope model's own too, for its leave-one-school-out and variance decomposition
+    extra = school_data(summary)
+    if slopes:
+        extra = extra.merge(slope_dataset(data, summary.schools, slopes))
     tree["constant_data"] = xr.DataTree(constant.merge(extra))
     tree.attrs.update(_provenance(table, spec, year, options, seed, data_hash) | {
         "bayesfed_priors": json.dumps(recorded, sort_keys=True),

@@ -166,6 +166,38 @@ def _posterior_draws(tree: xr.DataTree) -> dict[str, np.ndarray]:
            "sigma": _flat(post["sigma"])}
     if has_scale(tree):
         out |= {"s": _flat(post["sd_log_sigma"]), "rho": _flat(post["cor_log_sigma"])}
+    if has_slope_data(tree):
+        r = post.sizes["re_term"]
+        packed = _flat(post["school_cov"], "school_cov_dim_0")
+        chol = np.zeros((packed.shape[0], r, r))
+        chol[:, *np.tril_indices(r)] = packed  # PyMC's packed lower triangle, row by row
+        out["chol"] = chol
+    return out
+
+
+def _slope_columns(tree: xr.DataTree) -> np.ndarray:
+    """The random slopes' columns among a random-slope fit's coefficients."""
+    names = [str(v) for v in tree.posterior["beta"]["predictor"].to_numpy()]
+    return np.array([names.index(str(k)) for k in tree.posterior["slope"].to_numpy()], dtype=int)
+
+
+def lkj_cholesky(r: int, eta: float, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` draws of the lower Cholesky factor of an LKJ(``eta``) correlation matrix, shape
+    (n, r, r): the onion method (Lewandowski, Kurowicka & Joe 2009), row by row."""
+    out = np.zeros((n, r, r))
+    out[:, 0, 0] = 1.0
+    shape = eta + (r - 2) / 2
+    for k in range(1, r):
+        if k == 1:  # the first correlation: 2 Beta(shape, shape) - 1
+            row = (2 * rng.beta(shape, shape, n) - 1)[:, None]
+            y = row[:, 0] ** 2
+        else:
+            shape -= 0.5
+            y = rng.beta(k / 2, shape, n)
+            w = rng.standard_normal((n, k))
+            row = np.sqrt(y)[:, None] * w / np.linalg.norm(w, axis=1, keepdims=True)
+        out[:, k, :k] = row
+        out[:, k, k] = np.sqrt(1 - y)
     return out
 
 
@@ -184,6 +216,10 @@ def _recorded_priors(tree: xr.DataTree) -> dict[str, np.ndarray | float]:
     if "prior.sd_log_sigma.sigma" in priors:  # a location-scale fit
         out |= {"s_sd": priors["prior.sd_log_sigma.sigma"],
                 "rho_eta": priors["prior.cor_log_sigma.eta"]}
+    if "prior.cor_school.eta" in priors:  # a random-slope fit
+        out |= {"slope_sd": np.array([priors[f"prior.sd_slope[{k}].sigma"]
+                                      for k in post["slope"].to_numpy()]),
+                "cor_eta": priors["prior.cor_school.eta"]}
     return out
 
 
@@ -198,6 +234,10 @@ def _prior_draws(tree: xr.DataTree, n: int, rng: np.random.Generator) -> dict[st
     if "s_sd" in p:
         out |= {"s": np.abs(rng.normal(0.0, p["s_sd"], n)),
                 "rho": 2 * rng.beta(p["rho_eta"], p["rho_eta"], n) - 1}
+    if "slope_sd" in p:
+        sds = np.column_stack([out["tau"], np.abs(rng.normal(0.0, p["slope_sd"],
+                                                             (n, p["slope_sd"].size)))])
+        out["chol"] = sds[:, :, None] * lkj_cholesky(sds.shape[1], p["cor_eta"], n, rng)
     return out
 
 
@@ -212,25 +252,39 @@ def _quadratic(beta: np.ndarray, xx: np.ndarray) -> np.ndarray:
 
 
 def _replicate(draws: dict[str, np.ndarray], data: dict[str, np.ndarray],
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+               rng: np.random.Generator, slopes: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
     r"""Replicated school means (draw, school) and within-school sds (draw, school with >= 2
     pupils), one replication per draw, for new schools (module docstring); with ``s`` and
     ``rho`` in ``draws`` (a location-scale fit), each new school's pupil sd is
-    :math:`\sigma e^{s z}` and its intercept :math:`\tau(\rho z + \sqrt{1-\rho^2} z')`."""
+    :math:`\sigma e^{s z}` and its intercept :math:`\tau(\rho z + \sqrt{1-\rho^2} z')`; with
+    ``chol`` (a random-slope fit, ``slopes`` the slopes' columns), each new school draws its
+    intercept and slopes :math:`b = L\xi`, which move its mean by :math:`\bar z_j^\top b` and
+    its within-school sum of squares by its own slopes."""
     n = data["school_n"]
     alpha, beta, tau, sigma = draws["alpha"], draws["beta"], draws["tau"], draws["sigma"]
     mu = alpha[:, None] + beta @ data["school_x_mean"].T
     shape = mu.shape
-    effect = tau[:, None] * rng.standard_normal(shape)
+    several = n >= 2
     sigma = np.broadcast_to(sigma[:, None], shape)
+    if "chol" in draws:  # a new school's intercept and slopes b = L xi
+        b = np.einsum("sab,sjb->sja", draws["chol"],
+                      rng.standard_normal((*shape, draws["chol"].shape[-1])))
+        cols = slopes
+        effect = b[..., 0] + np.einsum("jk,sjk->sj", data["school_x_mean"][:, cols], b[..., 1:])
+        school_beta = np.broadcast_to(beta[:, None, :], (*shape, beta.shape[1])).copy()
+        school_beta[..., cols] += b[..., 1:]
+        quad = np.einsum("sja,jab,sjb->sj", school_beta[:, several],
+                         data["school_xx"][several], school_beta[:, several])
+    else:
+        effect = tau[:, None] * rng.standard_normal(shape)
+        quad = _quadratic(beta, data["school_xx"][several])
     if "s" in draws:  # a new school's log pupil sd, and its intercept correlated with it
         z = rng.standard_normal(shape)
         rho = draws["rho"][:, None]
         effect = rho * tau[:, None] * z + np.sqrt(1 - rho**2) * effect
         sigma = sigma * np.exp(draws["s"][:, None] * z)
     means = mu + effect + (sigma / np.sqrt(n)) * rng.standard_normal(shape)
-    several = n >= 2
-    quad = _quadratic(beta, data["school_xx"][several])
     s2 = sigma[:, several] ** 2
     ss = s2 * rng.noncentral_chisquare(n[several] - 1, np.maximum(quad / s2, 0.0))
     return means, np.sqrt(ss / (n[several] - 1))
@@ -304,8 +358,10 @@ def predictive_checks(tree: xr.DataTree, seed: int) -> dict[str, object]:
     size = post["alpha"].size
     keep = np.round(np.linspace(0, size - 1, min(size, REPLICATIONS))).astype(int)
     post = {k: v[keep] for k, v in post.items()}
-    rep_means, rep_sds = _replicate(post, data, rng)
-    prior_means, prior_sds = _replicate(_prior_draws(tree, post["alpha"].size, rng), data, rng)
+    slopes = _slope_columns(tree) if "chol" in post else None
+    rep_means, rep_sds = _replicate(post, data, rng, slopes)
+    prior_means, prior_sds = _replicate(_prior_draws(tree, post["alpha"].size, rng), data, rng,
+                                        slopes)
     n = data["school_n"]
     return {
         "draws": int(post["alpha"].size),
@@ -373,13 +429,15 @@ def school_loglik(tree: xr.DataTree) -> xr.DataArray:
 
 
 def log_prior(tree: xr.DataTree) -> xr.DataArray:
-    """The two-level model's log prior density at each draw (nats): the Normal priors of
+    r"""The two-level model's log prior density at each draw (nats): the Normal priors of
     ``intercept`` and each ``beta`` and the HalfNormal priors of ``sd_school`` and ``sigma``,
     with the numbers the fit records (``bayesfed_priors``; in the collapsed model the prior of
     ``level`` is the intercept's, moved with unit Jacobian); in a location-scale fit also the
     top-level priors of ``sd_log_sigma`` and ``cor_log_sigma`` (the schools' log sds are the
     model's, not the prior's: power-scaling leaves their distribution given ``sd_log_sigma``
-    alone).
+    alone); in a random-slope fit also the slope sds' HalfNormal priors and the LKJ prior of
+    the correlation, :math:`(\eta - 1)\log\det\Omega` (its constant cancels in
+    power-scaling).
 
     Returns
     -------
@@ -395,6 +453,11 @@ def log_prior(tree: xr.DataTree) -> xr.DataArray:
     if "s" in d:
         density = (density + stats.halfnorm.logpdf(d["s"], scale=p["s_sd"])
                    + stats.beta.logpdf((d["rho"] + 1) / 2, p["rho_eta"], p["rho_eta"]))
+    if "chol" in d:  # HalfNormal slope sds, LKJ(eta) correlation (up to its constant)
+        sds = np.linalg.norm(d["chol"], axis=-1)
+        log_det = 2 * (np.log(np.diagonal(d["chol"], axis1=1, axis2=2)) - np.log(sds)).sum(1)
+        density = (density + stats.halfnorm.logpdf(sds[:, 1:], scale=p["slope_sd"]).sum(axis=1)
+                   + (p["cor_eta"] - 1) * log_det)
     post = tree.posterior
     return xr.DataArray(density.reshape(post.sizes["chain"], post.sizes["draw"]),
                         dims=("chain", "draw"))
@@ -409,20 +472,26 @@ def loo_school(tree: xr.DataTree, ll: xr.DataArray | None = None) -> azs.ELPDDat
     return psis.psis_loo(ll, reff)
 
 
-def loo_school_slopes(tree: xr.DataTree) -> azs.ELPDData:
-    """PSIS leave-one-school-out of a random-slope fit: each school's log-likelihood per draw,
-    its effects integrated out (:func:`bayesfed.modelling.random_slopes.school_loglik`, from the
-    statistics the fit stores); the draws' relative efficiency that of ``intercept``,
-    ``sd_school``, ``sd_slope`` and ``sigma``."""
+def school_loglik_slopes(tree: xr.DataTree) -> xr.DataArray:
+    """Each school's log-likelihood per draw in a random-slope fit, its effects integrated out
+    (nats; :func:`bayesfed.modelling.random_slopes.school_loglik`, from the statistics the fit
+    stores); dims (chain, draw, school)."""
     # here, not at the top: the module imports PyMC, which a summary worker otherwise never needs
     from bayesfed.modelling.random_slopes import draw_parameters, school_loglik, slope_data_of
 
     post = tree.posterior.to_dataset()
     data = slope_data_of(tree["constant_data"].to_dataset())
     ll = school_loglik(data, *draw_parameters(post, data))
-    ll = xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], -1),
-                      dims=("chain", "draw", "school"),
-                      coords={"school": tree["constant_data"]["school"].to_numpy()})
+    return xr.DataArray(ll.reshape(post.sizes["chain"], post.sizes["draw"], -1),
+                        dims=("chain", "draw", "school"),
+                        coords={"school": tree["constant_data"]["school"].to_numpy()})
+
+
+def loo_school_slopes(tree: xr.DataTree, ll: xr.DataArray) -> azs.ELPDData:
+    """PSIS leave-one-school-out of a random-slope fit (``ll``: :func:`school_loglik_slopes`);
+    the draws' relative efficiency that of ``intercept``, ``sd_school``, ``sd_slope`` and
+    ``sigma``."""
+    post = tree.posterior.to_dataset()
     reff = relative_ess(post[["intercept", "sd_school", "sd_slope", "sigma"]])
     return psis.psis_loo(ll, reff)
 

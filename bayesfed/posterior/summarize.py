@@ -66,6 +66,7 @@ from bayesfed.posterior.checks import (
     psis_loo,
     school_loglik,
     school_loglik_scale,
+    school_loglik_slopes,
 )
 from bayesfed.posterior.convergence import dataset_diagnostics
 from bayesfed.posterior.effects import sensitivity
@@ -324,7 +325,7 @@ def summarize_fit(tree: xr.DataTree, reference: xr.DataTree | None = None,
                    "of a model with random slopes depends on the predictor, so the share of "
                    "the reference's it explains is not one number")
     out["reml"] = reml_summary(tree, None if refused else reference)
-    if has_school_data(tree):  # the fixed part within and between schools (Rights & Sterba)
+    if has_school_data(tree) and not slopes:  # the fixed part within and between schools
         within, between = predictor_cov_levels(tree["constant_data"])
         levels = decomposition_levels(post, within, between)
         out["decomposition"] |= {"fixed_within": hdi_summary(levels["f1"], PROB),
@@ -797,7 +798,8 @@ def summarize_dir(folder: str | Path, done: Mapping[str, FileSummary] | None = N
 def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
     """Add ``loo`` (and, for a two-level fit, ``predictive``) to a fit's summary when its
     file holds what they need, in place; return its leave-one-school-out result. Two-level
-    fits need the per-school statistics (:func:`bayesfed.posterior.checks.has_school_data`); a
+    fits need the per-school statistics (:func:`bayesfed.posterior.checks.has_school_data`;
+    a random-slope fit also its own, for leave-one-school-out); a
     stacked event-time fit stores each school's log-likelihood
     (:mod:`bayesfed.posterior.event_draws`) and its predictive checks are in its summary already. A
     fit that failed its diagnostic gates gets no ``loo`` (its draws are not a posterior sample to
@@ -807,14 +809,18 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
     slopes = has_slope_data(tree)
     if not (stacked or slopes or has_school_data(tree)):
         return None
-    if not (stacked or slopes):
+    if not stacked and has_school_data(tree):
         fit["predictive"] = predictive_checks(tree, seed=int(fit["seed"]))
     if not fit["diagnostics"]["ok"]:
         return None
     if stacked:
         elpd = psis_loo(tree, "pupils")
     elif slopes:
-        elpd = loo_school_slopes(tree)
+        ll = school_loglik_slopes(tree)  # once: for LOO and for the prior sensitivity
+        elpd = loo_school_slopes(tree, ll)
+        moment = tree.constant_data["slope_moment"].to_numpy()
+        fit["prior_sensitivity"] = two_level_prior_sensitivity(
+            tree, ll, vpc_at(tree.posterior.to_dataset(), moment[:1]).isel(point=0, drop=True))
     elif has_scale(tree):
         ll = school_loglik_scale(tree)  # each school's intercept and pupil sd integrated out
         elpd = loo_school_scale(tree, ll)
@@ -827,15 +833,19 @@ def add_model_checks(fit: dict, tree: xr.DataTree) -> azs.ELPDData | None:
     return elpd
 
 
-def two_level_prior_sensitivity(tree: xr.DataTree, ll: xr.DataArray
+def two_level_prior_sensitivity(tree: xr.DataTree, ll: xr.DataArray,
+                                vpc_school: xr.DataArray | None = None
                                 ) -> dict[str, dict[str, object]]:
     """:func:`prior_sensitivity` of a per-year fit's key quantities: the school share of the
-    residual variance (``vpc_school``) and, where the model has it, the federation effect
-    (``federated``). The power-scaled prior is every prior of the model
-    (:func:`bayesfed.posterior.checks.log_prior`); the likelihood is each school's, its
-    intercept integrated out (``ll``: :func:`bayesfed.posterior.checks.school_loglik`)."""
+    residual variance (``vpc_school``: by default :func:`bayesfed.posterior.partition.vpc`'s;
+    a random-slope fit's at the slope predictors' means) and, where the model has it, the
+    federation effect (``federated``). The power-scaled prior is every prior of the model
+    (:func:`bayesfed.posterior.checks.log_prior`); the likelihood is each school's, its school
+    effects integrated out (``ll``: :func:`bayesfed.posterior.checks.school_loglik` or its
+    random-slope and location-scale versions)."""
     post = tree.posterior
-    quantities = {"vpc_school": vpc(post.to_dataset())["school"]}
+    quantities = {"vpc_school": (vpc(post.to_dataset())["school"] if vpc_school is None
+                                 else vpc_school)}
     if "beta" in post and "federated" in post["beta"]["predictor"].to_numpy():
         quantities["federated"] = post["beta"].sel(predictor="federated", drop=True)
     scaled = xr.DataTree.from_dict({

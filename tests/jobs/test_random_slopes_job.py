@@ -52,7 +52,13 @@ def test_summary_reports_the_slopes_and_recovers_their_sd(fitted):
     total = sum(shares[k]["mean"] for k in ("fixed", "school", "pupil"))
     assert total == pytest.approx(1.0, abs=1e-9)
     assert fit["loo"]["n_units"] == fit["n_schools"] == 77
-    assert "predictive" not in fit and "variance_explained" not in fit
+    assert "variance_explained" not in fit and "r2_within" not in fit
+    # new schools' slopes replicate the spread of the within-school sds (slope sd 1.5 over
+    # a KS2 sd of about 0.9: ignoring it would put the observed spread far outside)
+    for name in ("within_sd_sd", "school_mean_sd", "within_sd_pooled"):
+        assert 0.01 < fit["predictive"]["posterior"][name]["p_value"] < 0.99, name
+    # the prior sensitivity of the VPC at the pupils' mean KS2, the slope priors included
+    assert set(fit["prior_sensitivity"]) == {"vpc_school"}
 
 
 def test_the_fit_file_holds_each_schools_slopes(fitted):

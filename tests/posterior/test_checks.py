@@ -194,3 +194,20 @@ def test_log_prior_is_the_models_prior_density():
         tree.attrs["bayesfed_priors"] = json.dumps(priors.as_dict())
         np.testing.assert_allclose(float(log_prior(tree).squeeze()), float(expected),
                                    rtol=1e-12)
+
+
+@pytest.mark.parametrize(("r", "eta"), [(2, 2.0), (3, 2.0), (4, 1.0)])
+def test_lkj_cholesky_draws_have_lkj_marginals(r, eta):
+    """Each correlation of an LKJ(eta) matrix of size r is 2 Beta(b, b) - 1 with b = eta - 1 +
+    r/2: mean 0, variance 1 / (2b + 1); every row of the factor has unit length."""
+    from bayesfed.posterior.checks import lkj_cholesky
+
+    n = 40_000
+    L = lkj_cholesky(r, eta, n, np.random.default_rng(1))
+    corr = L @ np.swapaxes(L, 1, 2)
+    np.testing.assert_allclose(np.diagonal(corr, axis1=1, axis2=2), 1.0, atol=1e-12)
+    b = eta - 1 + r / 2
+    for i, j in zip(*np.tril_indices(r, -1)):
+        rho = corr[:, i, j]
+        assert abs(rho.mean()) < 4 * np.sqrt(1 / (2 * b + 1) / n)
+        assert rho.var() == pytest.approx(1 / (2 * b + 1), rel=0.03)
