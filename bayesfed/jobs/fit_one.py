@@ -199,9 +199,10 @@ def _fit_two_level(table: PupilTable | ReducedYears, spec: ModelSpec, year: int 
         recorded |= {"prior.sd_log_sigma.sigma": SD_LOG_SIGMA_PRIOR,
                      "prior.cor_log_sigma.eta": LKJ_ETA}
     elif spec.model.likelihood == "collapsed":
-        # one compiled model per specification serves every year: the years differ in the
-        # values of the model's data containers, not in its graph
-        tree = sample_reusing((spec.model_dump_json(), summary.coef_names),
+        # one compiled model serves every year and every specification with the same
+        # coefficients: they differ in the values of the model's one data container (the
+        # statistics and the priors), not in its graph
+        tree = sample_reusing(("two_level_collapsed", summary.coef_names),
                               lambda: build_two_level_collapsed(summary, priors),
                               {"collapsed_data": collapsed_data(summary, priors)}, **settings)
         # the school intercepts, drawn from their exact conditional posterior

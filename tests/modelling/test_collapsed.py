@@ -363,3 +363,33 @@ def test_a_reused_compiled_model_gives_the_draws_of_a_fresh_one(monkeypatch):
                                       fresh.posterior[name].to_numpy(), err_msg=name)
     with pytest.raises(ValueError, match="every data container"):
         sample_reusing("reused", lambda: None, {"other": np.zeros(3)}, **kw)
+
+
+def test_specifications_with_the_same_coefficients_share_one_compiled_model(monkeypatch,
+                                                                            tmp_path):
+    """M1 and M1 with another prior on sd_school, years 0 and 1 in one job: one compilation
+    for the four fits (the graph depends on the coefficients; statistics and priors are
+    data), and the second spec's draws equal those of a job that fits it alone."""
+    import tomllib
+
+    import bayesfed
+    from bayesfed.inputs.spec import spec_from_dict
+
+    doc = tomllib.loads((ROOT / "models" / "m1_pupil.toml").read_text())
+    other = spec_from_dict({**doc, "model": {**doc["model"], "name": "M1b"},
+                            "priors": {"sd_school": {"sigma": 2.0}}})
+    compiles = []
+    compile_model = sampling.compile_model
+    monkeypatch.setattr(sampling, "compile_model",
+                        lambda model: compiles.append(1) or compile_model(model))
+    monkeypatch.setattr(sampling, "_COMPILED", type(sampling._COMPILED)())
+    data = ROOT / "data" / "synthetic_study.parquet"
+    kw = {"years": [0, 1], "seed": 5, "draws": 200, "tune": 200, "chains": 2}
+    bayesfed.fit(data, ["m1", other], out=tmp_path / "both", **kw)
+    assert len(compiles) == 1
+    monkeypatch.setattr(sampling, "_COMPILED", type(sampling._COMPILED)())
+    bayesfed.fit(data, [other], out=tmp_path / "alone", **kw)
+    a = xr.open_datatree(tmp_path / "both" / "M1b_k1.nc")["posterior"]
+    b = xr.open_datatree(tmp_path / "alone" / "M1b_k1.nc")["posterior"]
+    for name in ("beta", "sd_school", "sigma"):
+        np.testing.assert_array_equal(a[name].to_numpy(), b[name].to_numpy(), err_msg=name)
