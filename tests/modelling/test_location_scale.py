@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from scipy import stats
+from test_random_slopes import predictors
 
 from bayesfed.design.columns import Design
 from bayesfed.design.suffstats import summary_of
@@ -30,14 +31,8 @@ def simulate(seed: int, n_schools: int, sizes=(1, 40), sd_school=0.6, sd_log_sig
     drawn in ``sizes`` (a one-pupil school included). Returns the design and each school's
     log pupil-sd deviation."""
     rng = np.random.default_rng(seed)
-    n = rng.integers(*sizes, size=n_schools)
-    n[0] = 1
-    school = np.repeat(np.arange(n_schools), n)
+    school, X = predictors(rng, n_schools, sizes)
     N = school.size
-    x0 = rng.normal(2.0, 1.5, N) + rng.normal(0, 0.5, n_schools)[school]
-    x1 = (rng.uniform(size=N) < 0.3).astype(float)
-    x2 = rng.normal(size=n_schools)[school]
-    X = np.column_stack([x0, x1, x2])
     cov = np.array([[sd_school**2, cor * sd_school * sd_log_sigma],
                     [cor * sd_school * sd_log_sigma, sd_log_sigma**2]])
     a, omega = rng.multivariate_normal(np.zeros(2), cov, size=n_schools).T

@@ -23,11 +23,9 @@ from bayesfed.modelling.random_slopes import (
 )
 
 
-def simulate(seed: int, n_schools: int, sizes=(1, 40), sd=(0.6, 0.3, 0.2), cor=0.5,
-             beta=(1.0, -0.5, 0.3), sigma=1.0):
-    """Pupils of a random-slope model: x0 continuous with a random slope, x1 0/1 with one,
-    x2 school-level; school sizes drawn in ``sizes`` (a one-pupil school included)."""
-    rng = np.random.default_rng(seed)
+def predictors(rng, n_schools: int, sizes) -> tuple[np.ndarray, np.ndarray]:
+    """Each pupil's school and predictors: x0 continuous, x1 0/1, x2 school-level; school
+    sizes drawn in ``sizes``, the first school with one pupil."""
     n = rng.integers(*sizes, size=n_schools)
     n[0] = 1
     school = np.repeat(np.arange(n_schools), n)
@@ -35,13 +33,23 @@ def simulate(seed: int, n_schools: int, sizes=(1, 40), sd=(0.6, 0.3, 0.2), cor=0
     x0 = rng.normal(2.0, 1.5, N) + rng.normal(0, 0.5, n_schools)[school]
     x1 = (rng.uniform(size=N) < 0.3).astype(float)
     x2 = rng.normal(size=n_schools)[school]
-    X = np.column_stack([x0, x1, x2])
+    return school, np.column_stack([x0, x1, x2])
+
+
+def simulate(seed: int, n_schools: int, sizes=(1, 40), sd=(0.6, 0.3, 0.2), cor=0.5,
+             beta=(1.0, -0.5, 0.3), sigma=1.0):
+    """Pupils of a random-slope model: x0 continuous with a random slope, x1 0/1 with one,
+    x2 school-level; school sizes drawn in ``sizes`` (a one-pupil school included)."""
+    rng = np.random.default_rng(seed)
+    school, X = predictors(rng, n_schools, sizes)
+    N = school.size
+    x0 = X[:, 0]
     r = len(sd)
     Omega = np.full((r, r), cor)
     np.fill_diagonal(Omega, 1.0)
     Sigma = np.outer(sd, sd) * Omega
     b = rng.multivariate_normal(np.zeros(r), Sigma, size=n_schools)
-    Z = np.column_stack([np.ones(N), x0, x1])[:, :r]
+    Z = np.column_stack([np.ones(N), x0, X[:, 1]])[:, :r]
     y = 3.0 + X @ np.array(beta) + (Z * b[school]).sum(axis=1) + rng.normal(0, sigma, N)
     design = Design(y=y, X=X, coef_names=("x0", "x1", "x2"), school_idx=school,
                     schools=tuple(f"s{j:03d}" for j in range(n_schools)),
