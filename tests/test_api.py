@@ -208,6 +208,11 @@ def test_a_formula_gives_the_draws_of_the_toml_spec(frame, in_memory):
     ("gcse_score ~ fsm:ks2 + (1 | school_id)",
      "predictors.interactions: 'fsm:ks2' is not the product of two predictors, \"a:b\" "
      "(predictors: [])"),
+    ("gcse_score ~ fsm + (1 | school_id); sigma ~ fsm",
+     "after ';' the two-level family takes a pupil sd by school, sigma ~ 1 + (1 | school), "
+     "and nothing else"),
+    ("gcse_score ~ fsm + (1 | school_id); sigma ~ 1 + (1 | federation_id)",
+     "sigma ~ 1 + (1 | federation_id) must vary by the school, school_id"),
     ("gcse_score ~ fsm:ks2:male + fsm + ks2 + male + (1 | school_id)",
      "term fsm:ks2:male is an interaction of more than two columns; the two-level family "
      "takes main effects and products of two"),

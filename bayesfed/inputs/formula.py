@@ -11,7 +11,9 @@ model, validation and numbers as the TOML specification with the same terms and 
 a categorical role in ``C()`` gets the schema's levels, the first the reference, as a TOML
 ``[categorical]`` table would declare them. A product of two columns, ``fsm:federated`` (or
 ``fsm * federated``, which adds both main effects), is ``[predictors] interactions``; each part
-must also be a main effect. What the two-level family cannot fit (products of three columns,
+must also be a main effect. A pupil sd by school (``[residual] by_school``) follows a
+semicolon, as brms's distributional formula: ``"gcse_score ~ fsm + ks2 + (1 | school_id);
+sigma ~ 1 + (1 | school_id)"``. What the two-level family cannot fit (products of three columns,
 transformations, other groupings, a model without intercept) is refused with a
 :class:`~bayesfed.errors.SpecError` saying so.
 """
@@ -26,6 +28,8 @@ from bayesfed.inputs.schema import ROLES
 from bayesfed.inputs.spec import ModelSpec, spec_from_dict
 
 _CATEGORICAL = re.compile(r"^C\(\s*(\w+)\s*\)$")
+#: A pupil sd by school after the formula (brms's distributional part, ``[residual]``).
+_SCALE = re.compile(r"\s*sigma\s*~\s*1\s*\+\s*\(\s*1\s*\|\s*(\w+)\s*\)\s*")
 
 
 def is_formula(text: object) -> bool:
@@ -55,6 +59,11 @@ def spec_from_formula(formula: str, name: str = "formula",
     from formulae.terms.terms import GroupSpecificTerm, Intercept, Term
 
     where = f"formula {formula!r}"
+    formula, _, scale = formula.partition(";")
+    by_school = bool(scale.strip())
+    if by_school and not _SCALE.fullmatch(scale):
+        raise SpecError(f"{where}: after ';' the two-level family takes a pupil sd by school, "
+                        "sigma ~ 1 + (1 | school), and nothing else")
     try:
         model = formulae.model_description(formula)
     except Exception as exc:  # formulae's parse errors have several types
@@ -72,6 +81,9 @@ def spec_from_formula(formula: str, name: str = "formula",
                         "random intercept and optionally random slopes: (1 | school) or "
                         "(1 + ks2 | school)")
     school = factors.pop()
+    if by_school and _SCALE.fullmatch(scale).group(1) != school:
+        raise SpecError(f"{where}: sigma ~ 1 + (1 | {_SCALE.fullmatch(scale).group(1)}) must "
+                        f"vary by the school, {school}")
     slopes = [_variable(g.expr, where, "a random slope") for g in groups
               if not isinstance(g.expr, Intercept)]
     pupil, school_level, interactions, categorical = [], [], [], {}
@@ -96,7 +108,7 @@ def spec_from_formula(formula: str, name: str = "formula",
             "predictors": {"pupil": pupil, "school": school_level,
                            "interactions": interactions},
             "categorical": categorical,
-            "random": {"slopes": slopes}}
+            "random": {"slopes": slopes}, "residual": {"by_school": by_school}}
     return spec_from_dict(data, source=where)
 
 

@@ -35,6 +35,12 @@ def fitted(tmp_path_factory):
 def test_the_spec_asks_for_a_residual_sd_by_school():
     spec = bayesfed.model_spec(SCALE_SPEC)
     assert spec.residual.by_school and spec.name == "M1S"
+    # the same model as a brms-style formula, named M1S: the same specification
+    formula = bayesfed.model_spec(
+        "gcse_score ~ fsm + idaci + male + C(sen) + non_white_british + ks2 + (1 | school_id);"
+        " sigma ~ 1 + (1 | school_id)", name="M1S", columns={"federation": "federation_id"})
+    assert formula.residual == spec.residual and formula.pupil_terms == spec.pupil_terms
+    assert formula.categorical_coding() == spec.categorical_coding()
 
 
 def test_summary_recovers_the_sd_of_the_log_sds(fitted):
