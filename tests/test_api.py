@@ -132,7 +132,7 @@ def test_the_example_is_the_shipped_study(frame):
 
 def test_unknown_model_and_empty_folder_are_clear_errors(tmp_path):
     with pytest.raises(SpecError, match=r"model 'm9': not a shipped model \(m0, m1, m2, "
-                                        r"event_time\), a formula, a TOML file or a "
+                                        r"event_time, m1_scale\), a formula, a TOML file or a "
                                         r"ModelSpec"):
         bayesfed.fit(STUDY, "m9")
     with pytest.raises(OutputError, match="holds no fit files"):
