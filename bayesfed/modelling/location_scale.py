@@ -78,7 +78,7 @@ from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import basic as numba_basic
 
-from bayesfed.design.suffstats import SchoolSummary
+from bayesfed.design.suffstats import SchoolSummary, residual_ss
 from bayesfed.modelling.priors import LKJ_ETA, SD_LOG_SIGMA_PRIOR, PriorSet
 from bayesfed.modelling.two_level import centred_fixed_part
 
@@ -390,15 +390,9 @@ def draw_parameters(posterior: xr.Dataset, summary: SchoolSummary) -> dict[str, 
     intercept = flat("intercept")
     p = len(summary.coef_names)
     beta = flat("beta") if p else np.zeros((intercept.size, 0))
-    within = summary.within
-    # beta' XX_j beta of every draw and school as one matrix product (as the predictive
-    # checks' _quadratic: far faster than einsum's loop at national size)
-    quad = ((beta[:, :, None] * beta[:, None, :]).reshape(len(beta), p * p)
-            @ within[:, 1:, 1:].reshape(len(within), p * p).T)
-    within_ss = within[:, 0, 0] - 2 * beta @ within[:, 1:, 0].T + quad
     fixed = intercept[:, None] + beta @ summary.X_mean.T
     tau, rho = flat("sd_school")[:, None], flat("cor_log_sigma")[:, None]
-    return {"n": summary.n.astype(float), "within_ss": np.maximum(within_ss, 0.0),
+    return {"n": summary.n.astype(float), "within_ss": residual_ss(beta, summary.within),
             "resid": summary.y_mean - fixed, "log_sigma": np.log(flat("sigma"))[:, None],
             "t2": tau**2 * (1 - rho**2), "rho_tau": rho * tau,
             "s": flat("sd_log_sigma")[:, None], "fixed": fixed, "beta": beta,

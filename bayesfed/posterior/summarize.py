@@ -50,6 +50,7 @@ import numpy as np
 import xarray as xr
 
 from bayesfed import __version__
+from bayesfed.design.suffstats import residual_ss
 from bayesfed.inputs.families import fit_kind, tree_kind
 from bayesfed.inputs.spec import ModelSpec
 from bayesfed.posterior.checks import (
@@ -67,6 +68,7 @@ from bayesfed.posterior.checks import (
     school_loglik,
     school_loglik_scale,
     school_loglik_slopes,
+    school_summary,
 )
 from bayesfed.posterior.convergence import dataset_diagnostics
 from bayesfed.posterior.effects import sensitivity
@@ -416,15 +418,13 @@ def school_sigmas(tree: xr.DataTree) -> dict[str, list]:
         ``hdi_low`` and ``hdi_high`` (posterior of :math:`\sigma_j`, outcome units).
     """
     constant = tree["constant_data"]
-    n = constant["school_n"].to_numpy()
+    summary = school_summary(tree)
+    n = summary.n
     post = tree.posterior
-    ss = constant["school_yy"].to_numpy()
-    if "beta" in post:
-        beta = post["beta"].mean(("chain", "draw")).transpose("predictor").to_numpy()
-        xx = constant["school_xx"].transpose("school", "predictor", "predictor_").to_numpy()
-        xy = constant["school_xy"].transpose("school", "predictor").to_numpy()
-        ss = ss - 2 * xy @ beta + np.einsum("a,jab,b->j", beta, xx, beta)
-    own = [float(np.sqrt(max(v, 0.0) / (k - 1))) if k > 1 else None for v, k in zip(ss, n)]
+    beta = (post["beta"].mean(("chain", "draw")).transpose("predictor").to_numpy()
+            if "beta" in post else np.zeros(0))
+    ss = residual_ss(beta[None], summary.within)[0]
+    own = [float(np.sqrt(v / (k - 1))) if k > 1 else None for v, k in zip(ss, n)]
     return {"school": [str(v) for v in constant["school"].to_numpy()],
             "n": n.astype(int).tolist(), "own": own,
             **_school_intervals(post["school_sigma"])}
