@@ -686,7 +686,7 @@ def draw_function(parts: StackedModel):
 
     def draw(*values) -> DrawParts:
         point = _ABSENT | dict(zip(names, values, strict=True))
-        data = [model[name].get_value() for name in _CONTAINERS]
+        data = [model[name].get_value(borrow=True) for name in _CONTAINERS]
         return DrawParts(*draw_parts(np.asarray(point["beta"], dtype=float),
                                      *(float(point[n]) for n in SCALARS), *data, *constants))
 

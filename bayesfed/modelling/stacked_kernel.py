@@ -509,7 +509,7 @@ def loglik_and_grad(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_co
     return -0.5 * minus2, -0.5 * grad_beta, -0.5 * grad
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def draw_parts(beta, sigma, sd_cell, sd_school, rho01, sd_federation, sd_cohort, tau_step, cells,
                index, federation_founding, constants, grams, counts, post, n_foundings,
                floor_scale):

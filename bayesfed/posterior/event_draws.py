@@ -31,12 +31,16 @@ the residuals :math:`r`. From them, per draw:
 from __future__ import annotations
 
 import math
+import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import pymc as pm
 import pytensor
 import xarray as xr
+from threadpoolctl import threadpool_limits
 
 from bayesfed.design.stacked import StackedData
 from bayesfed.modelling.event_stacked import (
@@ -61,6 +65,10 @@ PRIOR_PARTS = ("parameters", "fixed_effects")
 #: 0.02, at a fraction of the cost of every draw at national size (a replication draws every
 #: school's cell means: 3,000 Cholesky factorisations).
 CHECK_DRAWS = 500
+
+#: Threads drawing the posterior draws' parts at once (the fused kernel and NumPy's linear
+#: algebra release the GIL; each draw writes its own rows, so the result does not depend on it).
+DRAW_THREADS = min(2, os.cpu_count() or 1)
 
 #: The predictive statistics of the cell-mean residuals (:func:`cell_statistics`).
 STATISTICS = ("sd_cell_mean", "sd_school_mean", "sd_within_school", "lag1_correlation")
@@ -177,9 +185,23 @@ def school_loglik(out: DrawParts, e: np.ndarray, beta: np.ndarray, sigma: float,
     """
     within = data.school_within
     W = within[:, 0, 0] - 2 * within[:, 1:, 0] @ beta + (within[:, 1:, 1:] @ beta) @ beta
-    quad = np.einsum("si,sij,sj->s", e, out.school_precision, e)
+    quad = _quadratic(e, out.school_precision)
     return -0.5 * (data.n.sum(axis=1) * math.log(2 * math.pi * sigma**2) + W / sigma**2
                    + out.school_log_det + quad)
+
+
+@numba.njit(cache=True, nogil=True)
+def _quadratic(e: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """:math:`e_j^\\top P_j e_j` for each school: ``e`` (S, T), ``precision`` (S, T, T) -> (S,)."""
+    S, T = e.shape
+    out = np.zeros(S)
+    for j in range(S):
+        for k in range(T):
+            row = 0.0
+            for m in range(T):
+                row += precision[j, k, m] * e[j, m]
+            out[j] += e[j, k] * row
+    return out
 
 
 def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
@@ -220,32 +242,45 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
     rng = np.random.default_rng(seed)
     z = rng.standard_normal((n_chains, n_draws, K))
     z_fed = rng.standard_normal((n_chains, n_draws, F))
+    total = n_chains * n_draws
+    replicated = np.unique(np.linspace(0, total - 1, min(CHECK_DRAWS, total)).round().astype(int))
+    # each replication its own stream, so the draws do not depend on the threads' order
+    streams = dict(zip(replicated.tolist(),
+                       np.random.SeedSequence(int(rng.integers(2**63))).spawn(len(replicated)),
+                       strict=True))
     x = np.empty((n_chains, n_draws, K))
     b = np.zeros((n_chains, n_draws, F))
     loglik = np.empty((n_chains, n_draws, S))
-    log_prior = np.zeros((n_chains, n_draws, len(PRIOR_PARTS)))
-    replicated = set(np.linspace(0, n_chains * n_draws - 1,
-                                 min(CHECK_DRAWS, n_chains * n_draws)).round().astype(int))
-    checks = []
-    fixed_effects = _fixed_effects_prior(parts)
+    checks = np.empty((len(replicated), 2, len(STATISTICS)))
     present = data.n > 0
     names = {v.name: i for i, v in enumerate(inputs)}
-    for c in range(n_chains):
-        for d in range(n_draws):
-            point = [v[c, d] for v in values]
-            out = fn(*point)
-            x[c, d] = out.block_mean + np.linalg.solve(out.block_chol.T, z[c, d])
-            if parts.deviations:
-                w = out.fed_w
-                mine = x[c, d, layout.mu][data.federation_founding]  # (F, T)
-                b[c, d] = (w * (out.fed_pMr - (out.fed_Q * mine).sum(axis=1))
-                           + np.sqrt(w) * z_fed[c, d])
-            e = cell_residuals(out, x[c, d], b[c, d], data, layout)
-            loglik[c, d] = school_loglik(out, e, point[names["beta"]],
-                                         float(point[names["sigma"]]), data)
-            log_prior[c, d] = float(prior_fn(*point)), fixed_effects(x[c, d])
-            if c * n_draws + d in replicated:
-                checks.append(_replicate(e, present, data.n, point, names, rng))
+
+    def one(i: int) -> None:
+        c, d = divmod(i, n_draws)
+        point = [v[c, d] for v in values]
+        out = fn(*point)
+        x[c, d] = out.block_mean + np.linalg.solve(out.block_chol.T, z[c, d])
+        if parts.deviations:
+            w = out.fed_w
+            mine = x[c, d, layout.mu][data.federation_founding]  # (F, T)
+            b[c, d] = (w * (out.fed_pMr - (out.fed_Q * mine).sum(axis=1))
+                       + np.sqrt(w) * z_fed[c, d])
+        e = cell_residuals(out, x[c, d], b[c, d], data, layout)
+        loglik[c, d] = school_loglik(out, e, point[names["beta"]],
+                                     float(point[names["sigma"]]), data)
+        if i in streams:
+            checks[np.searchsorted(replicated, i)] = _replicate(
+                e, present, data.n, point, names, np.random.default_rng(streams[i]))
+
+    # the kernel and the linear algebra release the GIL: the draws run on every core, BLAS on
+    # one thread each (1.8-2.0 s against 3.4 s for 1,000 national draws on two cores)
+    with threadpool_limits(1), ThreadPoolExecutor(DRAW_THREADS) as pool:
+        for _ in pool.map(one, range(total), chunksize=64):
+            pass
+    fixed_effects = _fixed_effects_prior(parts)
+    log_prior = np.array([[(float(prior_fn(*(v[c, d] for v in values))), fixed_effects(x[c, d]))
+                           for d in range(n_draws)] for c in range(n_chains)]
+                         ).reshape(n_chains, n_draws, len(PRIOR_PARTS))
     effects = effect_variables(x, b, data, layout, parts.deviations)
     posterior = post.assign(effects)
     weight = att_weights(data, weights)
@@ -258,7 +293,6 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
     tree["log_prior"] = xr.DataTree(xr.Dataset({"prior": xr.DataArray(
         log_prior, dims=(*dims, "part"), coords={"part": list(PRIOR_PARTS)})}))
     statistic = {"statistic": list(STATISTICS)}
-    checks = np.array(checks)  # (replication, 2, statistic)
     tree["posterior_predictive"] = xr.DataTree(xr.Dataset({
         "check_observed": xr.DataArray(checks[:, 0], dims=("replication", "statistic"),
                                        coords=statistic),
