@@ -48,12 +48,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
-from bayesfed.design.suffstats import SchoolSummary
+from bayesfed.design.suffstats import SchoolSummary, quadratic_forms
 from bayesfed.modelling.priors import LKJ_ETA, PriorSet, default_slope_sd
 from bayesfed.modelling.two_level import centred_fixed_part
 
@@ -286,7 +287,7 @@ def effect_conditional(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: 
     :math:`a_j \mid \cdot \sim N(B_j^{-1} L^\top c_j,\ \sigma^2 B_j^{-1})`, :math:`B_j =
     \sigma^2 I + L^\top A_j L = R_j R_j^\top` (module docstring), so :math:`b_j` has mean
     :math:`L B_j^{-1} L^\top c_j` and covariance :math:`S S^\top`, :math:`S = \sigma L
-    R_j^{-\top}`.
+    R_j^{-\top}`. The reference for :func:`effect_draws`' kernel (tests).
 
     Parameters
     ----------
@@ -314,17 +315,90 @@ def effect_conditional(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: 
     return mean, root
 
 
+@numba.njit(cache=True, nogil=True)
+def _school_kernel(c, gram, sigma, chol, xi, draws):  # pragma: no cover - compiled
+    r"""The per-school algebra of :func:`effect_draws` and :func:`school_loglik`, one school and
+    draw at a time in registers (NumPy's batched ``einsum`` and ``solve`` over draws x schools
+    x r x r arrays took 11 s and 7 s for 4,000 draws of 3,002 schools).
+
+    ``c`` (draws, S, r): :math:`c_j`; ``gram`` (S, r, r); ``sigma`` (draws,); ``chol``
+    (draws, r, r); ``xi`` (draws, S, r) standard normals, used when ``draws``. Returns
+    ``out`` (draws, S, r): with ``draws`` one exact draw :math:`b_j = L R_j^{-\top}(R_j^{-1}
+    L^\top c_j + \sigma\xi_j)` (:func:`effect_conditional`'s mean plus :math:`S\xi_j`), else
+    ``out[..., 0]`` :math:`\log\det B_j - \lVert R_j^{-1} L^\top c_j \rVert^2/\sigma^2` and
+    the rest unset."""
+    D, S, r = c.shape
+    out = np.empty((D, S, r))
+    lc = np.empty(r)
+    B = np.empty((r, r))
+    v = np.empty(r)
+    for s in range(D):
+        L = chol[s]
+        s2 = sigma[s] * sigma[s]
+        for j in range(S):
+            for b in range(r):  # L^T c_j
+                acc = 0.0
+                for a in range(b, r):
+                    acc += L[a, b] * c[s, j, a]
+                lc[b] = acc
+            for b in range(r):  # B = L^T A_j L + sigma^2 I (L lower triangular)
+                for d in range(b + 1):
+                    acc = 0.0
+                    for a in range(b, r):
+                        for e in range(d, r):
+                            acc += L[a, b] * gram[j, a, e] * L[e, d]
+                    B[b, d] = acc + (s2 if b == d else 0.0)
+            for b in range(r):  # Cholesky in place, lower triangle
+                for d in range(b + 1):
+                    acc = B[b, d]
+                    for k in range(d):
+                        acc -= B[b, k] * B[d, k]
+                    B[b, d] = np.sqrt(acc) if b == d else acc / B[d, d]
+            log_det = 0.0
+            norm = 0.0
+            for b in range(r):  # v = R^-1 L^T c_j
+                acc = lc[b]
+                for k in range(b):
+                    acc -= B[b, k] * v[k]
+                v[b] = acc / B[b, b]
+                log_det += 2.0 * np.log(B[b, b])
+                norm += v[b] * v[b]
+            if not draws:
+                out[s, j, 0] = log_det - norm / s2
+                continue
+            for b in range(r):
+                v[b] += sigma[s] * xi[s, j, b]
+            for b in range(r - 1, -1, -1):  # a = R^-T v, in v
+                acc = v[b]
+                for k in range(b + 1, r):
+                    acc -= B[k, b] * v[k]
+                v[b] = acc / B[b, b]
+            for a in range(r):  # b_j = L a
+                acc = 0.0
+                for b in range(a + 1):
+                    acc += L[a, b] * v[b]
+                out[s, j, a] = acc
+    return out
+
+
+def _cross_products(data: SlopeData, g: np.ndarray) -> np.ndarray:
+    """:math:`c_j = T W_j g` for every draw and school, shape (draws, n_schools, r), as one
+    matrix product."""
+    S, r, q = data.cross.shape
+    return (g @ data.cross.reshape(S * r, q).T).reshape(len(g), S, r)
+
+
 def effect_draws(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.ndarray,
                  rng: np.random.Generator, block: int = 256) -> np.ndarray:
     """One exact draw of every school's effects per posterior draw
     (:func:`effect_conditional`), shape (draws, n_schools, r), computed ``block`` draws at a
-    time (the conditional's arrays are draws x schools x r x r)."""
+    time."""
     out = np.empty((g.shape[0], data.gram.shape[0], chol.shape[-1]))
     for start in range(0, g.shape[0], block):
         part = slice(start, start + block)
-        mean, root = effect_conditional(data, g[part], sigma[part], chol[part])
-        xi = rng.standard_normal(mean.shape)
-        out[part] = mean + np.einsum("sjab,sjb->sja", root, xi)
+        xi = rng.standard_normal(out[part].shape)
+        out[part] = _school_kernel(_cross_products(data, g[part]), data.gram, sigma[part],
+                                   chol[part], xi, True)
     return out
 
 
@@ -346,12 +420,10 @@ def school_loglik(data: SlopeData, g: np.ndarray, sigma: np.ndarray, chol: np.nd
     for start in range(0, g.shape[0], block):
         part = slice(start, start + block)
         s2 = sigma[part, None] ** 2
-        lc, _, R = _woodbury(data, g[part], sigma[part], chol[part])
-        v = np.linalg.solve(R, lc[..., None])[..., 0]
-        log_det = 2 * np.log(np.diagonal(R, axis1=-2, axis2=-1)).sum(axis=-1)
-        rss = np.einsum("sa,jab,sb->sj", g[part], data.school_total, g[part])
-        out[part] = -0.5 * (n * np.log(2 * np.pi * s2) + log_det - r * np.log(s2)
-                            + (rss - (v**2).sum(axis=-1)) / s2)
+        c = _cross_products(data, g[part])
+        terms = _school_kernel(c, data.gram, sigma[part], chol[part], c, False)[..., 0]
+        rss = quadratic_forms(g[part], data.school_total)
+        out[part] = -0.5 * (n * np.log(2 * np.pi * s2) - r * np.log(s2) + terms + rss / s2)
     return out
 
 
