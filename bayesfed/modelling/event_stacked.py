@@ -129,7 +129,10 @@ implausible; the half-normal priors of the step and heterogeneity sds have their
 so a constant effect, the same for every cohort and federation, is allowed (not a
 zero-avoiding gamma), and put 95% of their mass below half a pupil sd; the AR(1) correlation's
 prior is centred on 0 and keeps away from the unit-root edges, where a school's shocks and its
-intercept cannot be told apart.
+intercept cannot be told apart. NUTS samples those three half-normal sds as the absolute values
+of Normal variables (``<name>_signed``, dropped from the saved posterior): the same prior and
+posterior, without the log scale's steep wall where a posterior piles up at 0
+(:func:`_symmetric_sd`).
 """
 
 from __future__ import annotations
@@ -537,6 +540,22 @@ def _coords(data: StackedData) -> dict[str, list[str]]:
             "federation": list(data.federations), "school": list(data.schools)}
 
 
+#: Suffix of the free variable whose absolute value is a :func:`_symmetric_sd` scale.
+SIGNED = "_signed"
+
+
+def _symmetric_sd(name: str, sigma) -> pt.TensorVariable:
+    r"""A HalfNormal(``sigma``) standard deviation sampled as :math:`|x|`, :math:`x \sim
+    \mathrm{Normal}(0, \text{sigma})` (free variable ``<name>_signed``, deterministic
+    ``name``): the same prior and posterior of the sd, since the likelihood depends on its
+    square only. For an sd whose posterior reaches 0 (cohort deviations, the random walk's
+    steps, federation deviations: often not distinguishable from 0) the log scale NUTS
+    would otherwise sample has a long left tail and a steep right wall, where a step size
+    tuned to the bulk diverges: 2-4 divergent transitions in 4,000 national-size draws, and
+    none with :math:`x` (``docs/benchmarks.md``, section "Scales sampled by their sign")."""
+    return pm.Deterministic(name, pt.abs(pm.Normal(name + SIGNED, mu=0.0, sigma=sigma)))
+
+
 def _f64(value):
     return value if isinstance(value, pt.TensorVariable) else np.float64(value)
 
@@ -556,11 +575,12 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
     -------
     StackedModel
         The model's free variables: ``beta`` (predictor), ``sigma``, ``sd_school``,
-        ``sd_cell``, ``sd_cohort_effect``, ``tau_step`` (random walk), ``shock_ar_01``
-        (AR(1) shocks; deterministic ``shock_ar`` = :math:`\\rho`) and
-        ``sd_federation_effect`` (federation deviations). The likelihood is the potential
-        ``marginal_loglik``; :func:`bayesfed.posterior.event_draws.posterior_draws` adds the block
-        and the deviations.
+        ``sd_cell``, ``shock_ar_01`` (AR(1) shocks; deterministic ``shock_ar`` =
+        :math:`\\rho`) and, as :func:`_symmetric_sd` samples them, ``sd_cohort_effect``,
+        ``tau_step`` (random walk) and ``sd_federation_effect`` (federation deviations).
+        The likelihood is the potential ``marginal_loglik``;
+        :func:`bayesfed.posterior.event_draws.posterior_draws` adds the block and the
+        deviations.
     """
     if effect_prior not in ("random_walk", "independent"):
         raise ValueError(f"effect_prior must be 'random_walk' or 'independent', "
@@ -589,11 +609,11 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
             sd_school=pm.HalfNormal("sd_school", sigma=constants["sd_school"]),
             rho=rho,
             one_minus_rho2=one_minus_rho2,
-            sd_federation=(pm.HalfNormal("sd_federation_effect",
-                                         sigma=constants["sd_federation_effect"])
+            sd_federation=(_symmetric_sd("sd_federation_effect",
+                                         constants["sd_federation_effect"])
                            if federation_deviations else None),
-            sd_cohort=pm.HalfNormal("sd_cohort_effect", sigma=constants["sd_cohort_effect"]),
-            tau_step=(pm.HalfNormal("tau_step", sigma=constants["tau_step"])
+            sd_cohort=_symmetric_sd("sd_cohort_effect", constants["sd_cohort_effect"]),
+            tau_step=(_symmetric_sd("tau_step", constants["tau_step"])
                       if effect_prior == "random_walk" else None),
             shock_ar_01=rho01,
         )
@@ -605,7 +625,7 @@ def reference_loglik(parts: StackedModel) -> pt.TensorVariable:
     """:func:`marginal_loglik`'s graph on the model's own free variables and data containers
     (not part of the model's density, which is the fused kernel's)."""
     model, data = parts.model, parts.data
-    names = {v.name for v in model.free_RVs}
+    names = set(model.named_vars)
     rho01 = model["shock_ar_01"] if "shock_ar_01" in names else None
     params = Params(
         beta=model["beta"], sigma=model["sigma"], sd_cell=model["sd_cell"],
@@ -681,11 +701,13 @@ def draw_function(parts: StackedModel):
     :class:`DrawParts` of that draw, from the fused kernel and the model's data containers
     as they are when it is called (so a model whose containers were refilled is served)."""
     model = parts.model
-    names = [v.name for v in model.free_RVs]
+    names = [v.name.removesuffix(SIGNED) for v in model.free_RVs]
     constants = _kernel_constants(parts.prior, parts.data)
 
     def draw(*values) -> DrawParts:
         point = _ABSENT | dict(zip(names, values, strict=True))
+        for name in ("sd_federation_effect", "sd_cohort_effect", "tau_step"):
+            point[name] = abs(float(point[name]))
         data = [model[name].get_value(borrow=True) for name in _CONTAINERS]
         return DrawParts(*draw_parts(np.asarray(point["beta"], dtype=float),
                                      *(float(point[n]) for n in SCALARS), *data, *constants))

@@ -44,6 +44,7 @@ from threadpoolctl import threadpool_limits
 
 from bayesfed.design.stacked import StackedData
 from bayesfed.modelling.event_stacked import (
+    SIGNED,
     BlockLayout,
     DrawParts,
     StackedModel,
@@ -282,7 +283,9 @@ def posterior_draws(parts: StackedModel, tree: xr.DataTree, seed: int,
                            for d in range(n_draws)] for c in range(n_chains)]
                          ).reshape(n_chains, n_draws, len(PRIOR_PARTS))
     effects = effect_variables(x, b, data, layout, parts.deviations)
-    posterior = post.assign(effects)
+    # the signed scales' absolute values are the model's sds (already in the posterior)
+    posterior = post.drop_vars([v for v in post.data_vars if v.endswith(SIGNED)]
+                               ).assign(effects)
     weight = att_weights(data, weights)
     posterior = posterior.assign(att_variables(posterior, data, weight))
     tree["posterior"] = xr.DataTree(posterior)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pymc as pm
 import pytensor
 import pytest
 import xarray as xr
@@ -22,6 +23,7 @@ from bayesfed.inputs.spec import load_spec, spec_from_dict
 from bayesfed.inputs.validate import validate_table
 from bayesfed.jobs.commands import fit_command
 from bayesfed.modelling.event_stacked import (
+    SIGNED,
     VARIANCE_FLOOR,
     block_prior,
     build_stacked,
@@ -139,7 +141,7 @@ def potentials(parts, point: dict) -> tuple[float, float]:
     inputs = list(parts.model.free_RVs)
     fn = pytensor.function(inputs, [reference_loglik(parts), parts.model["marginal_loglik"]],
                            on_unused_input="ignore")
-    graph, fused = fn(*(point[v.name] for v in inputs))
+    graph, fused = fn(*(point[v.name.removesuffix(SIGNED)] for v in inputs))
     return float(graph), float(fused)
 
 
@@ -162,13 +164,32 @@ def test_marginal_equals_dense_gaussian(options):
     assert fused == pytest.approx(dense, rel=1e-10, abs=1e-8)
 
 
+def test_scales_sampled_by_their_sign_have_the_half_normal_prior_and_a_symmetric_density():
+    """The cohort, step and federation sds are |x| of a free Normal x: the model's log density
+    is the same at x and -x, and its prior part at x is HalfNormal's at |x| less log 2."""
+    _, data, parts = stacked(small_frame())
+    model = parts.model
+    logp = model.compile_logp()
+    point = model.initial_point() | {f"sd_cohort_effect{SIGNED}": np.array(0.3),
+                                     f"tau_step{SIGNED}": np.array(0.25),
+                                     f"sd_federation_effect{SIGNED}": np.array(0.5)}
+    for name in ("sd_cohort_effect", "tau_step", "sd_federation_effect"):
+        flipped = point | {name + SIGNED: -point[name + SIGNED]}
+        assert float(logp(flipped)) == pytest.approx(float(logp(point)), rel=1e-12)
+        rv = model[name + SIGNED]
+        prior = float(pm.logp(rv, point[name + SIGNED]).eval())
+        scale = float(rv.owner.inputs[-1].eval())
+        half = float(pm.logp(pm.HalfNormal.dist(sigma=scale), abs(point[name + SIGNED])).eval())
+        assert prior == pytest.approx(half - np.log(2), rel=1e-12)
+
+
 def test_block_conditional_equals_dense_gaussian_conditioning():
     """The block's conditional mean and covariance equal Gaussian conditioning of the block
     on the pupils, computed densely."""
     frame = small_frame(1)
     design, data, parts = stacked(frame)
     inputs = list(parts.model.free_RVs)
-    out = draw_function(parts)(*(POINT[v.name] for v in inputs))
+    out = draw_function(parts)(*(POINT[v.name.removesuffix(SIGNED)] for v in inputs))
     mean, chol = out.block_mean, out.block_chol
     # dense: the block x and the pupils y are jointly Gaussian; E[x | y] = C_xy C_yy^-1 (y - m)
     priors = resolve_stacked_priors(data)
@@ -251,7 +272,7 @@ def test_school_loglik_equals_dense_conditional_density():
     Gaussian density of its pupils given them (intercept and AR(1) shocks integrated)."""
     frame = small_frame(2)
     design, data, parts = stacked(frame)
-    out = draw_function(parts)(*(POINT[v.name] for v in parts.model.free_RVs))
+    out = draw_function(parts)(*(POINT[v.name.removesuffix(SIGNED)] for v in parts.model.free_RVs))
     rng = np.random.default_rng(5)
     x = rng.normal(size=out.block_mean.shape)
     b = rng.normal(size=len(data.federations))
