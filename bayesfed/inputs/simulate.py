@@ -70,6 +70,7 @@ federation-weighted aggregates.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -866,9 +867,11 @@ def implied_by_year(
         p1 = config.sigma**2
         p0 = p1 + float(within[keep].sum() / n[keep].sum())
         pupils = n[keep].sum()
-        grand = n[keep] @ mean[keep] / pupils
+        # exactly rounded sums (math.fsum), not BLAS's dot, whose order of summation depends on
+        # the CPU: the shipped truth file is reproduced to the bit on any machine (a test)
+        grand = math.fsum(n[keep] * mean[keep]) / pupils
         f1 = float(within[keep].sum() / (pupils - 1))
-        f2 = float(n[keep] @ (mean[keep] - grand) ** 2 / (pupils - 1))
+        f2 = math.fsum(n[keep] * (mean[keep] - grand) ** 2) / (pupils - 1)
         out[str(k)] = {
             "var_school_m0": s0, "var_school_m1": s1, "var_school_m2": resid,
             "var_pupil_m0": p0, "var_pupil_m1": p1, "vpc_m0": s0 / (s0 + p0),
