@@ -132,7 +132,7 @@ prior is centred on 0 and keeps away from the unit-root edges, where a school's 
 intercept cannot be told apart. NUTS samples those three half-normal sds as the absolute values
 of Normal variables (``<name>_signed``, dropped from the saved posterior): the same prior and
 posterior, without the log scale's steep wall where a posterior piles up at 0
-(:func:`_symmetric_sd`).
+(:func:`symmetric_sd`).
 """
 
 from __future__ import annotations
@@ -540,11 +540,11 @@ def _coords(data: StackedData) -> dict[str, list[str]]:
             "federation": list(data.federations), "school": list(data.schools)}
 
 
-#: Suffix of the free variable whose absolute value is a :func:`_symmetric_sd` scale.
+#: Suffix of the free variable whose absolute value is a :func:`symmetric_sd` scale.
 SIGNED = "_signed"
 
 
-def _symmetric_sd(name: str, sigma) -> pt.TensorVariable:
+def symmetric_sd(name: str, sigma) -> pt.TensorVariable:
     r"""A HalfNormal(``sigma``) standard deviation sampled as :math:`|x|`, :math:`x \sim
     \mathrm{Normal}(0, \text{sigma})` (free variable ``<name>_signed``, deterministic
     ``name``): the same prior and posterior of the sd, since the likelihood depends on its
@@ -576,7 +576,7 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
     StackedModel
         The model's free variables: ``beta`` (predictor), ``sigma``, ``sd_school``,
         ``sd_cell``, ``shock_ar_01`` (AR(1) shocks; deterministic ``shock_ar`` =
-        :math:`\\rho`) and, as :func:`_symmetric_sd` samples them, ``sd_cohort_effect``,
+        :math:`\\rho`) and, as :func:`symmetric_sd` samples them, ``sd_cohort_effect``,
         ``tau_step`` (random walk) and ``sd_federation_effect`` (federation deviations).
         The likelihood is the potential ``marginal_loglik``;
         :func:`bayesfed.posterior.event_draws.posterior_draws` adds the block and the
@@ -609,11 +609,11 @@ def build_stacked(data: StackedData, priors: StackedPriors | None = None,
             sd_school=pm.HalfNormal("sd_school", sigma=constants["sd_school"]),
             rho=rho,
             one_minus_rho2=one_minus_rho2,
-            sd_federation=(_symmetric_sd("sd_federation_effect",
+            sd_federation=(symmetric_sd("sd_federation_effect",
                                          constants["sd_federation_effect"])
                            if federation_deviations else None),
-            sd_cohort=_symmetric_sd("sd_cohort_effect", constants["sd_cohort_effect"]),
-            tau_step=(_symmetric_sd("tau_step", constants["tau_step"])
+            sd_cohort=symmetric_sd("sd_cohort_effect", constants["sd_cohort_effect"]),
+            tau_step=(symmetric_sd("tau_step", constants["tau_step"])
                       if effect_prior == "random_walk" else None),
             shock_ar_01=rho01,
         )
