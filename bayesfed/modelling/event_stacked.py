@@ -702,12 +702,12 @@ def draw_function(parts: StackedModel):
     as they are when it is called (so a model whose containers were refilled is served)."""
     model = parts.model
     names = [v.name.removesuffix(SIGNED) for v in model.free_RVs]
+    signed = [v.name.endswith(SIGNED) for v in model.free_RVs]  # symmetric_sd's: |x| is the sd
     constants = _kernel_constants(parts.prior, parts.data)
 
     def draw(*values) -> DrawParts:
-        point = _ABSENT | dict(zip(names, values, strict=True))
-        for name in ("sd_federation_effect", "sd_cohort_effect", "tau_step"):
-            point[name] = abs(float(point[name]))
+        point = _ABSENT | {name: abs(value) if sign else value
+                           for name, value, sign in zip(names, values, signed, strict=True)}
         data = [model[name].get_value(borrow=True) for name in _CONTAINERS]
         return DrawParts(*draw_parts(np.asarray(point["beta"], dtype=float),
                                      *(float(point[n]) for n in SCALARS), *data, *constants))
