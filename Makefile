@@ -89,6 +89,7 @@ bench-r: $(VENV)/.installed-bench
 	@$(VPY) bench/peers.py --r
 	@$(VPY) bench/event_time_scale.py
 	@$(VPY) bench/job_speed.py --national out/bench/event_time/national.parquet --brms
+	@$(VPY) bench/national_event_job.py
 	@$(VPY) bench/r2_agreement.py
 	@$(VPY) bench/random_slopes_agreement.py --brms
 	@$(VPY) bench/location_scale_agreement.py

@@ -1,5 +1,5 @@
 """``python -m bayesfed`` runs the command line."""
 
-from bayesfed.cli import main
+from bayesfed.cli import run
 
-main()
+run()

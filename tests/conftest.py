@@ -63,9 +63,10 @@ def m0():
 
 
 def run_main(args: list[str]) -> tuple[int, str, str]:
-    """``bayesfed ARGS`` through the console script's entry (``cli.main``, which maps errors to
-    exit codes; typer's ``CliRunner.invoke(app)`` does not), in this process: exit code,
-    stdout, stderr."""
+    """``bayesfed ARGS`` through ``cli.main`` (which maps errors to exit codes; typer's
+    ``CliRunner.invoke(app)`` does not), in this process: exit code, stdout, stderr. The console
+    script (``cli.run``) is ``cli.main`` plus the garbage-collector setting of a process of its
+    own, left out here."""
     from typer.testing import CliRunner
 
     from bayesfed.cli import main

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 
 from bayesfed.cli import parse_years
 
@@ -125,3 +126,21 @@ def test_fit_refuses_bad_data_before_sampling(tmp_path, table):
     assert run.returncode == 3
     assert "column 'sen': unknown label in 1 row (e.g. row 1)" in run.stderr
     assert "fitting" not in run.stdout and not (tmp_path / "fits").exists()
+
+
+def test_only_the_command_lines_own_process_freezes_the_garbage_collector(monkeypatch):
+    """``bayesfed`` (``cli.run``) freezes what exists once the fitting stack is imported; the
+    same commands called from Python (``cli.main``, the API) leave the collector alone."""
+    import gc
+
+    from bayesfed import cli
+
+    code, out, _ = run_main(["validate", "--help"])
+    assert code == 0 and "validate" in out and gc.get_freeze_count() == 0
+    monkeypatch.setitem(cli._OWN_PROCESS, "set", True)
+    try:
+        cli._long_lived(fitting=True)
+        assert "nutpie" in sys.modules and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+

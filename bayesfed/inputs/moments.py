@@ -156,6 +156,21 @@ def group_part(keys: pd.DataFrame, columns: np.ndarray) -> GroupPart:
     return GroupPart(keys.iloc[first].reset_index(drop=True), n, mean, within)
 
 
+def whole_part(columns: np.ndarray) -> GroupPart:
+    """The :class:`GroupPart` of some pupils taken as one group (keys without columns).
+
+    Parameters
+    ----------
+    columns : ndarray, shape (n_pupils, q)
+        Fastest in Fortran order (each column contiguous).
+    """
+    columns = np.asarray(columns, dtype=float)
+    mean = columns.mean(axis=0)
+    centred = columns - mean
+    return GroupPart(pd.DataFrame(index=range(1)), np.array([len(columns)]), mean[None, :],
+                     (centred.T @ centred)[None, :, :])
+
+
 def merge_group_parts(a: GroupPart, b: GroupPart) -> GroupPart:
     """The part of ``a``'s pupils followed by ``b``'s: counts added, means pooled and each
     key's cross products combined exactly (Chan, Golub and LeVeque's update)."""

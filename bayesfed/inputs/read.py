@@ -7,12 +7,13 @@ pandas' default missing-value markers, spaces after a comma skipped, rows longer
 than the header handled as pandas handles them). Arrow's CSV reader is used where it reads
 the file exactly as pandas would: the header has at least two distinct, non-empty names, no
 value starts with a space or a tab, every row has the header's number of fields, the file is
-UTF-8 and has data rows. Whether it does is found by a first pass of Arrow's reader over the
-file (batches) or by the one whole read; any other file, and any file Arrow refuses, is read
-by pandas, whose messages name the problem. Arrow's reader is used because it reads a large
-CSV in batches faster than pandas' chunks, both of its passes included (``docs/benchmarks.md``,
-section "A national-size CSV (``bench/csv_reading.py``)"); ``tests/test_read.py`` checks that
-both give the same frames.
+UTF-8 and has data rows. Batch by batch, Arrow's blocks are checked as they are read, and from
+the first block it reads otherwise, or refuses, pandas reads the rest (the batches yielded so
+far are those pandas would have given): one pass over the file either way. Read whole, the one
+Arrow read is checked before it is used. Any other file is read by pandas, whose messages name
+the problem. Arrow's reader is used because it reads a large CSV faster than pandas
+(``docs/benchmarks.md``, section "A national-size CSV (``bench/csv_reading.py``)");
+``tests/inputs/test_read.py`` checks that both give the same frames.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import csv
 import itertools
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -235,40 +236,39 @@ def _arrow_as_pandas(data: pa.Table | pa.RecordBatch, header: list[str]) -> bool
     return True
 
 
-def _arrow_readable(path: Path, header: list[str]) -> bool:
-    """Whether Arrow's reader reads the whole CSV file as pandas would (module docstring):
-    one pass over the file, keeping nothing."""
-    if not _arrow_header(header):
-        return False
-    rows = 0
+def _arrow_batches(path: Path, header: list[str], batch_rows: int
+                   ) -> Generator[pd.DataFrame, None, int | None]:
+    """A CSV file's rows read by Arrow, ``batch_rows`` at a time (the last batch fewer): the
+    batches pandas' reader gives, whatever the sizes of Arrow's blocks, as long as Arrow reads
+    the file as pandas would (module docstring).
+
+    Returns None once every row is yielded, or else (a block Arrow reads otherwise than pandas,
+    or refuses, or a file without data rows) the number of batches yielded before it: pandas
+    reads the rest, from there.
+    """
+    pieces: list[pa.RecordBatch] = []
+    held = done = rows = 0
     try:
         with pa_csv.open_csv(path, **_arrow_options(header)) as reader:
             for batch in reader:
                 if not _arrow_as_pandas(batch, header):
-                    return False
+                    return done
                 rows += batch.num_rows
+                while batch.num_rows:
+                    piece = batch.slice(0, batch_rows - held)
+                    pieces.append(piece)
+                    held += piece.num_rows
+                    batch = batch.slice(piece.num_rows)
+                    if held == batch_rows:
+                        yield pa.Table.from_batches(pieces).to_pandas()
+                        pieces, held, done = [], 0, done + 1
     except pa.ArrowInvalid:
-        return False
-    return rows > 0
-
-
-def _arrow_batches(path: Path, header: list[str], batch_rows: int) -> Iterator[pd.DataFrame]:
-    """A CSV file's rows read by Arrow, ``batch_rows`` at a time (the last batch fewer): the
-    batches pandas' reader gives, whatever the sizes of Arrow's blocks."""
-    pieces: list[pa.RecordBatch] = []
-    held = 0
-    with pa_csv.open_csv(path, **_arrow_options(header)) as reader:
-        for batch in reader:
-            while batch.num_rows:
-                piece = batch.slice(0, batch_rows - held)
-                pieces.append(piece)
-                held += piece.num_rows
-                batch = batch.slice(piece.num_rows)
-                if held == batch_rows:
-                    yield pa.Table.from_batches(pieces).to_pandas()
-                    pieces, held = [], 0
+        return done
+    if not rows:
+        return 0
     if held:
         yield pa.Table.from_batches(pieces).to_pandas()
+    return None
 
 
 def _csv_batches(path: Path, batch_rows: int | None, header: list[str] | None = None,
@@ -276,12 +276,19 @@ def _csv_batches(path: Path, batch_rows: int | None, header: list[str] | None = 
     """A CSV file's rows, whole (``batch_rows`` None: pandas) or in batches (Arrow where it
     reads the file as pandas would, unless not ``arrow``), columns as in the file."""
     header = _header(path) if header is None else header
-    if arrow and batch_rows is not None and _arrow_readable(path, header):
-        for frame in _arrow_batches(path, header, batch_rows):
-            yield _csv_columns(path, frame, header)
-        return
-    ignore_empty = False  # extra fields, all empty (a delimiter at the end of each row)
     done = 0  # batches yielded
+    if arrow and batch_rows is not None and _arrow_header(header):
+        arrow_batches = _arrow_batches(path, header, batch_rows)
+        while True:
+            try:
+                frame = next(arrow_batches)
+            except StopIteration as stop:
+                if stop.value is None:
+                    return
+                done = stop.value
+                break
+            yield _csv_columns(path, frame, header)
+    ignore_empty = False  # extra fields, all empty (a delimiter at the end of each row)
     while True:  # restarted once, when the extra fields turn out to be empty
         try:
             for frame in _csv_reader(path, batch_rows, ignore_empty, skip=done):

@@ -116,8 +116,10 @@ class Scan:
         ``(column, role, what) -> (rank, Problem)``: the rules single rows broke.
     clean : bool
         No value rule was broken; only then are the cross-row facts below gathered.
-    pairs : dict of str to DataFrame
-        Per school-level column, its distinct (school, value) pairs.
+    pairs : dict of str to list of DataFrame
+        Per school-level column, its (school, value) pairs: distinct within each frame, and
+        across frames only once :func:`distinct_pairs` has been taken (merging consecutive
+        scans concatenates the lists; see :data:`PAIR_PARTS`).
     hashes : list of ndarray of uint64
         A 64-bit hash of each (pupil id, cohort), for the duplicate rule (8 bytes a pupil).
     samples : dict
@@ -133,7 +135,7 @@ class Scan:
     n_dropped: int = 0
     problems: dict = field(default_factory=dict)
     clean: bool = True
-    pairs: dict[str, pd.DataFrame] = field(default_factory=dict)
+    pairs: dict[str, list[pd.DataFrame]] = field(default_factory=dict)
     hashes: list[np.ndarray] = field(default_factory=list)
     samples: dict = field(default_factory=dict)
     years_seen: set = field(default_factory=set)
@@ -145,8 +147,7 @@ class Scan:
         for key, (rank, problem) in other.problems.items():
             problems[key] = (rank, merge_problem(problems[key][1], problem)
                              if key in problems else problem)
-        pairs = {k: pd.concat([v, other.pairs[k]]).drop_duplicates(ignore_index=True)
-                 if k in other.pairs else v for k, v in self.pairs.items()}
+        pairs = {k: _compact(v + other.pairs.get(k, [])) for k, v in self.pairs.items()}
         pairs |= {k: v for k, v in other.pairs.items() if k not in pairs}
         samples = dict(self.samples)
         for key, sample in other.samples.items():
@@ -157,6 +158,24 @@ class Scan:
                     self.n_dropped + other.n_dropped, problems, self.clean and other.clean,
                     pairs, self.hashes + other.hashes, samples,
                     self.years_seen | other.years_seen, reduced)
+
+
+#: Frames of (school, value) pairs a merged :class:`Scan` keeps per column before they are
+#: deduplicated as one: deduplicating at every merge cost 2.4 s of a national table's 5.3 s,
+#: in the thread that merges (``docs/benchmarks.md``); a list of 16 frames is a few hundred
+#: thousand pairs at most.
+PAIR_PARTS = 16
+
+
+def _compact(parts: list[pd.DataFrame]) -> list[pd.DataFrame]:
+    return [distinct_pairs(parts)] if len(parts) >= PAIR_PARTS else parts
+
+
+def distinct_pairs(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """The distinct (school, value) rows of a :class:`Scan`'s frames of pairs, in their order."""
+    if len(parts) == 1:
+        return parts[0]
+    return pd.concat(parts).drop_duplicates(ignore_index=True)
 
 
 class Reducer(Protocol):
@@ -270,9 +289,9 @@ def _scan_one(batch: Batch, rules: Rules, reduce: Reducer | None) -> Scan:
             # the first row of each distinct (school, value), found by integer codes
             value, uniques = pd.factorize(frame[name], use_na_sentinel=False)
             first = np.unique(school * (len(uniques) + 1) + value, return_index=True)[1]
-            out.pairs[name] = pd.DataFrame({"school": frame["school"].iloc[first],
-                                            "value": frame[name].iloc[first]}
-                                           ).reset_index(drop=True)
+            out.pairs[name] = [pd.DataFrame({"school": frame["school"].iloc[first],
+                                             "value": frame[name].iloc[first]}
+                                            ).reset_index(drop=True)]
     if "pupil_id" in frame:
         out.hashes.append(_key_hash(frame)[1])
     spec = rules.spec
@@ -331,8 +350,8 @@ def _cross_row_problems(result: Scan, rules: Rules,
                         ) -> list[tuple[tuple, Problem]]:
     """School-level values not constant within a school, and duplicated pupil ids."""
     varying = {}
-    for name, pairs in result.pairs.items():
-        counts = pairs.groupby("school", sort=False, dropna=False).size()
+    for name, parts in result.pairs.items():
+        counts = distinct_pairs(parts).groupby("school", sort=False, dropna=False).size()
         if (counts > 1).any():
             varying[name] = counts.index[counts > 1]
     hashes = np.concatenate(result.hashes) if result.hashes else np.zeros(0, np.uint64)

@@ -904,7 +904,8 @@ def words(text: str) -> str:
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """``bayesfed ARGS`` as the console script runs it (``cli.main``): exit code, out, err.
+    """``bayesfed ARGS`` as the console script runs it (``cli.main``; see
+    ``conftest.run_main``): exit code, out, err.
 
     Out and err come with runs of white space (rich's line wrapping) as single spaces: words,
     not lines, are what a check can rely on.

@@ -79,6 +79,18 @@ PANDAS_READS = {
 }
 
 
+def arrow_reads_whole(path, header) -> bool:
+    """Whether Arrow's batches cover the whole file (else pandas reads from where they stop)."""
+    if not read_module._arrow_header(header):
+        return False
+    batches = read_module._arrow_batches(path, header, 1000)
+    while True:
+        try:
+            next(batches)
+        except StopIteration as stop:
+            return stop.value is None
+
+
 def pandas_frame(path) -> pd.DataFrame:
     """The file as the pandas reader reads it (whole)."""
     return pd.concat(list(read_module._csv_batches(path, None)), ignore_index=True)
@@ -89,7 +101,7 @@ def test_arrow_reads_csv_as_pandas_does(tmp_path, name):
     path = tmp_path / "t.csv"
     path.write_bytes(ARROW_READS[name].encode("utf-8"))
     header = read_module._header(path)
-    assert read_module._arrow_readable(path, header)  # else the test compares pandas with itself
+    assert arrow_reads_whole(path, header)  # else the test compares pandas with itself
     expected = pandas_frame(path)
     pd.testing.assert_frame_equal(read_table(path), expected)
     for rows in (1, 2, 1000):
@@ -102,12 +114,48 @@ def test_arrow_reads_csv_as_pandas_does(tmp_path, name):
 def test_arrow_leaves_other_csv_files_to_pandas(tmp_path, name):
     path = tmp_path / "t.csv"
     path.write_bytes(PANDAS_READS[name].encode("utf-8"))
-    assert not read_module._arrow_readable(path, read_module._header(path))
+    assert not arrow_reads_whole(path, read_module._header(path))
+
+
+def csv_with_tail(tmp_path, tail: str):
+    """60 rows Arrow reads as pandas does, then ``tail``."""
+    path = tmp_path / "t.csv"
+    path.write_text("id,x\n" + "".join(f"{i:03d},{i}\n" for i in range(60)) + tail)
+    return path
+
+
+@pytest.mark.parametrize("tail", ["7, 8\n", "7\n"])
+def test_pandas_reads_on_from_the_first_block_arrow_reads_otherwise(tmp_path, monkeypatch,
+                                                                    tail):
+    """One pass: Arrow's batches up to a block it would read otherwise (a space after a comma,
+    a short row), then pandas' from there, the frames pandas alone gives."""
+    monkeypatch.setattr(read_module, "ARROW_BLOCK_BYTES", 64)
+    path = csv_with_tail(tmp_path, tail)
+    header = read_module._header(path)
+    batches = read_module._arrow_batches(path, header, 7)
+    arrow_done = 0
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            next(batches)
+            arrow_done += 1
+    assert arrow_done > 0 and stop.value.value == arrow_done  # Arrow began, pandas goes on
+    expected = list(read_module._csv_batches(path, 7, arrow=False))
+    got = list(read_batches(path, batch_rows=7))
+    assert [len(b) for b in got] == [len(b) for b in expected]
+    pd.testing.assert_frame_equal(pd.concat(got, ignore_index=True),
+                                  pd.concat(expected, ignore_index=True))
+
+
+def test_a_long_row_after_arrows_first_batches_is_named_by_its_row(tmp_path, monkeypatch):
+    monkeypatch.setattr(read_module, "ARROW_BLOCK_BYTES", 64)
+    path = csv_with_tail(tmp_path, "7,8,9\n")
+    with pytest.raises(DataError, match=r"1 data row\(s\) have more fields .* row\(s\) 61;"):
+        list(read_batches(path, batch_rows=7))
 
 
 def test_arrow_leaves_a_file_that_is_not_utf8_to_pandas(tmp_path):
     path = tmp_path / "t.csv"
     path.write_bytes("id,name\n1,Zoë\n".encode("cp1252"))
-    assert not read_module._arrow_readable(path, ["id", "name"])
+    assert not arrow_reads_whole(path, ["id", "name"])
     with pytest.raises(DataError, match="not UTF-8 text"):
         list(read_batches(path))

@@ -319,7 +319,7 @@ def test_resume_refuses_incomplete_and_foreign_fit_files(tmp_path, study, refere
 
 
 def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """``bayesfed ARGS`` through the console script's entry (``cli.main``), in this process."""
+    """``bayesfed ARGS`` through ``cli.main`` as the console script runs it, in this process."""
     return run_main(args)
 
 
