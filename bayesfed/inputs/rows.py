@@ -104,6 +104,27 @@ def _as_float(series: pd.Series) -> pd.Series:
                      index=series.index, dtype=float)
 
 
+def _clean_numbers(raw: pd.Series, kind: str) -> pd.Series | None:
+    """A column of NumPy numbers that breaks no rule of its kind, as a new float column; None
+    when it is of another dtype or some value may break a rule (:func:`_numeric_problems`
+    then finds which). Decided by the extremes, two passes, where the rules' masks take a
+    dozen (a national table's numeric columns: most of their checking time)."""
+    if not isinstance(raw.dtype, np.dtype) or raw.dtype.kind not in "iuf":
+        return None
+    values = raw.to_numpy(dtype=float, copy=True)
+    if not len(values):
+        return None
+    low, high = values.min(), values.max()  # NaN (missing) propagates: not clean
+    whole = raw.dtype.kind in "iu"
+    if not (-MAX_ABS <= low and high <= MAX_ABS):
+        return None
+    if kind in ("flag", "unit_interval") and not (low >= 0 and high <= 1):
+        return None
+    if kind in ("flag", "year") and not whole:
+        return None
+    return pd.Series(values, index=raw.index)
+
+
 def _numeric_problems(
     raw: pd.Series, column: str, role: str, kind: str, positions: np.ndarray
 ) -> tuple[list[Problem], pd.Series]:
@@ -111,6 +132,9 @@ def _numeric_problems(
 
     Returns the problems and the converted column (float).
     """
+    clean = _clean_numbers(raw, kind)
+    if clean is not None:
+        return [], clean
     problems: list[Problem] = []
     missing = _blank(raw)
     values = _as_float(raw.where(~missing))
