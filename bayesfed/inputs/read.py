@@ -7,10 +7,11 @@ pandas' default missing-value markers, spaces after a comma skipped, rows longer
 than the header handled as pandas handles them). Arrow's CSV reader is used where it reads
 the file exactly as pandas would: the header has at least two distinct, non-empty names, no
 value starts with a space or a tab, every row has the header's number of fields, the file is
-UTF-8 and has data rows. Batch by batch, Arrow's blocks are checked as they are read, and from
-the first block it reads otherwise, or refuses, pandas reads the rest (the batches yielded so
-far are those pandas would have given): one pass over the file either way. Read whole, the one
-Arrow read is checked before it is used. Any other file is read by pandas, whose messages name
+UTF-8 and has data rows. Batch by batch, Arrow's blocks are checked as they are read: a file
+Arrow reads throughout is read once. From the first block Arrow reads otherwise, or refuses,
+pandas gives the rest of the batches (its reader parses the file from the start, skipping the
+batches already given, which are those it would have given). Read whole, the one Arrow read is
+checked before it is used. Any other file is read by pandas, whose messages name
 the problem. Arrow's reader is used because it reads a large CSV faster than pandas
 (``docs/benchmarks.md``, section "A national-size CSV (``bench/csv_reading.py``)");
 ``tests/inputs/test_read.py`` checks that both give the same frames.

@@ -161,9 +161,9 @@ class Scan:
 
 
 #: Frames of (school, value) pairs a merged :class:`Scan` keeps per column before they are
-#: deduplicated as one: deduplicating at every merge cost 2.4 s of a national table's 5.3 s,
-#: in the thread that merges (``docs/benchmarks.md``); a list of 16 frames is a few hundred
-#: thousand pairs at most.
+#: deduplicated as one: deduplicating at every merge handled every school's pairs again at each
+#: of a national table's 22 merges, in the thread that reads and merges; 16 frames are a few
+#: hundred thousand pairs at most.
 PAIR_PARTS = 16
 
 
