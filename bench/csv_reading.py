@@ -2,8 +2,8 @@
 
 The national study (``bayesfed simulate --scale national``, 4.5 million pupils) written once as
 CSV beside its Parquet file; then, in one process, one after another: reading the CSV in
-batches of :data:`bayesfed.inputs.read.BATCH_ROWS` rows with bayesfed's reader (Arrow's, after its
-first pass checking that it reads the file as pandas would) and with pandas' chunked reader
+batches of :data:`bayesfed.inputs.read.BATCH_ROWS` rows with bayesfed's reader (Arrow's, each block
+checked as it is read) and with pandas' chunked reader
 (bayesfed's fallback), and reading + validating + reducing the event-time spec's table
 (:func:`bayesfed.design.reduce.reduce_file`) from the CSV and from the Parquet file. Prints
 seconds, ratios, and whether the CSV's cell statistics equal the Parquet's.
@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
+from national_event_job import national_csv
 
 from bayesfed.design.reduce import reduce_file
 from bayesfed.inputs import read
@@ -38,9 +37,7 @@ def timed(step) -> tuple[object, float]:
 def main() -> None:
     parquet = Path(sys.argv[1]) if len(sys.argv) > 1 else (
         ROOT / "out" / "bench" / "event_time" / "national.parquet")
-    csv = parquet.with_suffix(".csv")
-    if not csv.exists():
-        pa_csv.write_csv(pq.read_table(parquet), csv)
+    csv = national_csv(parquet)
     spec = load_spec(ROOT / "models" / "event_time.toml")
     rows, arrow_s = timed(lambda: sum(len(b) for b in read.read_batches(csv)))
     _, pandas_s = timed(lambda: sum(len(b) for b in read._csv_batches(

@@ -29,7 +29,8 @@ from event_time_scale import BAYESFED, SPEC, event_csv, run_lme4, study_path, ti
 
 
 def national_csv(parquet: Path) -> Path:
-    """The national study as CSV beside its Parquet file, written when missing or older."""
+    """A study as CSV beside its Parquet file, written when missing or older (also
+    ``bench/csv_reading.py``'s)."""
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 

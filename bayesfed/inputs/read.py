@@ -279,16 +279,10 @@ def _csv_batches(path: Path, batch_rows: int | None, header: list[str] | None = 
     header = _header(path) if header is None else header
     done = 0  # batches yielded
     if arrow and batch_rows is not None and _arrow_header(header):
-        arrow_batches = _arrow_batches(path, header, batch_rows)
-        while True:
-            try:
-                frame = next(arrow_batches)
-            except StopIteration as stop:
-                if stop.value is None:
-                    return
-                done = stop.value
-                break
-            yield _csv_columns(path, frame, header)
+        # Arrow's frames carry the header's names already (_arrow_as_pandas)
+        done = yield from _arrow_batches(path, header, batch_rows)
+        if done is None:
+            return
     ignore_empty = False  # extra fields, all empty (a delimiter at the end of each row)
     while True:  # restarted once, when the extra fields turn out to be empty
         try:
